@@ -1,0 +1,147 @@
+// Package api is the HTTP layer: the gorilla/mux router, the middleware
+// every request goes through, the handlers, and the JSON error model
+// (every error body is {"error": "..."}).
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/buildinfo"
+	"github.com/optiinfra/orchestrator/internal/health"
+	"github.com/optiinfra/orchestrator/internal/inflight"
+)
+
+// Config is what the HTTP layer reads from the environment.
+type Config struct {
+	// MaxBodyBytes bounds the size of a request body.
+	MaxBodyBytes int64 `env:"HTTP_MAX_BODY_BYTES, default=1048576"`
+	// FaultsEnabled mounts the /faults/* endpoints that tests use to make
+	// the server slow or panic. Never enable it in production.
+	FaultsEnabled bool `env:"FAULTS_ENABLED, default=false"`
+}
+
+// Validate reports the first setting that cannot be used, naming its variable.
+func (c Config) Validate() error {
+	if c.MaxBodyBytes < 1 {
+		return fmt.Errorf("HTTP_MAX_BODY_BYTES=\"%d\": must be at least 1", c.MaxBodyBytes)
+	}
+	return nil
+}
+
+// MarshalLogObject lets the startup line show the effective settings.
+func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddInt64("max_body_bytes", c.MaxBodyBytes)
+	enc.AddBool("faults_enabled", c.FaultsEnabled)
+	return nil
+}
+
+// Options are the HTTP layer's collaborators.
+type Options struct {
+	Config   Config
+	Logger   *zap.Logger
+	Registry *prometheus.Registry
+	Health   *health.Health
+	Build    buildinfo.Info
+	// InFlight records every request while it is served.
+	InFlight *inflight.Tracker
+}
+
+// New returns the service's HTTP handler: the router behind the middleware.
+func New(opts Options) (http.Handler, error) {
+	metrics, err := newHTTPMetrics(opts.Registry)
+	if err != nil {
+		return nil, err
+	}
+	rt := &router{mux: mux.NewRouter()}
+
+	// Probes and /metrics first: they are the bulk of the traffic, and mux
+	// tries routes in order.
+	rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
+	rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
+	rt.handle("/health", quiet, opts.Health.HealthHandler(), http.MethodGet, http.MethodHead)
+	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      opts.Registry,
+	}), http.MethodGet, http.MethodHead)
+	rt.handle("/", loud, rootHandler(opts.Build.Version, opts.Health), http.MethodGet, http.MethodHead)
+	rt.handle("/version", loud, versionHandler(opts.Build), http.MethodGet, http.MethodHead)
+	if opts.Config.FaultsEnabled {
+		rt.handle("/faults/delay", loud, http.HandlerFunc(delayHandler), http.MethodGet, http.MethodPost)
+		rt.handle("/faults/panic", loud, http.HandlerFunc(panicHandler), http.MethodGet, http.MethodPost)
+	}
+
+	rt.mux.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not found: no route for "+r.URL.Path)
+	})
+	rt.mux.MethodNotAllowedHandler = http.HandlerFunc(rt.methodNotAllowed)
+
+	return &middleware{
+		next:         rt.mux,
+		log:          opts.Logger,
+		metrics:      metrics,
+		drain:        opts.Health,
+		inFlight:     opts.InFlight,
+		maxBodyBytes: opts.Config.MaxBodyBytes,
+	}, nil
+}
+
+// Whether a route's access log lines are written at debug (quiet) or info.
+const (
+	quiet = true
+	loud  = false
+)
+
+// router registers routes on mux and remembers, per path, the methods that
+// path allows, for the Allow header of a 405.
+type router struct {
+	mux    *mux.Router
+	routes []route
+}
+
+type route struct {
+	path    *regexp.Regexp
+	methods []string
+}
+
+// handle mounts h on the path template for the given methods. The wrapper
+// tells the middleware the route template, which labels metrics and logs
+// (never the raw path, whose values are unbounded).
+func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) {
+	r := rt.mux.Handle(template, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rec := routeOf(w); rec != nil {
+			rec.route, rec.quiet = template, quietLog
+		}
+		h.ServeHTTP(w, r)
+	})).Methods(methods...)
+	pattern, err := r.GetPathRegexp()
+	if err != nil {
+		panic(fmt.Sprintf("api: route %s: %v", template, err)) // a typo in a template above
+	}
+	rt.routes = append(rt.routes, route{path: regexp.MustCompile(pattern), methods: methods})
+}
+
+// methodNotAllowed answers 405 with the Allow header listing what the path
+// does accept.
+func (rt *router) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	var allowed []string
+	for _, rte := range rt.routes {
+		if rte.path.MatchString(r.URL.Path) {
+			allowed = append(allowed, rte.methods...)
+		}
+	}
+	slices.Sort(allowed)
+	allowed = slices.Compact(allowed)
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	writeError(w, http.StatusMethodNotAllowed,
+		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+}

@@ -1,0 +1,171 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/inflight"
+)
+
+// unmatchedRoute labels requests no route matched (404 and 405), so that
+// scanners probing random paths cannot blow up the metrics' cardinality.
+const unmatchedRoute = "unmatched"
+
+// httpMetrics are the request metrics, labelled by route template.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	inFlight prometheus.Gauge
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orchestrator_http_requests_total",
+			Help: "HTTP requests served, by method, route template and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "orchestrator_http_request_duration_seconds",
+			Help:    "Time from the start of a request to the end of its response, by method and route template.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"method", "route"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "orchestrator_http_requests_in_flight",
+			Help: "HTTP requests being served now.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("registering HTTP metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// drainer tells whether the server is draining.
+type drainer interface{ Draining() bool }
+
+// middleware is the chain every request goes through, 404s and 405s
+// included: request id, in-flight tracking, Connection: close while
+// draining, body limit, panic recovery, then metrics and the access log.
+type middleware struct {
+	next         http.Handler
+	log          *zap.Logger
+	metrics      *httpMetrics
+	drain        drainer
+	inFlight     *inflight.Tracker
+	maxBodyBytes int64
+}
+
+func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	id := requestID(r.Header.Get(RequestIDHeader))
+	w.Header().Set(RequestIDHeader, id)
+	if m.drain.Draining() {
+		// Tell keep-alive clients to reconnect: their next connection goes
+		// to a pod that is not shutting down. net/http closes the
+		// connection after this response.
+		w.Header().Set("Connection", "close")
+	}
+	rec := &recorder{ResponseWriter: w, status: http.StatusOK, route: unmatchedRoute}
+	token := m.inFlight.Begin(inflight.Request{
+		Method: r.Method, Path: r.URL.Path, RequestID: id, Remote: r.RemoteAddr, Started: start,
+	})
+	m.metrics.inFlight.Inc()
+	defer func() {
+		m.metrics.inFlight.Dec()
+		m.inFlight.End(token)
+		m.observe(rec, r, id, time.Since(start))
+	}()
+
+	if r.ContentLength > m.maxBodyBytes {
+		writeError(rec, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body too large: the limit is %d bytes", m.maxBodyBytes))
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(rec, r.Body, m.maxBodyBytes)
+	}
+	m.serveRecovering(rec, r, id)
+}
+
+// serveRecovering turns a panic in a handler into a 500 and a logged stack
+// trace; the server keeps running.
+func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		if v == http.ErrAbortHandler {
+			panic(v) // the handler asked net/http to abort the response
+		}
+		m.log.Error("panic serving request", zap.Any("panic", v),
+			zap.String("method", r.Method), zap.String("route", rec.route),
+			zap.String("path", r.URL.Path), zap.String("request_id", id))
+		if !rec.wroteHeader {
+			writeError(rec, http.StatusInternalServerError, "internal server error")
+		} else {
+			rec.status = http.StatusInternalServerError // for the log and metrics
+		}
+	}()
+	m.next.ServeHTTP(rec, r)
+}
+
+// observe records the request in the metrics and the access log. Quiet
+// routes (probes, /metrics) are logged at debug only: the kubelet and
+// Prometheus call them every few seconds.
+func (m *middleware) observe(rec *recorder, r *http.Request, id string, took time.Duration) {
+	method := methodLabel(r.Method)
+	m.metrics.requests.WithLabelValues(method, rec.route, codeLabel(rec.status)).Inc()
+	m.metrics.duration.WithLabelValues(method, rec.route).Observe(took.Seconds())
+
+	level := zapcore.InfoLevel
+	if rec.quiet {
+		level = zapcore.DebugLevel
+	}
+	if ce := m.log.Check(level, "request"); ce != nil {
+		ce.Write(
+			zap.String("method", r.Method),
+			zap.String("route", rec.route),
+			zap.String("path", r.URL.Path),
+			zap.Int("status", rec.status),
+			zap.Int64("bytes", rec.bytes),
+			zap.Float64("duration_ms", float64(took.Microseconds())/1000),
+			zap.String("request_id", id),
+			zap.String("remote_addr", r.RemoteAddr),
+			zap.String("user_agent", r.UserAgent()),
+		)
+	}
+}
+
+// methodLabel bounds the method label to the standard methods.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// codeLabel avoids an allocation for the common codes.
+func codeLabel(status int) string {
+	switch status {
+	case http.StatusOK:
+		return "200"
+	case http.StatusCreated:
+		return "201"
+	case http.StatusNotFound:
+		return "404"
+	case http.StatusServiceUnavailable:
+		return "503"
+	}
+	return strconv.Itoa(status)
+}

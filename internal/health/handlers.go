@@ -1,0 +1,162 @@
+package health
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// LiveHandler serves /live: 200 while every liveness check passes.
+func (h *Health) LiveHandler() http.Handler {
+	return h.probeHandler(Liveness, h.lib.LiveEndpoint)
+}
+
+// ReadyHandler serves /ready: 200 while every check passes.
+func (h *Health) ReadyHandler() http.Handler {
+	return h.probeHandler(Readiness, h.lib.ReadyEndpoint)
+}
+
+// probeHandler answers GET and HEAD. The plain and ?full=1 forms are the
+// library's ({} or a JSON map of check -> "OK" or error); ?verbose and
+// ?exclude=NAME follow kube-apiserver's /readyz: one line per check.
+func (h *Health) probeHandler(kind Kind, lib http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			q := r.URL.Query()
+			if q.Has("verbose") || q.Has("exclude") {
+				h.writeVerbose(w, kind, q.Has("verbose"), q["exclude"])
+				return
+			}
+		}
+		if r.Method == http.MethodHead {
+			// The library answers GET only; net/http drops the body of a
+			// HEAD response, so a GET answer is the right HEAD answer.
+			get := *r
+			get.Method = http.MethodGet
+			r = &get
+		}
+		lib(w, r)
+	})
+}
+
+// writeVerbose writes "[+]name ok" or "[-]name failed: reason" per check, the
+// way kube-apiserver does, skipping the excluded checks.
+func (h *Health) writeVerbose(w http.ResponseWriter, kind Kind, verbose bool, exclude []string) {
+	var b strings.Builder
+	ok := true
+	for _, r := range h.evaluate(kind) {
+		name := r.check.name
+		switch {
+		case slices.Contains(exclude, name):
+			b.WriteString("[+]" + name + " excluded: ok\n")
+		case r.err != nil:
+			ok = false
+			b.WriteString("[-]" + name + " failed: " + r.err.Error() + "\n")
+		default:
+			b.WriteString("[+]" + name + " ok\n")
+		}
+	}
+	probe := "live"
+	if kind == Readiness {
+		probe = "ready"
+	}
+	status := http.StatusOK
+	if ok {
+		b.WriteString(probe + " check passed\n")
+	} else {
+		status = http.StatusServiceUnavailable
+		b.WriteString(probe + " check failed\n")
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	if verbose || !ok {
+		_, _ = w.Write([]byte(b.String()))
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Summary is the body of /health.
+type Summary struct {
+	// Status is "ok" when the service is ready, else "unavailable".
+	Status        string                  `json:"status"`
+	Live          bool                    `json:"live"`
+	Ready         bool                    `json:"ready"`
+	Draining      bool                    `json:"draining"`
+	Timestamp     time.Time               `json:"timestamp"`
+	Version       string                  `json:"version"`
+	Uptime        string                  `json:"uptime"`
+	UptimeSeconds float64                 `json:"uptime_seconds"`
+	Checks        map[string]CheckSummary `json:"checks"`
+}
+
+// CheckSummary is the state of one check in /health.
+type CheckSummary struct {
+	Kind   Kind   `json:"kind"`
+	Status string `json:"status"` // "ok" or "failed"
+	Error  string `json:"error,omitempty"`
+	// LastRun is when the check last ran: now for the in-memory checks,
+	// the start of the last background run for dependencies (absent before
+	// the first one ends).
+	LastRun  *time.Time `json:"last_run,omitempty"`
+	Duration string     `json:"duration,omitempty"`
+}
+
+// Summary returns the state /health reports.
+func (h *Health) Summary() Summary {
+	now := h.now()
+	uptime := now.Sub(h.startedAt)
+	s := Summary{
+		Live:          true,
+		Ready:         true,
+		Draining:      h.Draining(),
+		Timestamp:     now.UTC(),
+		Version:       h.version,
+		Uptime:        uptime.Round(time.Second).String(),
+		UptimeSeconds: uptime.Seconds(),
+		Checks:        make(map[string]CheckSummary),
+	}
+	for _, r := range h.evaluate(Readiness) {
+		cs := CheckSummary{Kind: r.check.kind, Status: "ok"}
+		if r.err != nil {
+			cs.Status, cs.Error = "failed", r.err.Error()
+			s.Ready = false
+			if r.check.kind == Liveness {
+				s.Live = false
+			}
+		}
+		if !r.at.IsZero() {
+			at := r.at.UTC()
+			cs.LastRun = &at
+		}
+		if r.check.dep != nil && r.took > 0 {
+			cs.Duration = r.took.String()
+		}
+		s.Checks[r.check.name] = cs
+	}
+	s.Status = "unavailable"
+	if s.Ready {
+		s.Status = "ok"
+	}
+	return s
+}
+
+// HealthHandler serves /health: the Summary as JSON, 200 when ready and 503
+// otherwise, so a dashboard or a load balancer can use the code alone.
+func (h *Health) HealthHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := h.Summary()
+		body, _ := json.Marshal(s) // strings, bools, numbers and times always encode
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if s.Ready {
+			w.WriteHeader(http.StatusOK)
+		} else {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write(append(body, '\n'))
+	})
+}

@@ -1,0 +1,321 @@
+// Package health answers the /live, /ready and /health endpoints on top of
+// github.com/heptiolabs/healthcheck, and holds the drain switch.
+//
+// The three endpoints mean different things to Kubernetes:
+//
+//   - /live says the process can serve. It never depends on anything outside
+//     the process: a dependency outage must not make the kubelet restart us.
+//   - /ready says the service should get traffic: it has started, it is not
+//     draining, and every readiness dependency answered its last check.
+//   - /health is the summary for people and dashboards.
+//
+// Dependency checks do I/O, so they run in the background on a fixed
+// interval with a timeout, and the probes read the cached outcome: a probe
+// never waits on I/O.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heptiolabs/healthcheck"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Config sets how often dependency checks run and how long each may take.
+type Config struct {
+	// CheckInterval is the time between two runs of a dependency check.
+	CheckInterval time.Duration `env:"HEALTH_CHECK_INTERVAL, default=10s"`
+	// CheckTimeout bounds one run of a dependency check.
+	CheckTimeout time.Duration `env:"HEALTH_CHECK_TIMEOUT, default=2s"`
+}
+
+// Validate reports the first setting that cannot be used, naming its variable.
+func (c Config) Validate() error {
+	if c.CheckInterval <= 0 {
+		return fmt.Errorf("HEALTH_CHECK_INTERVAL=%q: must be greater than 0", c.CheckInterval)
+	}
+	if c.CheckTimeout <= 0 || c.CheckTimeout > c.CheckInterval {
+		return fmt.Errorf("HEALTH_CHECK_TIMEOUT=%q: must be greater than 0 and at most HEALTH_CHECK_INTERVAL (%s)",
+			c.CheckTimeout, c.CheckInterval)
+	}
+	return nil
+}
+
+// MarshalLogObject lets the startup line show the effective settings.
+func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddDuration("check_interval", c.CheckInterval)
+	enc.AddDuration("check_timeout", c.CheckTimeout)
+	return nil
+}
+
+// Kind says which probe a check belongs to.
+type Kind string
+
+// The kinds of check. Every liveness check is also a readiness check.
+const (
+	Liveness  Kind = "liveness"
+	Readiness Kind = "readiness"
+)
+
+// Names of the built-in checks.
+const (
+	CheckPing     = "ping"
+	CheckStarted  = "started"
+	CheckDraining = "draining"
+)
+
+// Errors the built-in checks report.
+var (
+	ErrNotStarted = errors.New("not started")
+	ErrDraining   = errors.New("draining: shutting down")
+	// ErrCheckTimeout is reported by a dependency check that overran
+	// HEALTH_CHECK_TIMEOUT.
+	ErrCheckTimeout = errors.New("check timed out")
+)
+
+// Health owns the checks, the started and draining switches, and the
+// handlers that report them. Create it with New, register dependencies, then
+// call Run.
+type Health struct {
+	cfg       Config
+	log       *zap.Logger
+	lib       healthcheck.Handler
+	version   string
+	startedAt time.Time
+	now       func() time.Time
+
+	mu      sync.Mutex // guards checks and running while checks are registered
+	checks  []*check
+	running bool
+
+	started  atomic.Bool
+	draining atomic.Bool
+}
+
+// check is one named check. Dependency checks carry their cached outcome.
+type check struct {
+	name string
+	kind Kind
+	fn   healthcheck.Check
+	dep  *dependency
+}
+
+// outcome is the result of one run of a dependency check.
+type outcome struct {
+	err  error
+	at   time.Time
+	took time.Duration
+}
+
+// dependency is a check that does I/O; it runs in the background.
+type dependency struct {
+	probe func(context.Context) error
+	last  atomic.Pointer[outcome]
+}
+
+func (d *dependency) cached() error {
+	o := d.last.Load()
+	if o == nil {
+		return healthcheck.ErrNoData
+	}
+	return o.err
+}
+
+// Options are what Health needs from its owner.
+type Options struct {
+	Config  Config
+	Logger  *zap.Logger
+	Version string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// New returns a Health with the built-in checks: ping (liveness), started and
+// draining (readiness).
+func New(opts Options) *Health {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	h := &Health{
+		cfg:       opts.Config,
+		log:       log,
+		lib:       healthcheck.NewHandler(),
+		version:   opts.Version,
+		startedAt: now(),
+		now:       now,
+	}
+	h.add(&check{name: CheckPing, kind: Liveness, fn: func() error { return nil }})
+	h.add(&check{name: CheckStarted, kind: Readiness, fn: func() error {
+		if !h.started.Load() {
+			return ErrNotStarted
+		}
+		return nil
+	}})
+	h.add(&check{name: CheckDraining, kind: Readiness, fn: func() error {
+		if h.draining.Load() {
+			return ErrDraining
+		}
+		return nil
+	}})
+	return h
+}
+
+// AddReadinessDependency registers a dependency the service cannot serve
+// without. probe runs in the background every HEALTH_CHECK_INTERVAL with a
+// HEALTH_CHECK_TIMEOUT deadline; until its first run ends, /ready fails.
+// It panics when called after Run or with a name already taken, both
+// programming errors.
+func (h *Health) AddReadinessDependency(name string, probe func(context.Context) error) {
+	d := &dependency{probe: probe}
+	h.add(&check{name: name, kind: Readiness, fn: d.cached, dep: d})
+}
+
+func (h *Health) add(c *check) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.running {
+		panic("health: check " + c.name + " added after Run")
+	}
+	for _, have := range h.checks {
+		if have.name == c.name {
+			panic("health: check " + c.name + " registered twice")
+		}
+	}
+	h.checks = append(h.checks, c)
+	if c.kind == Liveness {
+		h.lib.AddLivenessCheck(c.name, c.fn)
+	} else {
+		h.lib.AddReadinessCheck(c.name, c.fn)
+	}
+}
+
+// Run runs the dependency checks until ctx ends, then waits for them to stop.
+func (h *Health) Run(ctx context.Context) {
+	h.mu.Lock()
+	h.running = true
+	checks := h.checks
+	h.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, c := range checks {
+		if c.dep == nil {
+			continue
+		}
+		wg.Go(func() { h.loop(ctx, c) })
+	}
+	wg.Wait()
+}
+
+// loop runs one dependency check now and then every interval.
+func (h *Health) loop(ctx context.Context, c *check) {
+	ticker := time.NewTicker(h.cfg.CheckInterval)
+	defer ticker.Stop()
+	for {
+		h.runOnce(ctx, c)
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// runOnce runs a dependency check with the configured timeout. A check that
+// ignores its context counts as failed at the deadline, and the loop still
+// waits for it to return, so runs of one check never overlap.
+func (h *Health) runOnce(parent context.Context, c *check) {
+	ctx, cancel := context.WithTimeout(parent, h.cfg.CheckTimeout)
+	defer cancel()
+	start := h.now()
+	done := make(chan error, 1)
+	go func() { done <- c.dep.probe(ctx) }()
+
+	var err error
+	timedOut := false
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		timedOut = true
+		defer func() { <-done }()
+	}
+	if parent.Err() != nil {
+		return // shutting down: keep the last real outcome
+	}
+	if timedOut || errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w after %s", ErrCheckTimeout, h.cfg.CheckTimeout)
+	}
+	prev := c.dep.last.Swap(&outcome{err: err, at: start, took: h.now().Sub(start)})
+	h.logTransition(c.name, prev, err)
+}
+
+func (h *Health) logTransition(name string, prev *outcome, err error) {
+	wasOK := prev != nil && prev.err == nil
+	switch {
+	case err != nil && (prev == nil || wasOK):
+		h.log.Warn("readiness dependency failing", zap.String("check", name), zap.Error(err))
+	case err == nil && !wasOK:
+		h.log.Info("readiness dependency ok", zap.String("check", name))
+	}
+}
+
+// MarkStarted is called once the server accepts connections.
+func (h *Health) MarkStarted() { h.started.Store(true) }
+
+// StartDraining makes /ready fail from now on; /live is unaffected.
+func (h *Health) StartDraining() { h.draining.Store(true) }
+
+// Draining reports whether StartDraining has been called.
+func (h *Health) Draining() bool { return h.draining.Load() }
+
+// result is the state of one check at one moment.
+type result struct {
+	check *check
+	err   error
+	at    time.Time
+	took  time.Duration
+}
+
+// evaluate runs the checks of the probe (liveness checks only, or all of
+// them for readiness) in registration order. Every check reads memory only.
+func (h *Health) evaluate(kind Kind) []result {
+	h.mu.Lock()
+	checks := h.checks
+	h.mu.Unlock()
+	now := h.now()
+	out := make([]result, 0, len(checks))
+	for _, c := range checks {
+		if kind == Liveness && c.kind != Liveness {
+			continue
+		}
+		r := result{check: c, err: c.fn(), at: now}
+		if c.dep != nil {
+			if o := c.dep.last.Load(); o != nil {
+				r.at, r.took = o.at, o.took
+			} else {
+				r.at = time.Time{}
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func allOK(rs []result) bool {
+	for _, r := range rs {
+		if r.err != nil {
+			return false
+		}
+	}
+	return true
+}
