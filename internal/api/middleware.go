@@ -106,7 +106,10 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 		if v == http.ErrAbortHandler {
 			panic(v) // the handler asked net/http to abort the response
 		}
-		m.log.Error("panic serving request", zap.Any("panic", v),
+		// The stack is taken here, inside the deferred call, so it shows
+		// the frames that panicked.
+		m.log.WithOptions(zap.AddStacktrace(zapcore.FatalLevel)).Error("panic serving request",
+			zap.Any("panic", v), zap.Stack("stacktrace"),
 			zap.String("method", r.Method), zap.String("route", rec.route),
 			zap.String("path", r.URL.Path), zap.String("request_id", id))
 		if !rec.wroteHeader {

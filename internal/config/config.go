@@ -140,22 +140,18 @@ func (l *lastLookup) EnvMutate(_ context.Context, _, key, value, current string)
 // durations) are attributed to the last variable read; anything else is a
 // programming error in the struct tags and is reported as it is.
 func (l *lastLookup) explain(err error) string {
-	inner := err
-	for errors.Unwrap(inner) != nil {
-		inner = errors.Unwrap(inner)
-	}
 	var reason string
 	var numErr *strconv.NumError
 	switch {
 	case l.key == "":
 		return err.Error()
-	case errors.As(inner, &numErr) && numErr.Func == "ParseBool":
+	case errors.As(err, &numErr) && numErr.Func == "ParseBool":
 		reason = "must be true or false"
-	case errors.As(inner, &numErr) && errors.Is(numErr.Err, strconv.ErrRange):
+	case errors.As(err, &numErr) && errors.Is(numErr.Err, strconv.ErrRange):
 		reason = "number out of range"
-	case errors.As(inner, &numErr):
+	case errors.As(err, &numErr):
 		reason = "must be a whole number"
-	case strings.HasPrefix(inner.Error(), "time: "):
+	case strings.Contains(err.Error(), ": time: "): // time.ParseDuration's errors have no type
 		reason = "must be a duration such as 500ms, 5s or 1m"
 	default:
 		return err.Error()

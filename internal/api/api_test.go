@@ -1,0 +1,379 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/optiinfra/orchestrator/internal/buildinfo"
+	"github.com/optiinfra/orchestrator/internal/health"
+	"github.com/optiinfra/orchestrator/internal/inflight"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fixture is the real router with everything it needs, logs captured.
+type fixture struct {
+	handler  http.Handler
+	health   *health.Health
+	registry *prometheus.Registry
+	logs     *observer.ObservedLogs
+	inFlight *inflight.Tracker
+}
+
+func newFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(core)
+	h := health.New(health.Options{
+		Config:  health.Config{CheckInterval: time.Second, CheckTimeout: time.Second},
+		Version: "1.2.3",
+	})
+	h.MarkStarted()
+	reg := prometheus.NewRegistry()
+	f := &fixture{health: h, registry: reg, logs: logs, inFlight: &inflight.Tracker{}}
+	handler, err := New(Options{
+		Config:   cfg,
+		Logger:   log,
+		Registry: reg,
+		Health:   h,
+		Build:    buildinfo.Info{Version: "1.2.3", Commit: "abc1234", BuildDate: "2026-11-26T00:00:00Z", GoVersion: "go1.26.8"},
+		InFlight: f.inFlight,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handler = handler
+	return f
+}
+
+var defaultConfig = Config{MaxBodyBytes: 1 << 20}
+
+func (f *fixture) do(req *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	f.handler.ServeHTTP(rec, req)
+	return rec
+}
+
+func (f *fixture) get(path string) *httptest.ResponseRecorder {
+	return f.do(httptest.NewRequest(http.MethodGet, path, nil))
+}
+
+func decodeError(t *testing.T, rec *httptest.ResponseRecorder) string {
+	t.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("error Content-Type = %q, want application/json", ct)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || len(body) != 1 || body["error"] == "" {
+		t.Fatalf("error body %q is not {\"error\": \"...\"} (%v)", rec.Body, err)
+	}
+	return body["error"]
+}
+
+func TestRoutes(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	for _, tc := range []struct {
+		path, contentType, body string
+		code                    int
+	}{
+		{"/", "application/json", `{"service":"OptiInfra Orchestrator","version":"1.2.3","status":"running"}` + "\n", 200},
+		{"/version", "application/json", `{"version":"1.2.3","commit":"abc1234","build_date":"2026-11-26T00:00:00Z","go_version":"go1.26.8"}` + "\n", 200},
+		{"/live", "application/json; charset=utf-8", "{}\n", 200},
+		{"/ready", "application/json; charset=utf-8", "{}\n", 200},
+		{"/health", "application/json", "", 200},
+		{"/metrics", "", "", 200},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			rec := f.get(tc.path)
+			if rec.Code != tc.code {
+				t.Fatalf("GET %s = %d, want %d", tc.path, rec.Code, tc.code)
+			}
+			if tc.contentType != "" && rec.Header().Get("Content-Type") != tc.contentType {
+				t.Errorf("Content-Type = %q, want %q", rec.Header().Get("Content-Type"), tc.contentType)
+			}
+			if tc.body != "" && rec.Body.String() != tc.body {
+				t.Errorf("body = %q, want %q", rec.Body, tc.body)
+			}
+			head := f.do(httptest.NewRequest(http.MethodHead, tc.path, nil))
+			if head.Code != tc.code {
+				t.Errorf("HEAD %s = %d, want %d", tc.path, head.Code, tc.code)
+			}
+		})
+	}
+}
+
+func TestNotFoundAndMethodNotAllowed(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	rec := f.get("/no/such/path")
+	if rec.Code != http.StatusNotFound {
+		t.Fatalf("GET unknown path = %d, want 404", rec.Code)
+	}
+	if msg := decodeError(t, rec); !strings.Contains(msg, "/no/such/path") {
+		t.Errorf("404 message %q does not name the path", msg)
+	}
+
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, "BREW"} {
+		rec = f.do(httptest.NewRequest(method, "/ready", nil))
+		if rec.Code != http.StatusMethodNotAllowed {
+			t.Fatalf("%s /ready = %d, want 405", method, rec.Code)
+		}
+		if allow := rec.Header().Get("Allow"); allow != "GET, HEAD" {
+			t.Errorf("%s /ready Allow = %q, want \"GET, HEAD\"", method, allow)
+		}
+		decodeError(t, rec)
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	get := func(incoming string) string {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		if incoming != "" {
+			req.Header.Set(RequestIDHeader, incoming)
+		}
+		return f.do(req).Header().Get(RequestIDHeader)
+	}
+	for _, sane := range []string{"abc-123", "4bf92f3577b34da6a3ce929d0e0e4736", "req_01HZX/ab+c=d@e.f:g"} {
+		if got := get(sane); got != sane {
+			t.Errorf("incoming id %q echoed as %q", sane, got)
+		}
+	}
+	generated := map[string]bool{}
+	for _, bad := range []string{"", "has space", "quote\"d", strings.Repeat("a", 129), "newline\nx", "ünïcode"} {
+		got := get(bad)
+		if got == bad || !saneRequestID(got) || len(got) != 36 || generated[got] {
+			t.Errorf("incoming id %q: got %q, want a fresh 36-character id", bad, got)
+		}
+		generated[got] = true
+	}
+}
+
+func TestPanicIsRecovered(t *testing.T) {
+	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	rec := f.get("/faults/panic")
+	if rec.Code != http.StatusInternalServerError {
+		t.Fatalf("GET /faults/panic = %d, want 500", rec.Code)
+	}
+	if msg := decodeError(t, rec); msg != "internal server error" {
+		t.Errorf("500 message = %q; a panic's value must not leak to clients", msg)
+	}
+	entries := f.logs.FilterMessage("panic serving request").All()
+	if len(entries) != 1 {
+		t.Fatalf("panic logged %d times, want once", len(entries))
+	}
+	if e := entries[0]; e.Level != zapcore.ErrorLevel || !strings.Contains(fmt.Sprint(e.ContextMap()["stacktrace"]), "panicHandler") ||
+		e.ContextMap()["request_id"] == "" {
+		t.Errorf("panic log entry = %+v, want error level with the panicking stack and the request id", e)
+	}
+	if rec := f.get("/"); rec.Code != http.StatusOK {
+		t.Fatalf("GET / after a panic = %d, want 200", rec.Code)
+	}
+}
+
+func TestFaultsAreOffByDefault(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	for _, path := range []string{"/faults/panic", "/faults/delay?duration=1s"} {
+		if rec := f.get(path); rec.Code != http.StatusNotFound {
+			t.Errorf("GET %s without FAULTS_ENABLED = %d, want 404", path, rec.Code)
+		}
+	}
+}
+
+func TestDelayFault(t *testing.T) {
+	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	if rec := f.get("/faults/delay?duration=1ms"); rec.Code != http.StatusOK {
+		t.Fatalf("delay 1ms = %d %s", rec.Code, rec.Body)
+	}
+	for _, bad := range []string{"", "abc", "-1s", "6m"} {
+		rec := f.get("/faults/delay?duration=" + bad)
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("delay %q = %d, want 400", bad, rec.Code)
+		}
+		decodeError(t, rec)
+	}
+}
+
+func TestBodyLimit(t *testing.T) {
+	f := newFixture(t, Config{MaxBodyBytes: 16, FaultsEnabled: true})
+	req := httptest.NewRequest(http.MethodPost, "/faults/delay?duration=0s", strings.NewReader(strings.Repeat("x", 17)))
+	rec := f.do(req)
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("17-byte body with a 16-byte limit = %d, want 413", rec.Code)
+	}
+	if msg := decodeError(t, rec); !strings.Contains(msg, "16 bytes") {
+		t.Errorf("413 message %q does not state the limit", msg)
+	}
+
+	// A body without a declared length is cut at the limit while it is read.
+	var readErr error
+	limited := &middleware{
+		next: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, readErr = io.ReadAll(r.Body)
+		}),
+		log: zap.NewNop(), metrics: mustMetrics(t), drain: f.health, inFlight: f.inFlight, maxBodyBytes: 16,
+	}
+	req = httptest.NewRequest(http.MethodPost, "/", io.NopCloser(strings.NewReader(strings.Repeat("x", 100))))
+	req.ContentLength = -1
+	limited.ServeHTTP(httptest.NewRecorder(), req)
+	if readErr == nil || !strings.Contains(readErr.Error(), "too large") {
+		t.Fatalf("reading a chunked body over the limit: err = %v, want http: request body too large", readErr)
+	}
+}
+
+func mustMetrics(t *testing.T) *httpMetrics {
+	t.Helper()
+	m, err := newHTTPMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMetricsUseRouteTemplates(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	f.get("/")
+	f.get("/ready")
+	f.get("/ready")
+	f.get("/secret-token-abc123")
+	f.do(httptest.NewRequest(http.MethodPost, "/version", nil))
+
+	for _, tc := range []struct {
+		method, route, code string
+		want                float64
+	}{
+		{"GET", "/", "200", 1},
+		{"GET", "/ready", "200", 2},
+		{"GET", unmatchedRoute, "404", 1},
+		{"POST", unmatchedRoute, "405", 1},
+	} {
+		got := testutil.ToFloat64(f.mustRequests(t).WithLabelValues(tc.method, tc.route, tc.code))
+		if got != tc.want {
+			t.Errorf("requests{%s %s %s} = %v, want %v", tc.method, tc.route, tc.code, got, tc.want)
+		}
+	}
+	body := f.get("/metrics").Body.String()
+	if strings.Contains(body, "secret-token-abc123") {
+		t.Error("/metrics exposes a raw request path")
+	}
+	for _, want := range []string{
+		`orchestrator_http_request_duration_seconds_bucket{method="GET",route="/ready",le="0.0005"}`,
+		`orchestrator_http_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		"orchestrator_http_requests_in_flight 1", // the /metrics request itself
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// mustRequests returns the router's request counter.
+func (f *fixture) mustRequests(t *testing.T) *prometheus.CounterVec {
+	t.Helper()
+	m, ok := f.handler.(*middleware)
+	if !ok {
+		t.Fatalf("handler is a %T, want *middleware", f.handler)
+	}
+	return m.metrics.requests
+}
+
+func TestAccessLog(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	req := httptest.NewRequest(http.MethodGet, "/version", nil)
+	req.Header.Set(RequestIDHeader, "trace-me")
+	f.do(req)
+	f.get("/ready")
+	f.get("/metrics")
+
+	var info, debug []observer.LoggedEntry
+	for _, e := range f.logs.FilterMessage("request").All() {
+		if e.Level == zapcore.InfoLevel {
+			info = append(info, e)
+		} else if e.Level == zapcore.DebugLevel {
+			debug = append(debug, e)
+		}
+	}
+	if len(info) != 1 || len(debug) != 2 {
+		t.Fatalf("access log: %d info and %d debug lines, want 1 (/version) and 2 (probe, metrics)", len(info), len(debug))
+	}
+	fields := info[0].ContextMap()
+	for key, want := range map[string]any{
+		"method": "GET", "route": "/version", "path": "/version", "status": int64(200), "request_id": "trace-me",
+		"remote_addr": "192.0.2.1:1234",
+	} {
+		if fields[key] != want {
+			t.Errorf("access log %s = %v (%T), want %v", key, fields[key], fields[key], want)
+		}
+	}
+	for _, key := range []string{"bytes", "duration_ms"} {
+		if _, ok := fields[key]; !ok {
+			t.Errorf("access log lacks %s", key)
+		}
+	}
+}
+
+func TestDrainingClosesKeepAliveConnections(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	if got := f.get("/").Header().Get("Connection"); got != "" {
+		t.Fatalf("Connection header before draining = %q, want none", got)
+	}
+	f.health.StartDraining()
+	for _, path := range []string{"/", "/live", "/ready", "/nope"} {
+		if got := f.get(path).Header().Get("Connection"); got != "close" {
+			t.Errorf("GET %s while draining: Connection = %q, want close", path, got)
+		}
+	}
+	if body := f.get("/").Body.String(); !strings.Contains(body, `"status":"draining"`) {
+		t.Errorf("GET / while draining = %s, want status draining", body)
+	}
+	if code := f.get("/ready").Code; code != http.StatusServiceUnavailable {
+		t.Errorf("GET /ready while draining = %d, want 503", code)
+	}
+	if code := f.get("/live").Code; code != http.StatusOK {
+		t.Errorf("GET /live while draining = %d, want 200", code)
+	}
+}
+
+func TestInFlightTracking(t *testing.T) {
+	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	srv := httptest.NewServer(f.handler)
+	defer srv.Close()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/faults/delay?duration=300ms", nil)
+		req.Header.Set(RequestIDHeader, "slow-one")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		snap := f.inFlight.Snapshot()
+		if len(snap) == 1 && snap[0].RequestID == "slow-one" && snap[0].Path == "/faults/delay" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("in-flight snapshot never showed the slow request: %+v", snap)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	<-done
+	if snap := f.inFlight.Snapshot(); len(snap) != 0 {
+		t.Fatalf("after the request ended, in flight = %+v", snap)
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
