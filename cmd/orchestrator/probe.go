@@ -34,7 +34,7 @@ func probe(ctx context.Context, args []string, env map[string]string, stdout, st
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return fmt.Errorf("%w: probe: %v", errUsage, err)
+		return fmt.Errorf("%w: probe: %w", errUsage, err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: probe: unexpected argument %q", errUsage, fs.Arg(0))
@@ -60,7 +60,7 @@ func probe(ctx context.Context, args []string, env map[string]string, stdout, st
 func probeOne(ctx context.Context, client *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return fmt.Errorf("%w: probe: %v", errUsage, err)
+		return fmt.Errorf("%w: probe: %w", errUsage, err)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

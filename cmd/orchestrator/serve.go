@@ -69,7 +69,7 @@ func serve(ctx context.Context, env map[string]string, stdout io.Writer) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Server.Address())
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.Server.Address())
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}

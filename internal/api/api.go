@@ -62,7 +62,7 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &router{mux: mux.NewRouter()}
+	rt := &router{mux: mux.NewRouter(), static: map[string]map[string]http.Handler{}}
 
 	// Probes and /metrics first: they are the bulk of the traffic, and mux
 	// tries routes in order.
@@ -86,7 +86,7 @@ func New(opts Options) (http.Handler, error) {
 	rt.mux.MethodNotAllowedHandler = http.HandlerFunc(rt.methodNotAllowed)
 
 	return &middleware{
-		next:         rt.mux,
+		next:         rt,
 		log:          opts.Logger,
 		metrics:      metrics,
 		drain:        opts.Health,
@@ -101,11 +101,27 @@ const (
 	loud  = false
 )
 
-// router registers routes on mux and remembers, per path, the methods that
-// path allows, for the Allow header of a 405.
+// router registers every route on mux and remembers, per path, the methods
+// that path allows, for the Allow header of a 405.
+//
+// Routes without variables are also kept in an exact-match table that is
+// tried first. A mux match copies the request twice (to put the route and
+// its variables in the context), which is most of what a probe allocates;
+// a static route needs neither. Anything not in the table (templates, a
+// wrong method, a path mux would clean and redirect) goes to mux, so the
+// behaviour is mux's either way.
 type router struct {
 	mux    *mux.Router
 	routes []route
+	static map[string]map[string]http.Handler // path -> method -> handler
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h, ok := rt.static[r.URL.Path][r.Method]; ok {
+		h.ServeHTTP(w, r)
+		return
+	}
+	rt.mux.ServeHTTP(w, r)
 }
 
 type route struct {
@@ -117,12 +133,21 @@ type route struct {
 // tells the middleware the route template, which labels metrics and logs
 // (never the raw path, whose values are unbounded).
 func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) {
-	r := rt.mux.Handle(template, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	labelled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rec := routeOf(w); rec != nil {
 			rec.route, rec.quiet = template, quietLog
 		}
 		h.ServeHTTP(w, r)
-	})).Methods(methods...)
+	})
+	r := rt.mux.Handle(template, labelled).Methods(methods...)
+	if !strings.Contains(template, "{") {
+		if rt.static[template] == nil {
+			rt.static[template] = map[string]http.Handler{}
+		}
+		for _, m := range methods {
+			rt.static[template][m] = labelled
+		}
+	}
 	pattern, err := r.GetPathRegexp()
 	if err != nil {
 		panic(fmt.Sprintf("api: route %s: %v", template, err)) // a typo in a template above

@@ -33,9 +33,15 @@ type fixture struct {
 	inFlight *inflight.Tracker
 }
 
-func newFixture(t *testing.T, cfg Config) *fixture {
+func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
-	core, logs := observer.New(zapcore.DebugLevel)
+	return newFixtureAt(t, cfg, zapcore.DebugLevel)
+}
+
+// newFixtureAt builds the fixture with logs captured from level up.
+func newFixtureAt(t testing.TB, cfg Config, level zapcore.Level) *fixture {
+	t.Helper()
+	core, logs := observer.New(level)
 	log := zap.New(core)
 	h := health.New(health.Options{
 		Config:  health.Config{CheckInterval: time.Second, CheckTimeout: time.Second},
@@ -123,6 +129,15 @@ func TestNotFoundAndMethodNotAllowed(t *testing.T) {
 	}
 	if msg := decodeError(t, rec); !strings.Contains(msg, "/no/such/path") {
 		t.Errorf("404 message %q does not name the path", msg)
+	}
+
+	// Paths near a static route are mux's to answer, as if there were no
+	// exact-match table in front of it.
+	if rec := f.get("/ready/"); rec.Code != http.StatusNotFound {
+		t.Errorf("GET /ready/ = %d, want 404", rec.Code)
+	}
+	if rec := f.get("//ready"); rec.Code != http.StatusMovedPermanently || rec.Header().Get("Location") != "/ready" {
+		t.Errorf("GET //ready = %d to %q, want mux's 301 to /ready", rec.Code, rec.Header().Get("Location"))
 	}
 
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, "BREW"} {
@@ -299,9 +314,10 @@ func TestAccessLog(t *testing.T) {
 
 	var info, debug []observer.LoggedEntry
 	for _, e := range f.logs.FilterMessage("request").All() {
-		if e.Level == zapcore.InfoLevel {
+		switch e.Level {
+		case zapcore.InfoLevel:
 			info = append(info, e)
-		} else if e.Level == zapcore.DebugLevel {
+		case zapcore.DebugLevel:
 			debug = append(debug, e)
 		}
 	}

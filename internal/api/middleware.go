@@ -1,9 +1,11 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +24,32 @@ type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inFlight prometheus.Gauge
+
+	// series caches the labelled children by seriesKey: a lock-free lookup
+	// instead of hashing three label values on every request. The keys are
+	// bounded: methods are normalised and routes are templates.
+	series sync.Map
+}
+
+type seriesKey struct {
+	method, route string
+	code          int
+}
+
+type series struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+func (m *httpMetrics) lookup(k seriesKey) *series {
+	if s, ok := m.series.Load(k); ok {
+		return s.(*series)
+	}
+	s, _ := m.series.LoadOrStore(k, &series{
+		requests: m.requests.WithLabelValues(k.method, k.route, strconv.Itoa(k.code)),
+		duration: m.duration.WithLabelValues(k.method, k.route),
+	})
+	return s.(*series)
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
@@ -65,13 +93,18 @@ type middleware struct {
 
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	id := requestID(r.Header.Get(RequestIDHeader))
-	w.Header().Set(RequestIDHeader, id)
+	var incoming string
+	if v := r.Header[RequestIDHeader]; len(v) > 0 { // net/http canonicalises incoming keys
+		incoming = v[0]
+	}
+	id := requestID(incoming)
+	header := w.Header()
+	header[RequestIDHeader] = []string{id} // the key is canonical already: skip Set's conversion
 	if m.drain.Draining() {
 		// Tell keep-alive clients to reconnect: their next connection goes
 		// to a pod that is not shutting down. net/http closes the
 		// connection after this response.
-		w.Header().Set("Connection", "close")
+		header.Set("Connection", "close")
 	}
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK, route: unmatchedRoute}
 	token := m.inFlight.Begin(inflight.Request{
@@ -103,7 +136,7 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 		if v == nil {
 			return
 		}
-		if v == http.ErrAbortHandler {
+		if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
 			panic(v) // the handler asked net/http to abort the response
 		}
 		// The stack is taken here, inside the deferred call, so it shows
@@ -125,9 +158,9 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 // routes (probes, /metrics) are logged at debug only: the kubelet and
 // Prometheus call them every few seconds.
 func (m *middleware) observe(rec *recorder, r *http.Request, id string, took time.Duration) {
-	method := methodLabel(r.Method)
-	m.metrics.requests.WithLabelValues(method, rec.route, codeLabel(rec.status)).Inc()
-	m.metrics.duration.WithLabelValues(method, rec.route).Observe(took.Seconds())
+	s := m.metrics.lookup(seriesKey{method: methodLabel(r.Method), route: rec.route, code: rec.status})
+	s.requests.Inc()
+	s.duration.Observe(took.Seconds())
 
 	level := zapcore.InfoLevel
 	if rec.quiet {
@@ -156,19 +189,4 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "OTHER"
-}
-
-// codeLabel avoids an allocation for the common codes.
-func codeLabel(status int) string {
-	switch status {
-	case http.StatusOK:
-		return "200"
-	case http.StatusCreated:
-		return "201"
-	case http.StatusNotFound:
-		return "404"
-	case http.StatusServiceUnavailable:
-		return "503"
-	}
-	return strconv.Itoa(status)
 }

@@ -1,9 +1,15 @@
 package api
 
-import "github.com/google/uuid"
+import (
+	"encoding/binary"
+	"math/rand/v2"
 
-// RequestIDHeader carries the request id in both directions.
-const RequestIDHeader = "X-Request-ID"
+	"github.com/google/uuid"
+)
+
+// RequestIDHeader carries the request id in both directions. It is written
+// in canonical form so header lookups need no conversion.
+const RequestIDHeader = "X-Request-Id"
 
 // maxRequestIDLen bounds an incoming request id we accept.
 const maxRequestIDLen = 128
@@ -16,7 +22,7 @@ func requestID(incoming string) string {
 	if saneRequestID(incoming) {
 		return incoming
 	}
-	return uuid.NewString()
+	return newRequestID()
 }
 
 func saneRequestID(id string) bool {
@@ -35,3 +41,14 @@ func saneRequestID(id string) bool {
 	return true
 }
 
+// newRequestID returns a random (version 4) UUID. Request ids must be
+// unique, not secret, so it draws from math/rand/v2's per-thread ChaCha8
+// generator instead of crypto/rand: several times faster on every request.
+func newRequestID() string {
+	var u uuid.UUID
+	binary.LittleEndian.PutUint64(u[:8], rand.Uint64()) //nolint:gosec // unique, not secret
+	binary.LittleEndian.PutUint64(u[8:], rand.Uint64()) //nolint:gosec // unique, not secret
+	u[6] = u[6]&0x0f | 0x40                             // version 4
+	u[8] = u[8]&0x3f | 0x80                             // RFC 4122 variant
+	return u.String()
+}

@@ -188,7 +188,7 @@ func WithDotEnv(env map[string]string, path string) (map[string]string, error) {
 		return env, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading %s: %v", ErrInvalid, path, err)
+		return nil, fmt.Errorf("%w: reading %s: %w", ErrInvalid, path, err)
 	}
 	maps.Copy(file, env)
 	return file, nil

@@ -18,17 +18,37 @@ func (h *Health) ReadyHandler() http.Handler {
 	return h.probeHandler(Readiness, h.lib.ReadyEndpoint)
 }
 
-// probeHandler answers GET and HEAD. The plain and ?full=1 forms are the
-// library's ({} or a JSON map of check -> "OK" or error); ?verbose and
-// ?exclude=NAME follow kube-apiserver's /readyz: one line per check.
+// probeBody is what the library answers without ?full=1, and so do we.
+var probeBody = []byte("{}\n")
+
+// probeContentType is the library's Content-Type.
+const probeContentType = "application/json; charset=utf-8"
+
+// probeHandler answers GET and HEAD:
+//
+//   - plain: 200 or 503 with the library's body, {}. The kubelet calls this
+//     every few seconds and load balancers far more often, so it is answered
+//     here from the same checks without allocating; the library's handler
+//     builds a map and parses the query on every call.
+//   - ?full=1: the library's own JSON map of check -> "OK" or error.
+//   - ?verbose and ?exclude=NAME: kube-apiserver's /readyz format, one line
+//     per check.
 func (h *Health) probeHandler(kind Kind, lib http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.RawQuery != "" {
-			q := r.URL.Query()
-			if q.Has("verbose") || q.Has("exclude") {
-				h.writeVerbose(w, kind, q.Has("verbose"), q["exclude"])
-				return
+		if r.URL.RawQuery == "" {
+			w.Header()["Content-Type"] = []string{probeContentType} // canonical key: skip Set's conversion
+			if h.passes(kind) {
+				w.WriteHeader(http.StatusOK)
+			} else {
+				w.WriteHeader(http.StatusServiceUnavailable)
 			}
+			_, _ = w.Write(probeBody)
+			return
+		}
+		q := r.URL.Query()
+		if q.Has("verbose") || q.Has("exclude") {
+			h.writeVerbose(w, kind, q.Has("verbose"), q["exclude"])
+			return
 		}
 		if r.Method == http.MethodHead {
 			// The library answers GET only; net/http drops the body of a

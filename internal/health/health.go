@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,9 +91,10 @@ type Health struct {
 	startedAt time.Time
 	now       func() time.Time
 
-	mu      sync.Mutex // guards checks and running while checks are registered
-	checks  []*check
+	mu      sync.Mutex // serialises registration and Run
 	running bool
+	// checks is copied on write, so probes read it without locking.
+	checks atomic.Pointer[[]*check]
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -187,12 +189,14 @@ func (h *Health) add(c *check) {
 	if h.running {
 		panic("health: check " + c.name + " added after Run")
 	}
-	for _, have := range h.checks {
+	checks := h.list()
+	for _, have := range checks {
 		if have.name == c.name {
 			panic("health: check " + c.name + " registered twice")
 		}
 	}
-	h.checks = append(h.checks, c)
+	checks = append(slices.Clip(checks), c)
+	h.checks.Store(&checks)
 	if c.kind == Liveness {
 		h.lib.AddLivenessCheck(c.name, c.fn)
 	} else {
@@ -204,11 +208,10 @@ func (h *Health) add(c *check) {
 func (h *Health) Run(ctx context.Context) {
 	h.mu.Lock()
 	h.running = true
-	checks := h.checks
 	h.mu.Unlock()
 
 	var wg sync.WaitGroup
-	for _, c := range checks {
+	for _, c := range h.list() {
 		if c.dep == nil {
 			continue
 		}
@@ -247,7 +250,10 @@ func (h *Health) runOnce(parent context.Context, c *check) {
 	case err = <-done:
 	case <-ctx.Done():
 		timedOut = true
-		defer func() { <-done }()
+		defer func() {
+			late := <-done
+			h.log.Debug("dependency check returned after its deadline", zap.String("check", c.name), zap.Error(late))
+		}()
 	}
 	if parent.Err() != nil {
 		return // shutting down: keep the last real outcome
@@ -278,6 +284,28 @@ func (h *Health) StartDraining() { h.draining.Store(true) }
 // Draining reports whether StartDraining has been called.
 func (h *Health) Draining() bool { return h.draining.Load() }
 
+// list returns the registered checks in registration order.
+func (h *Health) list() []*check {
+	if p := h.checks.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// passes reports whether every check of the probe passes. It is the hot
+// path of /live and /ready: it reads memory only and allocates nothing.
+func (h *Health) passes(kind Kind) bool {
+	for _, c := range h.list() {
+		if kind == Liveness && c.kind != Liveness {
+			continue
+		}
+		if c.fn() != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // result is the state of one check at one moment.
 type result struct {
 	check *check
@@ -289,9 +317,7 @@ type result struct {
 // evaluate runs the checks of the probe (liveness checks only, or all of
 // them for readiness) in registration order. Every check reads memory only.
 func (h *Health) evaluate(kind Kind) []result {
-	h.mu.Lock()
-	checks := h.checks
-	h.mu.Unlock()
+	checks := h.list()
 	now := h.now()
 	out := make([]result, 0, len(checks))
 	for _, c := range checks {

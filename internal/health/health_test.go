@@ -291,3 +291,12 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestPlainProbeVerdictDoesNotAllocate(t *testing.T) {
+	h := New(Options{Config: testConfig})
+	h.MarkStarted()
+	h.AddReadinessDependency("db", func(context.Context) error { return nil })
+	if n := testing.AllocsPerRun(100, func() { h.passes(Readiness) }); n != 0 {
+		t.Fatalf("the /ready verdict allocates %v times per call; it is on every probe", n)
+	}
+}

@@ -172,7 +172,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	err := srv.Shutdown(shutdownCtx)
 	if err == nil {
-		<-serveErr // http.ErrServerClosed
+		if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
 		s.log.Info("drained: every in-flight request finished")
 		return nil
 	}
@@ -181,6 +183,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("request cut off by shutdown timeout", zap.Object("request", r))
 	}
 	_ = srv.Close()
-	<-serveErr
+	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+		s.log.Warn("serve ended with an error after the drain timeout", zap.Error(err))
+	}
 	return fmt.Errorf("%w: %d request(s) after %s", ErrDrainTimeout, len(cut), s.cfg.ShutdownTimeout)
 }
