@@ -58,7 +58,7 @@ type Options struct {
 
 // New returns the service's HTTP handler: the router behind the middleware.
 func New(opts Options) (http.Handler, error) {
-	metrics, err := newHTTPMetrics(opts.Registry)
+	metrics, err := newHTTPMetrics(opts.Registry, opts.InFlight)
 	if err != nil {
 		return nil, err
 	}

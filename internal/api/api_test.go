@@ -250,7 +250,7 @@ func TestBodyLimit(t *testing.T) {
 
 func mustMetrics(t *testing.T) *httpMetrics {
 	t.Helper()
-	m, err := newHTTPMetrics(prometheus.NewRegistry())
+	m, err := newHTTPMetrics(prometheus.NewRegistry(), &inflight.Tracker{})
 	if err != nil {
 		t.Fatal(err)
 	}

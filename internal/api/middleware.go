@@ -23,7 +23,7 @@ const unmatchedRoute = "unmatched"
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
-	inFlight prometheus.Gauge
+	inFlight prometheus.GaugeFunc
 
 	// series caches the labelled children by seriesKey: a lock-free lookup
 	// instead of hashing three label values on every request. The keys are
@@ -52,7 +52,7 @@ func (m *httpMetrics) lookup(k seriesKey) *series {
 	return s.(*series)
 }
 
-func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
+func newHTTPMetrics(reg prometheus.Registerer, inFlight *inflight.Tracker) (*httpMetrics, error) {
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orchestrator_http_requests_total",
@@ -63,10 +63,12 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 			Help:    "Time from the start of a request to the end of its response, by method and route template.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"method", "route"}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+		// Read from the in-flight list at scrape time: nothing to update
+		// per request.
+		inFlight: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "orchestrator_http_requests_in_flight",
 			Help: "HTTP requests being served now.",
-		}),
+		}, func() float64 { return float64(inFlight.Len()) }),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight} {
 		if err := reg.Register(c); err != nil {
@@ -107,13 +109,12 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		header.Set("Connection", "close")
 	}
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK, route: unmatchedRoute}
-	token := m.inFlight.Begin(inflight.Request{
+	rec.inFlight.Request = inflight.Request{
 		Method: r.Method, Path: r.URL.Path, RequestID: id, Remote: r.RemoteAddr, Started: start,
-	})
-	m.metrics.inFlight.Inc()
+	}
+	m.inFlight.Begin(&rec.inFlight)
 	defer func() {
-		m.metrics.inFlight.Dec()
-		m.inFlight.End(token)
+		m.inFlight.End(&rec.inFlight)
 		m.observe(rec, r, id, time.Since(start))
 	}()
 

@@ -1,12 +1,18 @@
 package api
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/optiinfra/orchestrator/internal/inflight"
+)
 
 // recorder wraps the ResponseWriter for the middleware: it records the
-// status and size for the access log and metrics, and carries what routing
-// learned (the route template and whether the route is quiet).
+// status and size for the access log and metrics, carries what routing
+// learned (the route template and whether the route is quiet), and holds the
+// request's place in the in-flight list, all in one allocation.
 type recorder struct {
 	http.ResponseWriter
+	inFlight    inflight.Entry
 	status      int
 	bytes       int64
 	wroteHeader bool

@@ -29,38 +29,59 @@ func (r Request) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
+// Entry is a request's place in the Tracker. The caller owns its memory
+// (typically inside a per-request struct it allocates anyway), so tracking a
+// request allocates nothing and costs two short critical sections.
+type Entry struct {
+	Request
+	prev, next *Entry
+}
+
 // Tracker records requests from Begin to End. The zero value is ready to use.
 type Tracker struct {
 	mu   sync.Mutex
-	next uint64
-	reqs map[uint64]Request
+	head Entry // sentinel of a circular doubly linked list
+	n    int
 }
 
-// Begin records r and returns the token to pass to End.
-func (t *Tracker) Begin(r Request) uint64 {
+// Begin records e until End(e).
+func (t *Tracker) Begin(e *Entry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.reqs == nil {
-		t.reqs = make(map[uint64]Request)
+	if t.head.next == nil {
+		t.head.next, t.head.prev = &t.head, &t.head
 	}
-	t.next++
-	t.reqs[t.next] = r
-	return t.next
+	e.prev, e.next = t.head.prev, &t.head
+	t.head.prev.next = e
+	t.head.prev = e
+	t.n++
 }
 
-// End forgets the request Begin returned token for.
-func (t *Tracker) End(token uint64) {
+// End forgets e. Ending an entry twice, or one never begun, does nothing.
+func (t *Tracker) End(e *Entry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.reqs, token)
+	if e.next == nil {
+		return
+	}
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	t.n--
+}
+
+// Len returns the number of requests being served.
+func (t *Tracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
 }
 
 // Snapshot returns the requests being served now, oldest first.
 func (t *Tracker) Snapshot() []Request {
 	t.mu.Lock()
-	out := make([]Request, 0, len(t.reqs))
-	for _, r := range t.reqs {
-		out = append(out, r)
+	out := make([]Request, 0, t.n)
+	for e := t.head.next; e != nil && e != &t.head; e = e.next {
+		out = append(out, e.Request)
 	}
 	t.mu.Unlock()
 	slices.SortFunc(out, func(a, b Request) int { return a.Started.Compare(b.Started) })

@@ -57,8 +57,11 @@ func start(t *testing.T, cfg Config) *harness {
 	}
 	tracker := &inflight.Tracker{}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token := tracker.Begin(inflight.Request{Method: r.Method, Path: r.URL.Path, RequestID: r.URL.Query().Get("id"), Started: time.Now()})
-		defer tracker.End(token)
+		e := &inflight.Entry{Request: inflight.Request{
+			Method: r.Method, Path: r.URL.Path, RequestID: r.URL.Query().Get("id"), Started: time.Now(),
+		}}
+		tracker.Begin(e)
+		defer tracker.End(e)
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
 			select {
 			case <-time.After(d):

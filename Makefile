@@ -1,0 +1,107 @@
+# OptiInfra Orchestrator. `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+MODULE     := github.com/optiinfra/orchestrator
+VERSION    ?= 0.1.0
+COMMIT     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The commit's date, not the clock: the same commit builds the same binary,
+# and image builds can reuse their cached layers.
+BUILD_DATE ?= $(shell TZ=UTC git show -s --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ HEAD 2>/dev/null || echo unknown)
+LDFLAGS    := -X $(MODULE)/internal/buildinfo.version=$(VERSION) \
+              -X $(MODULE)/internal/buildinfo.commit=$(COMMIT) \
+              -X $(MODULE)/internal/buildinfo.date=$(BUILD_DATE)
+
+IMAGE      ?= localhost/orchestrator:$(VERSION)
+FUZZTIME   ?= 10s
+
+# Pinned tools, installed into .tools/bin by `make tools`.
+TOOLS              := $(CURDIR)/.tools
+TOOLBIN            := $(TOOLS)/bin
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT      := $(TOOLBIN)/golangci-lint
+
+# Debian packages the image build and the benchmarks need.
+APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk
+
+export PATH := $(TOOLBIN):$(PATH)
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/orchestrator with version, commit and date stamped in
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/orchestrator ./cmd/orchestrator
+
+.PHONY: run
+run: build ## Run the service on :8080 (settings from the environment and ./.env)
+	./bin/orchestrator
+
+.PHONY: test
+test: deps lint test-go fuzz image-test ## The whole test suite: lint, Go tests (race), fuzzing, the image
+
+.PHONY: test-go
+test-go: ## Unit, handler and process-level tests with the race detector
+	go test -race -count=1 ./...
+
+# Every fuzz target, as package:Function.
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 10s) each
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
+	  go test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done
+
+.PHONY: bench
+bench: ## Probe throughput, memory and start-up against a bare net/http server
+	go test -run '^$$' -bench . -benchmem ./internal/...
+	go run ./hack/bench
+
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## go vet and golangci-lint
+	go vet ./...
+	$(GOLANGCI_LINT) run --config hack/golangci.yml ./...
+
+.PHONY: fmt
+fmt: $(GOLANGCI_LINT) ## Format the code (gofmt, goimports)
+	$(GOLANGCI_LINT) fmt --config hack/golangci.yml ./...
+
+.PHONY: deps
+deps: tools system-deps ## Download modules, install pinned tools and Debian packages
+	go mod download
+
+.PHONY: tools
+tools: $(GOLANGCI_LINT) ## Install the pinned Go tools into .tools/bin
+
+$(GOLANGCI_LINT):
+	GOBIN=$(TOOLBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the image build and benchmarks need (as root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+.PHONY: image
+image: ## Build the container image with buildah (no Docker engine needed)
+	IMAGE=$(IMAGE) VERSION=$(VERSION) COMMIT=$(COMMIT) BUILD_DATE=$(BUILD_DATE) hack/image/build.sh
+
+.PHONY: image-run
+image-run: ## Run the image with podman on 127.0.0.1:8080
+	source hack/image/env.sh && podman run --rm -it -p 127.0.0.1:8080:8080 --read-only --cap-drop ALL $(IMAGE)
+
+.PHONY: image-test
+image-test: ## Build the image, run it as non-root and check it answers /ready
+	IMAGE=$(IMAGE) VERSION=$(VERSION) COMMIT=$(COMMIT) BUILD_DATE=$(BUILD_DATE) hack/image/test.sh
+
+.PHONY: clean
+clean: ## Remove build output (keeps .tools and the image store)
+	rm -rf bin dist
+	go clean -testcache

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// result is one measurement of one server.
+type result struct {
+	rps      float64 // wrk's Requests/sec
+	requests int     // requests wrk completed
+	// cpu is the server's CPU time (user+system) during the run; share is
+	// that over the run's wall time, the fraction of its CPU it got.
+	cpu   time.Duration
+	share float64
+}
+
+// usPerRequest is the server's CPU time per request, in µs.
+func (r result) usPerRequest() float64 { return r.cpu.Seconds() * 1e6 / float64(r.requests) }
+
+// measure loads s's path with wrk and takes the server's CPU time around it.
+func measure(ctx context.Context, s *server, path string, d time.Duration, connections int) (result, error) {
+	pid := s.cmd.Process.Pid
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return result{}, err
+	}
+	begin := time.Now()
+	r, err := runWrk(ctx, s.url(path), d, connections)
+	if err != nil {
+		return result{}, err
+	}
+	wall := time.Since(begin)
+	cpu1, err := cpuTime(pid)
+	r.cpu = cpu1 - cpu0
+	r.share = r.cpu.Seconds() / wall.Seconds()
+	return r, err
+}
+
+// sideBySide loads the same path on both servers at once, after a joint
+// warm-up: they share serverCPU, so the kernel gives each half of it, and
+// whatever else the machine is doing slows both alike. The ratio of their
+// throughputs is then the ratio of their costs per request, undisturbed by
+// other load in a way that two runs one after the other are not.
+func sideBySide(ctx context.Context, servers [2]*server, path string, d time.Duration, connections int) ([2]result, error) {
+	var out [2]result
+	var errs [2]error
+	run := func(load func(i int) error) error {
+		var wg sync.WaitGroup
+		for i := range servers {
+			wg.Go(func() { errs[i] = load(i) })
+		}
+		wg.Wait()
+		return errors.Join(errs[:]...)
+	}
+	if err := run(func(i int) error {
+		_, err := runWrk(ctx, servers[i].url(path), warmup, connections)
+		return err
+	}); err != nil {
+		return out, err
+	}
+	err := run(func(i int) (err error) {
+		out[i], err = measure(ctx, servers[i], path, d, connections)
+		return err
+	})
+	return out, err
+}
+
+// cpuTime is the process's user+system CPU time, all threads included, from
+// /proc/<pid>/stat (in clock ticks of 10ms: USER_HZ is 100 on Linux).
+func cpuTime(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which ends with the last ')':
+	// state is [0], utime [11] and stime [12].
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime %q %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+var (
+	rpsLine       = regexp.MustCompile(`(?m)^Requests/sec:\s+([0-9.]+)`)
+	requestsLine  = regexp.MustCompile(`(?m)^\s*(\d+) requests in `)
+	socketErrLine = regexp.MustCompile(`(?m)^\s*Socket errors:.*$`)
+	non2xxLine    = regexp.MustCompile(`(?m)^\s*Non-2xx or 3xx responses:.*$`)
+)
+
+// runWrk loads url for d with keep-alive connections from one wrk thread
+// pinned to loadCPU. Any socket error or error status fails the run. wrk's
+// request timeout is raised from 2s to 10s so that a stall of the shared
+// machine is not taken for a failing server.
+func runWrk(ctx context.Context, url string, d time.Duration, connections int) (result, error) {
+	cmd := exec.CommandContext(ctx, "taskset", "-c", loadCPU, "wrk",
+		"-t1", "-c"+strconv.Itoa(connections), "-d"+strconv.Itoa(int(d.Seconds()))+"s", "--timeout", "10s", url)
+	cmd.SysProcAttr = childAttr()
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	if err != nil {
+		return result{}, fmt.Errorf("wrk %s: %w\n%s", url, err, text)
+	}
+	for _, bad := range []*regexp.Regexp{socketErrLine, non2xxLine} {
+		if line := bad.FindString(text); line != "" {
+			return result{}, fmt.Errorf("wrk %s: %s", url, strings.TrimSpace(line))
+		}
+	}
+	n := requestsLine.FindStringSubmatch(text)
+	m := rpsLine.FindStringSubmatch(text)
+	if n == nil || m == nil || n[1] == "0" {
+		return result{}, fmt.Errorf("wrk %s: no requests completed:\n%s", url, text)
+	}
+	var r result
+	r.requests, _ = strconv.Atoi(n[1])
+	r.rps, err = strconv.ParseFloat(m[1], 64)
+	return r, err
+}
