@@ -393,3 +393,26 @@ func TestInFlightTracking(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
+
+func TestPanicAfterTheResponseBeganAbortsTheConnection(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	m := f.handler.(*middleware)
+	m.next = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "partial")
+		panic("late failure")
+	})
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("a handler that panicked mid-response produced a complete response")
+	}
+	if n := len(f.logs.FilterMessage("panic serving request").All()); n != 1 {
+		t.Fatalf("panic logged %d times, want once", n)
+	}
+}

@@ -124,13 +124,17 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(rec, r.Body, m.maxBodyBytes)
+		// w, not rec: net/http's own writer learns of an overrun and closes
+		// the connection instead of reading the rest of the body.
+		r.Body = http.MaxBytesReader(w, r.Body, m.maxBodyBytes)
 	}
 	m.serveRecovering(rec, r, id)
 }
 
 // serveRecovering turns a panic in a handler into a 500 and a logged stack
-// trace; the server keeps running.
+// trace; the server keeps running. If the handler had already begun its
+// response, the connection is aborted instead, so that the client sees an
+// error rather than a truncated body that looks complete.
 func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) {
 	defer func() {
 		v := recover()
@@ -146,11 +150,11 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 			zap.Any("panic", v), zap.Stack("stacktrace"),
 			zap.String("method", r.Method), zap.String("route", rec.route),
 			zap.String("path", r.URL.Path), zap.String("request_id", id))
-		if !rec.wroteHeader {
-			writeError(rec, http.StatusInternalServerError, "internal server error")
-		} else {
+		if rec.wroteHeader {
 			rec.status = http.StatusInternalServerError // for the log and metrics
+			panic(http.ErrAbortHandler)
 		}
+		writeError(rec, http.StatusInternalServerError, "internal server error")
 	}()
 	m.next.ServeHTTP(rec, r)
 }
