@@ -5,7 +5,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 MODULE     := github.com/optiinfra/orchestrator
-VERSION    ?= 0.1.0
+# The release version is the chart's appVersion: the one place to bump it.
+VERSION    ?= $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/orchestrator/Chart.yaml)
 COMMIT     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The commit's date, not the clock: the same commit builds the same binary,
 # and image builds can reuse their cached layers.
@@ -17,16 +18,21 @@ LDFLAGS    := -X $(MODULE)/internal/buildinfo.version=$(VERSION) \
 IMAGE      ?= localhost/orchestrator:$(VERSION)
 FUZZTIME   ?= 10s
 
-# Pinned tools, installed into .tools/bin by `make tools`.
-TOOLS              := $(CURDIR)/.tools
-TOOLBIN            := $(TOOLS)/bin
-GOLANGCI_LINT_VERSION := v2.15.0
-GOLANGCI_LINT      := $(TOOLBIN)/golangci-lint
+# Pinned tools (versions in hack/tools/install.sh), installed into .tools/bin
+# by `make tools`.
+export TOOLS := $(CURDIR)/.tools
+TOOLBIN      := $(TOOLS)/bin
+export PATH  := $(TOOLBIN):$(PATH)
+export SKAFFOLD_UPDATE_CHECK := false
 
-# Debian packages the image build and the benchmarks need.
-APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk
+# Debian packages the image build, the benchmarks and the linters need.
+APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck
 
-export PATH := $(TOOLBIN):$(PATH)
+# Shell scripts, for shellcheck.
+SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
+
+# Every fuzz target, as package:Function.
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID
 
 .PHONY: help
 help: ## List the targets
@@ -41,14 +47,11 @@ run: build ## Run the service on :8080 (settings from the environment and ./.env
 	./bin/orchestrator
 
 .PHONY: test
-test: deps lint test-go fuzz image-test ## The whole test suite: lint, Go tests (race), fuzzing, the image
+test: deps lint test-go fuzz test-chart image-test ## The whole suite: lint, Go tests (race), fuzzing, chart, image
 
 .PHONY: test-go
 test-go: ## Unit, handler and process-level tests with the race detector
 	go test -race -count=1 ./...
-
-# Every fuzz target, as package:Function.
-FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 10s) each
@@ -57,32 +60,44 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 10s) each
 	  go test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
 	done
 
+.PHONY: test-chart
+test-chart: tools ## Chart, manifests, schemas, Skaffold: everything short of a cluster
+	helm-unittest charts/orchestrator
+	hack/chart-check.sh
+	go test -tags chart -count=1 ./test/chart/
+	hack/tools/selftest.sh
+	hack/skaffold-check.sh
+
+.PHONY: manifests
+manifests: tools ## Render k8s/ from the chart's defaults
+	hack/manifests.sh write
+
 .PHONY: bench
 bench: ## Probe throughput, memory and start-up against a bare net/http server
 	go test -run '^$$' -bench . -benchmem ./internal/...
 	go run ./hack/bench
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## go vet and golangci-lint
+lint: tools ## go vet, golangci-lint, shellcheck, actionlint
 	go vet ./...
-	$(GOLANGCI_LINT) run --config hack/golangci.yml ./...
+	golangci-lint run --config hack/golangci.yml ./...
+	shellcheck -x -P SCRIPTDIR $(SCRIPTS)
+	actionlint
 
 .PHONY: fmt
-fmt: $(GOLANGCI_LINT) ## Format the code (gofmt, goimports)
-	$(GOLANGCI_LINT) fmt --config hack/golangci.yml ./...
+fmt: tools ## Format the code (gofmt, goimports)
+	golangci-lint fmt --config hack/golangci.yml ./...
 
 .PHONY: deps
-deps: tools system-deps ## Download modules, install pinned tools and Debian packages
+deps: system-deps tools ## Download modules, install pinned tools and Debian packages
 	go mod download
 
 .PHONY: tools
-tools: $(GOLANGCI_LINT) ## Install the pinned Go tools into .tools/bin
-
-$(GOLANGCI_LINT):
-	GOBIN=$(TOOLBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+tools: ## Install the pinned tools into .tools/bin (seconds when already there)
+	hack/tools/install.sh
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the image build and benchmarks need (as root)
+system-deps: ## Install the Debian packages the image build and linters need (as root)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

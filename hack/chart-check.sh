@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The chart checks that need no cluster, over the values matrix (the
+# defaults and every charts/orchestrator/ci/*-values.yaml):
+#
+#   1. helm lint --strict, for the oldest supported Kubernetes and for 1.34;
+#   2. every rendering validated strictly against that version's OpenAPI
+#      schemas (kubeconform, schemas made offline by hack/tools/install.sh),
+#      and k8s/ against 1.30 (the oldest it targets) and 1.34;
+#   3. kube-score on every 1.34 rendering: no critical finding. Two checks
+#      are off, for the reasons given in the README ("kube-score").
+#
+# Below 1.30 the chart is rendered with termination.nativeSleep=false, as it
+# requires there. Uses the tools in $TOOLS/bin (default .tools/bin).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS=${TOOLS:-$root/.tools}
+helm=$TOOLS/bin/helm
+chart=$root/charts/orchestrator
+oldest=1.28.15 newest=1.34.2 manifests_oldest=1.30.14
+kube_score_off=(--ignore-test container-image-pull-policy --ignore-test pod-networkpolicy)
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# score runs kube-score on its arguments (or stdin): shows the warnings,
+# and fails with the critical findings.
+score() {
+	local report
+	if ! report=$("$TOOLS/bin/kube-score" score --output-format ci "${kube_score_off[@]}" "${@:--}"); then
+		grep -E '\[CRITICAL\]' <<<"$report" >&2
+		return 1
+	fi
+	grep -E '\[WARNING\]' <<<"$report" || true
+}
+
+values=(defaults "$chart"/ci/*-values.yaml)
+for v in "$oldest" "$newest"; do
+	for file in "${values[@]}"; do
+		name=$(basename "$file" -values.yaml)
+		args=(--kube-version "$v")
+		[[ $file == defaults ]] || args+=(--values "$file")
+		[[ $v == "$oldest" ]] && args+=(--set termination.nativeSleep=false)
+
+		echo "== $name on $v"
+		"$helm" lint --strict --quiet "$chart" "${args[@]}"
+		"$helm" template orch "$chart" --namespace optiinfra "${args[@]}" >"$out/$name-$v.yaml"
+		"$root/hack/tools/kubeconform.sh" "$v" "$out/$name-$v.yaml"
+		if [[ $v == "$newest" ]]; then
+			# Workloads only: the helm test pod is a one-shot hook, not a
+			# workload (no probes, by design).
+			"$helm" template orch "$chart" --namespace optiinfra --skip-tests "${args[@]}" | score
+		fi
+	done
+done
+
+manifests=()
+for f in "$root"/k8s/*.yaml; do
+	[[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
+done
+for v in "$manifests_oldest" "$newest"; do
+	echo "== k8s/ on $v"
+	"$root/hack/tools/kubeconform.sh" "$v" "${manifests[@]}"
+done
+score "${manifests[@]}"
+echo "chart checks passed: ${#values[@]} values files x {$oldest, $newest}, and k8s/"
