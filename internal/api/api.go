@@ -26,7 +26,8 @@ type Config struct {
 	// MaxBodyBytes bounds the size of a request body.
 	MaxBodyBytes int64 `env:"HTTP_MAX_BODY_BYTES, default=1048576"`
 	// FaultsEnabled mounts the /faults/* endpoints that tests use to make
-	// the server slow or panic. Never enable it in production.
+	// the server slow, panic or fail its readiness. Never enable it in
+	// production.
 	FaultsEnabled bool `env:"FAULTS_ENABLED, default=false"`
 }
 
@@ -76,8 +77,7 @@ func New(opts Options) (http.Handler, error) {
 	rt.handle("/", loud, rootHandler(opts.Build.Version, opts.Health), http.MethodGet, http.MethodHead)
 	rt.handle("/version", loud, versionHandler(opts.Build), http.MethodGet, http.MethodHead)
 	if opts.Config.FaultsEnabled {
-		rt.handle("/faults/delay", loud, http.HandlerFunc(delayHandler), http.MethodGet, http.MethodPost)
-		rt.handle("/faults/panic", loud, http.HandlerFunc(panicHandler), http.MethodGet, http.MethodPost)
+		mountFaults(rt, opts.Health)
 	}
 
 	rt.mux.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

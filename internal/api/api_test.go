@@ -200,7 +200,7 @@ func TestPanicIsRecovered(t *testing.T) {
 
 func TestFaultsAreOffByDefault(t *testing.T) {
 	f := newFixture(t, defaultConfig)
-	for _, path := range []string{"/faults/panic", "/faults/delay?duration=1s"} {
+	for _, path := range []string{"/faults/panic", "/faults/delay?duration=1s", "/faults/unready"} {
 		if rec := f.get(path); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s without FAULTS_ENABLED = %d, want 404", path, rec.Code)
 		}
@@ -414,5 +414,36 @@ func TestPanicAfterTheResponseBeganAbortsTheConnection(t *testing.T) {
 	}
 	if n := len(f.logs.FilterMessage("panic serving request").All()); n != 1 {
 		t.Fatalf("panic logged %d times, want once", n)
+	}
+}
+
+func TestReadinessFaultSwitch(t *testing.T) {
+	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	post := func(path string) int {
+		return f.do(httptest.NewRequest(http.MethodPost, path, nil)).Code
+	}
+	if code := f.get("/ready").Code; code != http.StatusOK {
+		t.Fatalf("/ready before the switch = %d", code)
+	}
+	if code := post("/faults/unready"); code != http.StatusOK {
+		t.Fatalf("POST /faults/unready = %d", code)
+	}
+	if code := f.get("/ready").Code; code != http.StatusServiceUnavailable {
+		t.Fatalf("/ready after /faults/unready = %d, want 503", code)
+	}
+	if body := f.get("/ready?verbose").Body.String(); !strings.Contains(body, "[-]fault-injection failed: unready on purpose") {
+		t.Fatalf("/ready?verbose does not say why: %s", body)
+	}
+	if code := f.get("/live").Code; code != http.StatusOK {
+		t.Fatalf("/live while unready on purpose = %d, want 200", code)
+	}
+	if code := post("/faults/ready"); code != http.StatusOK {
+		t.Fatalf("POST /faults/ready = %d", code)
+	}
+	if code := f.get("/ready").Code; code != http.StatusOK {
+		t.Fatalf("/ready after /faults/ready = %d, want 200", code)
+	}
+	if code := f.get("/faults/unready").Code; code != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /faults/unready = %d, want 405: the switch changes state", code)
 	}
 }

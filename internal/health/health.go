@@ -173,6 +173,13 @@ func New(opts Options) *Health {
 	return h
 }
 
+// AddReadinessCheck registers a readiness check that reads memory only: it
+// runs on every probe, so it must never do I/O (use AddReadinessDependency
+// for that). It panics when called after Run or with a name already taken.
+func (h *Health) AddReadinessCheck(name string, fn healthcheck.Check) {
+	h.add(&check{name: name, kind: Readiness, fn: fn})
+}
+
 // AddReadinessDependency registers a dependency the service cannot serve
 // without. probe runs in the background every HEALTH_CHECK_INTERVAL with a
 // HEALTH_CHECK_TIMEOUT deadline; until its first run ends, /ready fails.
