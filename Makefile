@@ -25,8 +25,10 @@ TOOLBIN      := $(TOOLS)/bin
 export PATH  := $(TOOLBIN):$(PATH)
 export SKAFFOLD_UPDATE_CHECK := false
 
-# Debian packages the image build, the benchmarks and the linters need.
-APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck
+# Debian packages the image build, the benchmarks, the linters and the local
+# Kubernetes node (hack/localkube/versions.env) need.
+APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck \
+                etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl
 
 # Shell scripts, for shellcheck.
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
@@ -36,7 +38,7 @@ FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build bin/orchestrator with version, commit and date stamped in
@@ -47,7 +49,7 @@ run: build ## Run the service on :8080 (settings from the environment and ./.env
 	./bin/orchestrator
 
 .PHONY: test
-test: deps lint test-go fuzz test-chart image-test ## The whole suite: lint, Go tests (race), fuzzing, chart, image
+test: deps lint test-go fuzz test-chart image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, image, e2e
 
 .PHONY: test-go
 test-go: ## Unit, handler and process-level tests with the race detector
@@ -68,6 +70,14 @@ test-chart: tools ## Chart, manifests, schemas, Skaffold: everything short of a 
 	hack/tools/selftest.sh
 	hack/skaffold-check.sh
 
+.PHONY: e2e
+e2e: ## The e2e suite against the current kube-context; E2E_IMAGE: an image the cluster can run
+	go test -tags e2e -count=1 -timeout 40m -v ./test/e2e/
+
+.PHONY: e2e-local
+e2e-local: tools ## Bring up a real Kubernetes node here (offline), run the e2e suite on it, tear it down
+	hack/e2e-local.sh
+
 .PHONY: manifests
 manifests: tools ## Render k8s/ from the chart's defaults
 	hack/manifests.sh write
@@ -79,7 +89,7 @@ bench: ## Probe throughput, memory and start-up against a bare net/http server
 
 .PHONY: lint
 lint: tools ## go vet, golangci-lint, shellcheck, actionlint
-	go vet ./...
+	go vet -tags e2e,chart ./...
 	golangci-lint run --config hack/golangci.yml ./...
 	shellcheck -x -P SCRIPTDIR $(SCRIPTS)
 	actionlint

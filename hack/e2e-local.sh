@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# make e2e-local: the e2e suite (test/e2e, the same one `make e2e` runs on
+# kind or minikube) against a real single-node Kubernetes 1.34 brought up on
+# this machine, offline, inside a private network namespace
+# (hack/localkube), then torn down, whatever happens.
+#
+#   1. build the node's components (cached after the first run) and the
+#      orchestrator image from the project's Dockerfile (hack/image);
+#   2. bring the node up; push the image into its loopback registry;
+#   3. run the compiled e2e suite inside the namespace; its Skaffold case
+#      builds with buildah (profile "buildah": no Docker engine here) and
+#      pushes to the node's registry;
+#   4. take the node down.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+started=$SECONDS
+# shellcheck source=hack/localkube/lib.sh
+source "$root/hack/localkube/lib.sh" # STATE, REGISTRY
+image=localhost/orchestrator:e2e
+step() { printf '\n== %s (+%ds)\n' "$*" "$((SECONDS - started))"; }
+
+step "building the node's components"
+"$root/hack/localkube/build.sh"
+
+step "building the image from the Dockerfile"
+IMAGE=$image "$root/hack/image/build.sh"
+# The suite is compiled here, with the module proxy in reach; inside the
+# namespace there is no network but the node's.
+go test -tags e2e -c -o "$root/.cache/e2e.test" "$root/test/e2e"
+
+cleanup() {
+	local rc=$?
+	step "taking the node down"
+	"$root/hack/localkube/down.sh" || rc=1
+	printf '\ne2e-local %s in %ds\n' "$([[ $rc == 0 ]] && echo passed || echo FAILED)" "$((SECONDS - started))"
+	exit "$rc"
+}
+trap cleanup EXIT
+
+step "bringing the node up"
+node_started=$SECONDS
+"$root/hack/localkube/up.sh"
+echo "node up in $((SECONDS - node_started))s"
+
+# buildah and podman use the project's storage (where the image was built).
+# shellcheck source=hack/image/env.sh
+source "$root/hack/image/env.sh"
+registries=$STATE/registries.conf
+cat >"$registries" <<CONF
+# The node's loopback registry speaks plain HTTP.
+[[registry]]
+location = "$REGISTRY"
+insecure = true
+CONF
+export CONTAINERS_REGISTRIES_CONF=$registries
+
+step "pushing $image to the node's registry"
+"$root/hack/localkube/exec.sh" buildah push --quiet --tls-verify=false "$image" "docker://$REGISTRY/orchestrator:e2e"
+
+step "running the e2e suite"
+cd "$root/test/e2e"
+"$root/hack/localkube/exec.sh" env \
+	E2E_IMAGE="$REGISTRY/orchestrator:e2e" \
+	GO_IMAGE="$BUILDER_IMAGE" \
+	E2E_SKAFFOLD_PROFILE=buildah \
+	E2E_SKAFFOLD_ARGS="--default-repo=$REGISTRY --insecure-registry=$REGISTRY" \
+	"$root/.cache/e2e.test" -test.v -test.count=1 -test.timeout=40m

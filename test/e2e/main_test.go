@@ -1,0 +1,50 @@
+//go:build e2e
+
+// Package e2e_test runs the orchestrator's used-by flows on a real
+// Kubernetes cluster: whatever the current kubeconfig points at (kind,
+// minikube, or the local node that `make e2e-local` brings up). It installs
+// the Helm chart into a namespace that enforces the "restricted" Pod
+// Security Standard, follows the pods through the kubelet's own probes,
+// takes a pod out of its Service on purpose, runs `helm test`, port-forwards
+// and curls, restarts and scales the Deployment under load and requires that
+// no request fails, applies k8s/ with kustomize, and runs Skaffold.
+//
+// It needs kubectl, helm and skaffold on PATH and:
+//
+//	E2E_IMAGE        the orchestrator image the cluster can run (repository:tag),
+//	                 built from the project's Dockerfile and loaded or pushed
+//	E2E_SKAFFOLD          "run" (default) to run the Skaffold case, "skip" to leave it out
+//	E2E_SKAFFOLD_PROFILE  a skaffold.yaml profile to add, e.g. buildah (no Docker engine)
+//	E2E_SKAFFOLD_ARGS     more flags for skaffold run and dev, e.g. --default-repo=127.0.0.1:5000
+//
+// Run it with `make e2e`.
+package e2e_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// image is the orchestrator image under test, split for the chart.
+var image struct{ ref, repository, tag string }
+
+func TestMain(m *testing.M) {
+	ref := os.Getenv("E2E_IMAGE")
+	slash := strings.LastIndex(ref, "/")
+	colon := strings.LastIndex(ref, ":")
+	if ref == "" || colon < slash {
+		fmt.Fprintln(os.Stderr, "e2e: set E2E_IMAGE to the orchestrator image the cluster can run, as repository:tag")
+		os.Exit(2)
+	}
+	image.ref, image.repository, image.tag = ref, ref[:colon], ref[colon+1:]
+	if out, err := tryCmd(30*time.Second, "kubectl", "version"); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: no cluster to test against: %v\n", err)
+		os.Exit(2)
+	} else {
+		fmt.Fprint(os.Stderr, out)
+	}
+	os.Exit(m.Run())
+}
