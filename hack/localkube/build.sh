@@ -143,7 +143,7 @@ installed() {
 show_version() {
   case $1 in
     kubectl) echo "kubectl $("$LK_BIN/kubectl" version --client -o yaml | sed -n 's/^  gitVersion: //p')" ;;
-    coredns) "$LK_BIN/coredns" -version | head -1 ;;
+    coredns) "$LK_BIN/coredns" -version | sed -n 1p ;; # sed reads it all: head would SIGPIPE coredns under pipefail
     crane) echo "crane $("$LK_BIN/crane" version)" ;;
     pause) echo "pause $(pin pause) image $PAUSE_IMAGE in $LK_IMAGES/pause.tar" ;;
     *) echo "$1 $("$LK_BIN/$1" --version)" ;;

@@ -137,7 +137,7 @@ show_version() {
     kubeconform) echo "kubeconform $("$BIN/kubeconform" -v)" ;;
     kube-score) "$BIN/kube-score" version ;;
     skaffold) echo "skaffold $("$BIN/skaffold" version)" ;;
-    actionlint) echo "actionlint $("$BIN/actionlint" -version | head -1)" ;;
+    actionlint) echo "actionlint $("$BIN/actionlint" -version | sed -n 1p)" ;;
     golangci-lint) "$BIN/golangci-lint" version ;;
     schemas) for v in $KUBE_VERSIONS; do
         echo "schemas $v: $(find "$TOOLS/schemas/$v-standalone-strict" -name '*.json' | wc -l) kinds in $TOOLS/schemas/$v-standalone{,-strict}"
