@@ -145,6 +145,17 @@ grep -Eq "^ *image: \"?$IMAGE:$commit(-dirty)?\"?$" "$file" ||
 ok "gitCommit tag policy: $(sed -n 's/^ *image: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$file" | sort -u)"
 renderings+=("$file")
 
+# A short commit SHA can be all digits; Skaffold passes it to helm with --set,
+# which makes it a number (GoogleContainerTools/skaffold#8686). The chart must
+# still render it as the same tag.
+file=$out/render-base-numeric-tag.yaml
+sk "$no_context" render --offline=true --digest-source=tag --tag 2817012 --output "$file" ||
+	fail "skaffold render with an all-digit tag"
+grep -Eq "^ *image: \"?$IMAGE:2817012\"?$" "$file" ||
+	fail "render with an all-digit tag: no image $IMAGE:2817012 in $file"
+ok "an all-digit tag renders as $IMAGE:2817012"
+renderings+=("$file")
+
 echo "renderings in $out:"
 printf '  %s\n' "${renderings[@]}"
 

@@ -17,7 +17,8 @@ func TestSchemaAndTemplatesRejectBadValues(t *testing.T) {
 	}{
 		{"unknown top-level key", "1.34.2", "replicas: 3", "additional properties 'replicas' not allowed"},
 		{"unknown nested key", "1.34.2", "image: {repo: x}", "additional properties 'repo' not allowed"},
-		{"tag as a number", "1.34.2", "image: {tag: 1.2}", "/image/tag': got number, want string"},
+		{"tag as a fraction", "1.34.2", "image: {tag: 1.2}", "/image/tag': got number, want integer or string"},
+		{"negative tag", "1.34.2", "image: {tag: -1}", "/image/tag': minimum"},
 		{"bad log level", "1.34.2", "config: {logLevel: verbose}", "/config/logLevel': value must be one of"},
 		{"duration without a unit", "1.34.2", "config: {http: {readTimeout: 30}}", "/config/http/readTimeout': got number, want string"},
 		{"liveness successThreshold", "1.34.2", "probes: {liveness: {successThreshold: 2}}", "/probes/liveness/successThreshold'"},

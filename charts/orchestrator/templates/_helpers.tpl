@@ -64,13 +64,20 @@ Create the name of the service account to use
 
 {{/*
 The image reference: repository, then @digest if given, else :tag (default:
-the chart's appVersion).
+the chart's appVersion). A short commit SHA can be all digits (2817012), and
+`--set image.tag=2817012` (which Skaffold's setValueTemplates uses) or an
+unquoted YAML value turns it into a number; a float would print as
+2.817012e+06, so numbers are printed as integers.
 */}}
 {{- define "orchestrator.image" -}}
+{{- $tag := .Values.image.tag }}
+{{- if or (kindIs "float64" $tag) (kindIs "int64" $tag) (kindIs "int" $tag) }}
+{{- $tag = printf "%d" (int64 $tag) }}
+{{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion $tag) }}
 {{- end }}
 {{- end }}
 
