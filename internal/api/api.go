@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
@@ -55,6 +56,12 @@ type Options struct {
 	Build    buildinfo.Info
 	// InFlight records every request while it is served.
 	InFlight *inflight.Tracker
+	// Agents and Tasks serve /agents and /tasks; their routes are mounted
+	// only when they are set.
+	Agents Agents
+	Tasks  Tasks
+	// Auth checks the bearer tokens of /agents and /tasks; nil leaves them open.
+	Auth *auth.Authenticator
 }
 
 // New returns the service's HTTP handler: the router behind the middleware.
@@ -76,6 +83,13 @@ func New(opts Options) (http.Handler, error) {
 	}), http.MethodGet, http.MethodHead)
 	rt.handle("/", loud, rootHandler(opts.Build.Version, opts.Health), http.MethodGet, http.MethodHead)
 	rt.handle("/version", loud, versionHandler(opts.Build), http.MethodGet, http.MethodHead)
+	rt.handle("/openapi.yaml", loud, openAPIHandler(), http.MethodGet, http.MethodHead)
+	if opts.Agents != nil {
+		mountAgents(rt, opts.Agents, opts.Auth)
+	}
+	if opts.Tasks != nil {
+		mountTasks(rt, opts.Tasks, opts.Auth)
+	}
 	if opts.Config.FaultsEnabled {
 		mountFaults(rt, opts.Health)
 	}

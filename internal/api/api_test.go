@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,21 +18,54 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
+	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
+	agents "github.com/optiinfra/orchestrator/internal/registry"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fixture is the real router with everything it needs, logs captured.
+// fixture is the real router with everything it needs, logs captured:
+// a real agent registry and dispatcher on in-memory stores, stopped when
+// the test ends.
 type fixture struct {
-	handler  http.Handler
-	health   *health.Health
-	registry *prometheus.Registry
-	logs     *observer.ObservedLogs
-	inFlight *inflight.Tracker
+	handler    http.Handler
+	health     *health.Health
+	registry   *prometheus.Registry
+	logs       *observer.ObservedLogs
+	inFlight   *inflight.Tracker
+	agents     *agents.Registry
+	dispatcher *dispatch.Dispatcher
 }
+
+// fixtureOptions change the fixture's domain settings.
+type fixtureOptions struct {
+	agents   agents.Config
+	dispatch dispatch.Config
+	auth     auth.Config
+}
+
+// testAgentsConfig and testDispatchConfig are the defaults of the
+// environment, with short retries so tests do not wait.
+var (
+	testAgentsConfig = agents.Config{
+		HeartbeatInterval: 30 * time.Second,
+		MissedHeartbeats:  3,
+		EvictAfter:        24 * time.Hour,
+		AllowedNetworks:   []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"},
+	}
+	testDispatchConfig = dispatch.Config{
+		AgentConcurrency: 4,
+		MaxPending:       100,
+		Retention:        time.Hour,
+		RetryBackoff:     time.Millisecond,
+		RetryBackoffMax:  10 * time.Millisecond,
+		MaxResultBytes:   1 << 20,
+	}
+)
 
 func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
@@ -40,6 +74,12 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 
 // newFixtureAt builds the fixture with logs captured from level up.
 func newFixtureAt(t testing.TB, cfg Config, level zapcore.Level) *fixture {
+	t.Helper()
+	return newFixtureWith(t, cfg, level, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig})
+}
+
+// newFixtureWith builds the fixture with the given domain settings.
+func newFixtureWith(t testing.TB, cfg Config, level zapcore.Level, fo fixtureOptions) *fixture {
 	t.Helper()
 	core, logs := observer.New(level)
 	log := zap.New(core)
@@ -50,6 +90,32 @@ func newFixtureAt(t testing.TB, cfg Config, level zapcore.Level) *fixture {
 	h.MarkStarted()
 	reg := prometheus.NewRegistry()
 	f := &fixture{health: h, registry: reg, logs: logs, inFlight: &inflight.Tracker{}}
+	var err error
+	f.agents, err = agents.New(agents.Options{Config: fo.agents, Store: agents.NewMemoryStore(), Logger: log, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.dispatcher, err = dispatch.New(dispatch.Options{
+		Config: fo.dispatch, Store: dispatch.NewMemoryStore(), Agents: f.agents, Logger: log, Metrics: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.agents.OnChange(f.dispatcher.Pump)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.dispatcher.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+	tokens, err := auth.New(fo.auth)
+	if err != nil {
+		t.Fatal(err)
+	}
 	handler, err := New(Options{
 		Config:   cfg,
 		Logger:   log,
@@ -57,6 +123,9 @@ func newFixtureAt(t testing.TB, cfg Config, level zapcore.Level) *fixture {
 		Health:   h,
 		Build:    buildinfo.Info{Version: "1.2.3", Commit: "abc1234", BuildDate: "2026-11-26T00:00:00Z", GoVersion: "go1.26.8"},
 		InFlight: f.inFlight,
+		Agents:   f.agents,
+		Tasks:    f.dispatcher,
+		Auth:     tokens,
 	})
 	if err != nil {
 		t.Fatal(err)

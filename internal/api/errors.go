@@ -2,7 +2,12 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+
+	"github.com/optiinfra/orchestrator/internal/dispatch"
+	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
 // errorBody is the one shape of every error this service returns.
@@ -32,4 +37,65 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// writeDomainError answers for an error of the domain or of decoding: each
+// error's HTTP meaning is decided here and nowhere else. Anything not
+// known is a 500 whose cause goes to the access log, not to the client.
+func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		body  *bodyError
+		field *registry.FieldError
+		noAgt *dispatch.NoAgentError
+	)
+	switch {
+	case errors.As(err, &body):
+		writeError(w, body.status, body.msg)
+	case errors.As(err, &field):
+		writeError(w, http.StatusBadRequest, field.Error())
+	case errors.Is(err, registry.ErrNotFound), errors.Is(err, dispatch.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, registry.ErrHostNotAllowed):
+		writeError(w, http.StatusForbidden, "host: "+err.Error())
+	case errors.Is(err, dispatch.ErrFinished):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.As(err, &noAgt):
+		writeError(w, http.StatusServiceUnavailable, noAgt.Error())
+	case errors.Is(err, dispatch.ErrQueueFull):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, err.Error())
+	case errors.Is(err, dispatch.ErrShuttingDown):
+		writeError(w, http.StatusServiceUnavailable, err.Error()+": retry, another replica will answer")
+	case r.Context().Err() != nil:
+		writeError(w, http.StatusServiceUnavailable, "the request was cancelled")
+	default:
+		if rec := routeOf(w); rec != nil {
+			rec.err = err
+		}
+		writeError(w, http.StatusInternalServerError, "internal error")
+	}
+}
+
+// notFoundAs names what was not found: agent "1234" not found.
+func notFoundAs(err error, what, id string) error {
+	if errors.Is(err, registry.ErrNotFound) || errors.Is(err, dispatch.ErrNotFound) {
+		return &notFoundError{what: what, id: id, err: err}
+	}
+	return err
+}
+
+type notFoundError struct {
+	what, id string
+	err      error
+}
+
+func (e *notFoundError) Error() string { return fmt.Sprintf("%s %.64q not found", e.what, e.id) }
+func (e *notFoundError) Unwrap() error { return e.err }
+
+// finishedAs says what a finished task ended as.
+func finishedAs(err error, t dispatch.Task) error {
+	if errors.Is(err, dispatch.ErrFinished) {
+		return fmt.Errorf("%w: task %s is %s; only pending, dispatched or retrying tasks can be cancelled", err, t.ID, t.Status)
+	}
+	return err
 }

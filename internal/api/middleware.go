@@ -168,7 +168,10 @@ func (m *middleware) observe(rec *recorder, r *http.Request, id string, took tim
 	s.duration.Observe(took.Seconds())
 
 	level := zapcore.InfoLevel
-	if rec.quiet {
+	switch {
+	case rec.err != nil:
+		level = zapcore.ErrorLevel
+	case rec.quiet:
 		level = zapcore.DebugLevel
 	}
 	if ce := m.log.Check(level, "request"); ce != nil {
@@ -182,6 +185,7 @@ func (m *middleware) observe(rec *recorder, r *http.Request, id string, took tim
 			zap.String("request_id", id),
 			zap.String("remote_addr", r.RemoteAddr),
 			zap.String("user_agent", r.UserAgent()),
+			zap.NamedError("error", rec.err), // skipped when nil
 		)
 	}
 }

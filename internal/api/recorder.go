@@ -18,6 +18,8 @@ type recorder struct {
 	wroteHeader bool
 	route       string
 	quiet       bool
+	// err is why a handler answered 500, for the access log.
+	err error
 }
 
 func (rec *recorder) WriteHeader(status int) {

@@ -19,8 +19,11 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/optiinfra/orchestrator/internal/api"
+	"github.com/optiinfra/orchestrator/internal/auth"
+	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/logging"
+	"github.com/optiinfra/orchestrator/internal/registry"
 	"github.com/optiinfra/orchestrator/internal/server"
 )
 
@@ -30,10 +33,13 @@ type Config struct {
 	// it is reported in the startup line.
 	Environment string `env:"ENVIRONMENT, default=production"`
 
-	Server server.Config
-	Log    logging.Config
-	Health health.Config
-	API    api.Config
+	Server   server.Config
+	Log      logging.Config
+	Health   health.Config
+	API      api.Config
+	Registry registry.Config
+	Dispatch dispatch.Config
+	Auth     auth.Config
 
 	// Warnings are notes about the environment worth a log line once the
 	// logger exists, such as a Kubernetes service link that was ignored.
@@ -79,7 +85,7 @@ func (c *Config) Validate() error {
 	if !environmentName.MatchString(c.Environment) {
 		errs = append(errs, fmt.Errorf("ENVIRONMENT=%q: must be 1 to 63 letters, digits, '.', '_' or '-'", c.Environment))
 	}
-	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API} {
+	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API, c.Registry, c.Dispatch, c.Auth} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -96,6 +102,9 @@ func (c *Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 		enc.AddObject("log", c.Log),
 		enc.AddObject("health", c.Health),
 		enc.AddObject("api", c.API),
+		enc.AddObject("agents", c.Registry),
+		enc.AddObject("tasks", c.Dispatch),
+		enc.AddObject("auth", c.Auth),
 	)
 }
 

@@ -1,0 +1,223 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Type is the kind of work an agent does.
+type Type string
+
+// The agent types OptiInfra has.
+const (
+	TypeCost        Type = "cost"
+	TypePerformance Type = "performance"
+	TypeResource    Type = "resource"
+	TypeApplication Type = "application"
+)
+
+// Types lists every agent type, in the order metrics and docs show them.
+var Types = []Type{TypeCost, TypePerformance, TypeResource, TypeApplication}
+
+// ParseType returns the Type named s, or an error listing the valid ones.
+func ParseType(s string) (Type, error) {
+	if slices.Contains(Types, Type(s)) {
+		return Type(s), nil
+	}
+	return "", fmt.Errorf("%q is not an agent type; use cost, performance, resource or application", s)
+}
+
+// Status is an agent's health as the orchestrator sees it.
+type Status string
+
+// The agent statuses. Agents report the first three in heartbeats; the
+// orchestrator sets Unreachable when heartbeats stop.
+const (
+	StatusHealthy     Status = "healthy"
+	StatusDegraded    Status = "degraded"
+	StatusUnhealthy   Status = "unhealthy"
+	StatusUnreachable Status = "unreachable"
+)
+
+// Statuses lists every status, in the order metrics show them.
+var Statuses = []Status{StatusHealthy, StatusDegraded, StatusUnhealthy, StatusUnreachable}
+
+// ParseReportedStatus returns the status an agent reported in a heartbeat.
+// Empty means healthy (agents that send no status); unreachable is the
+// orchestrator's to set, not the agent's.
+func ParseReportedStatus(s string) (Status, error) {
+	switch Status(s) {
+	case "":
+		return StatusHealthy, nil
+	case StatusHealthy, StatusDegraded, StatusUnhealthy:
+		return Status(s), nil
+	}
+	return "", fmt.Errorf("%q is not a heartbeat status; use healthy, degraded or unhealthy", s)
+}
+
+// Agent is a registered agent.
+type Agent struct {
+	ID           string
+	Name         string
+	Type         Type
+	Host         string
+	Port         int
+	Capabilities []string
+	Status       Status
+	Version      string
+	RegisteredAt time.Time
+	LastSeen     time.Time
+	// Metadata is what the agent sent when it registered; HeartbeatMetadata
+	// what it sent in its last heartbeat. Keeping them apart bounds memory:
+	// a heartbeat replaces the latter rather than growing one map forever.
+	Metadata          map[string]any
+	HeartbeatMetadata map[string]any
+}
+
+// AllMetadata is the registration metadata overlaid with the last
+// heartbeat's: what GET /agents shows.
+func (a Agent) AllMetadata() map[string]any {
+	if len(a.HeartbeatMetadata) == 0 {
+		return a.Metadata
+	}
+	all := maps.Clone(a.Metadata)
+	if all == nil {
+		all = make(map[string]any, len(a.HeartbeatMetadata))
+	}
+	maps.Copy(all, a.HeartbeatMetadata)
+	return all
+}
+
+// HasCapability reports whether the agent can run tasks of taskType.
+func (a Agent) HasCapability(taskType string) bool {
+	return slices.Contains(a.Capabilities, taskType)
+}
+
+// Registration is what an agent sends to register.
+type Registration struct {
+	Name         string
+	Type         string
+	Host         string
+	Port         int
+	Capabilities []string
+	Version      string
+	Metadata     map[string]any
+}
+
+// Limits on registration fields. They keep one agent's record small; the
+// request body limit bounds metadata.
+const (
+	maxNameLen       = 128
+	maxHostLen       = 253 // a DNS name
+	maxCapabilities  = 64
+	maxCapabilityLen = 64
+	maxVersionLen    = 64
+)
+
+// capabilityPattern is what a capability (and so a task type) may look
+// like. Task types label metrics, so they must stay short and plain.
+var capabilityPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:/-]*$`)
+
+// ValidTaskType reports why s cannot be a capability or task type, or nil.
+func ValidTaskType(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	if len(s) > maxCapabilityLen || !capabilityPattern.MatchString(s) {
+		return fmt.Errorf("%.80q must be at most %d letters, digits or _ . : / - (starting with a letter or digit)", s, maxCapabilityLen)
+	}
+	return nil
+}
+
+// FieldError is a registration or heartbeat field that cannot be accepted.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// ErrInvalid is wrapped by every FieldError check failure.
+var ErrInvalid = errors.New("invalid")
+
+// Is makes errors.Is(err, ErrInvalid) true for every FieldError.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+// validate checks r and returns the agent it describes (without ID, times
+// and status), with capabilities de-duplicated in their given order.
+func (r Registration) validate() (Agent, error) {
+	fieldErr := func(field, format string, args ...any) (Agent, error) {
+		return Agent{}, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	}
+	name := strings.TrimSpace(r.Name)
+	switch {
+	case name == "":
+		return fieldErr("name", "is required")
+	case len(name) > maxNameLen || strings.ContainsFunc(name, isControl):
+		return fieldErr("name", "must be at most %d printable characters", maxNameLen)
+	}
+	if r.Type == "" {
+		return fieldErr("type", "is required")
+	}
+	typ, err := ParseType(r.Type)
+	if err != nil {
+		return fieldErr("type", "%s", err)
+	}
+	host := strings.TrimSpace(r.Host)
+	if host == "" {
+		return fieldErr("host", "is required")
+	}
+	if err := validHost(host); err != nil {
+		return fieldErr("host", "%s", err)
+	}
+	if r.Port < 1 || r.Port > 65535 {
+		return fieldErr("port", "must be an integer from 1 to 65535")
+	}
+	if len(r.Capabilities) > maxCapabilities {
+		return fieldErr("capabilities", "at most %d are allowed", maxCapabilities)
+	}
+	caps := make([]string, 0, len(r.Capabilities))
+	for i, c := range r.Capabilities {
+		if err := ValidTaskType(c); err != nil {
+			return fieldErr(fmt.Sprintf("capabilities[%d]", i), "%s", err)
+		}
+		if !slices.Contains(caps, c) {
+			caps = append(caps, c)
+		}
+	}
+	if len(r.Version) > maxVersionLen || strings.ContainsFunc(r.Version, isControl) {
+		return fieldErr("version", "must be at most %d printable characters", maxVersionLen)
+	}
+	return Agent{
+		Name:         name,
+		Type:         typ,
+		Host:         strings.ToLower(host),
+		Port:         r.Port,
+		Capabilities: caps,
+		Version:      r.Version,
+		Metadata:     r.Metadata,
+	}, nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// dnsName is a host name as RFC 1123 allows it.
+var dnsName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+
+// validHost accepts an IP address or a DNS name; never a URL, a port or
+// user information, which would let a registration steer deliveries.
+func validHost(host string) error {
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	if len(host) > maxHostLen || !dnsName.MatchString(host) {
+		return fmt.Errorf("%.80q must be an IP address or a DNS name (no scheme, port or path)", host)
+	}
+	return nil
+}
