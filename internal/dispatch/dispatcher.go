@@ -350,7 +350,7 @@ func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (regi
 	if ties == 0 {
 		return registry.Candidate{}, false
 	}
-	n := int(d.rr[j.route] % uint64(ties))
+	n := d.rr[j.route] % uint64(ties)
 	d.rr[j.route]++
 	for _, c := range candidates {
 		load := d.inFlight[c.ID]
@@ -552,7 +552,7 @@ func (d *Dispatcher) backoff(n int) time.Duration {
 	if n-1 < 30 {
 		delay = min(d.cfg.RetryBackoff<<(n-1), d.cfg.RetryBackoffMax)
 	}
-	return delay/2 + rand.N(delay/2+1)
+	return delay/2 + rand.N(delay/2+1) //nolint:gosec // G404: jitter needs spread, not secrecy
 }
 
 // expire fails j with timeout when it waited its whole timeout in a queue.
