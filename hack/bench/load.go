@@ -27,15 +27,16 @@ type result struct {
 // usPerRequest is the server's CPU time per request, in µs.
 func (r result) usPerRequest() float64 { return r.cpu.Seconds() * 1e6 / float64(r.requests) }
 
-// measure loads s's path with wrk and takes the server's CPU time around it.
-func measure(ctx context.Context, s *server, path string, d time.Duration, connections int) (result, error) {
+// measure loads s's endpoint with wrk and takes the server's CPU time
+// around it.
+func measure(ctx context.Context, s *server, e endpoint, d time.Duration, connections int) (result, error) {
 	pid := s.cmd.Process.Pid
 	cpu0, err := cpuTime(pid)
 	if err != nil {
 		return result{}, err
 	}
 	begin := time.Now()
-	r, err := runWrk(ctx, s.url(path), d, connections)
+	r, err := runWrk(ctx, s, e, d, connections)
 	if err != nil {
 		return result{}, err
 	}
@@ -46,12 +47,12 @@ func measure(ctx context.Context, s *server, path string, d time.Duration, conne
 	return r, err
 }
 
-// sideBySide loads the same path on both servers at once, after a joint
+// sideBySide loads the same endpoint on both servers at once, after a joint
 // warm-up: they share serverCPU, so the kernel gives each half of it, and
 // whatever else the machine is doing slows both alike. The ratio of their
 // throughputs is then the ratio of their costs per request, undisturbed by
 // other load in a way that two runs one after the other are not.
-func sideBySide(ctx context.Context, servers [2]*server, path string, d time.Duration, connections int) ([2]result, error) {
+func sideBySide(ctx context.Context, servers [2]*server, e endpoint, d time.Duration, connections int) ([2]result, error) {
 	var out [2]result
 	var errs [2]error
 	run := func(load func(i int) error) error {
@@ -63,13 +64,12 @@ func sideBySide(ctx context.Context, servers [2]*server, path string, d time.Dur
 		return errors.Join(errs[:]...)
 	}
 	if err := run(func(i int) error {
-		_, err := runWrk(ctx, servers[i].url(path), warmup, connections)
-		return err
+		return warm(ctx, servers[i], e, connections)
 	}); err != nil {
 		return out, err
 	}
 	err := run(func(i int) (err error) {
-		out[i], err = measure(ctx, servers[i], path, d, connections)
+		out[i], err = measure(ctx, servers[i], e, d, connections)
 		return err
 	})
 	return out, err
@@ -96,6 +96,22 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
+// errNoRequests is a wrk run in which no request completed.
+var errNoRequests = errors.New("no requests completed")
+
+// warm loads s's endpoint for the warm-up time, its figures discarded. A
+// warm-up in which no request completed is not an error: this shared
+// machine sometimes stalls the load CPU for a second or more, and the
+// measured run that follows still fails if that happens to it.
+func warm(ctx context.Context, s *server, e endpoint, connections int) error {
+	_, err := runWrk(ctx, s, e, warmup, connections)
+	if errors.Is(err, errNoRequests) {
+		progress("warm-up of " + s.name + " " + e.path + ": no request completed (the machine stalled?); going on")
+		return nil
+	}
+	return err
+}
+
 var (
 	rpsLine       = regexp.MustCompile(`(?m)^Requests/sec:\s+([0-9.]+)`)
 	requestsLine  = regexp.MustCompile(`(?m)^\s*(\d+) requests in `)
@@ -103,13 +119,19 @@ var (
 	non2xxLine    = regexp.MustCompile(`(?m)^\s*Non-2xx or 3xx responses:.*$`)
 )
 
-// runWrk loads url for d with keep-alive connections from one wrk thread
-// pinned to loadCPU. Any socket error or error status fails the run. wrk's
-// request timeout is raised from 2s to 10s so that a stall of the shared
-// machine is not taken for a failing server.
-func runWrk(ctx context.Context, url string, d time.Duration, connections int) (result, error) {
-	cmd := exec.CommandContext(ctx, "taskset", "-c", loadCPU, "wrk",
-		"-t1", "-c"+strconv.Itoa(connections), "-d"+strconv.Itoa(int(d.Seconds()))+"s", "--timeout", "10s", url)
+// runWrk loads s's endpoint for d with keep-alive connections from one wrk
+// thread pinned to loadCPU: GETs of its path, or the requests its script
+// makes. Any socket error or error status fails the run. wrk's request
+// timeout is raised from 2s to 10s so that a stall of the shared machine is
+// not taken for a failing server.
+func runWrk(ctx context.Context, s *server, e endpoint, d time.Duration, connections int) (result, error) {
+	args := []string{"-c", loadCPU, "wrk",
+		"-t1", "-c" + strconv.Itoa(connections), "-d" + strconv.Itoa(int(d.Seconds())) + "s", "--timeout", "10s"}
+	url := s.url(e.path)
+	if e.script != "" {
+		args, url = append(args, "-s", e.script), s.url("/")
+	}
+	cmd := exec.CommandContext(ctx, "taskset", append(args, url)...)
 	cmd.SysProcAttr = childAttr()
 	out, err := cmd.CombinedOutput()
 	text := string(out)
@@ -124,7 +146,7 @@ func runWrk(ctx context.Context, url string, d time.Duration, connections int) (
 	n := requestsLine.FindStringSubmatch(text)
 	m := rpsLine.FindStringSubmatch(text)
 	if n == nil || m == nil || n[1] == "0" {
-		return result{}, fmt.Errorf("wrk %s: no requests completed:\n%s", url, text)
+		return result{}, fmt.Errorf("wrk %s: %w:\n%s", url, errNoRequests, text)
 	}
 	var r result
 	r.requests, _ = strconv.Atoi(n[1])

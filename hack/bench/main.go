@@ -1,5 +1,5 @@
-// Command bench measures the orchestrator's probe endpoints against a bare
-// net/http reference server (./bare) and checks the service's targets:
+// Command bench measures the orchestrator against bare references in the
+// same run and checks the service's targets:
 //
 //   - /live and /ready throughput through the full middleware chain is at
 //     least 0.85 of the bare server's writing the same status, body and
@@ -8,6 +8,18 @@
 //   - the orchestrator's peak RSS (VmHWM) after that load is at most 20 MiB;
 //   - the median time from process start to the first 200 from /ready is at
 //     most 20 ms (the p90 is reported too), over 20 starts of each server.
+//
+// It reports, without a target:
+//
+//   - heartbeats per second: POST /agents/{id}/heartbeat, cycling over
+//     -agents agents registered beforehand, against the bare server's
+//     handler decoding the same JSON body and answering the same 200 JSON,
+//     measured like the probes (heartbeat.go); and the orchestrator's peak
+//     RSS with those agents registered;
+//   - task dispatch overhead: one task at a time to a fake agent (the bare
+//     server's POST /task), by a direct POST and through the orchestrator's
+//     dispatcher and HTTP API run in this process, the difference and the
+//     ratio of their latencies and CPU costs (dispatch.go).
 //
 // Method: both servers run with GOMAXPROCS=1 pinned to CPU 0 (taskset); wrk
 // (one thread, keep-alive connections) and this harness are pinned to CPU 1.
@@ -20,13 +32,16 @@
 // checked. Measured one after the other, the plain req/s ratio moves by tens
 // of percent between runs here, and side by side the scheduler does not
 // split the core evenly over a few seconds, so req/s ratios are shown but
-// not judged. A few rounds with each server alone on CPU 0 are reported too. A socket error or an error status in any wrk run fails the
-// run, as does a preflight check that the two servers answer alike. Start
-// times include the fork/exec of taskset, equally for both servers. Each
+// not judged. A few rounds with each server alone on CPU 0 are reported
+// too. A socket error or an error status in any wrk run fails the run, as
+// does a preflight check that the two servers answer alike. Start times
+// include the fork/exec of taskset, equally for both servers.
 //
 // Run it from the module: go run ./hack/bench [-duration 3s] [-rounds 9]
-// [-alone-rounds 3] [-connections 32] [-bin prebuilt-orchestrator]. It exits 1 when a target
-// is missed or the run fails, 0 otherwise.
+// [-alone-rounds 3] [-connections 32] [-bin prebuilt-orchestrator]
+// [-agents 10000] [-heartbeat-rounds 3] [-heartbeat-alone-rounds 1]
+// [-tasks 3000]. It exits 1 when a target is missed or the run fails, 0
+// otherwise.
 package main
 
 import (
@@ -61,13 +76,16 @@ const (
 	barePkg         = "github.com/optiinfra/orchestrator/hack/bench/bare"
 )
 
-// endpoint is a path to load and its throughput target (0: none).
+// endpoint is a path to load and its throughput target (0: none). With a
+// script (a wrk Lua file), the script makes the requests and path is only
+// the name they are reported under.
 type endpoint struct {
 	path   string
 	target float64
+	script string
 }
 
-var endpoints = []endpoint{{"/live", ratioTarget}, {"/ready", ratioTarget}, {"/health", 0}}
+var endpoints = []endpoint{{"/live", ratioTarget, ""}, {"/ready", ratioTarget, ""}, {"/health", 0, ""}}
 
 type options struct {
 	duration    time.Duration
@@ -75,6 +93,14 @@ type options struct {
 	aloneRounds int
 	connections int
 	bin         string
+
+	agents           int // agents registered for the heartbeat load
+	heartbeatRounds  int
+	heartbeatAlone   int
+	tasks            int // tasks per path in the dispatch measurement
+	tasksPerBlock    int
+	dispatchWarmup   int
+	dispatchTaskType string
 }
 
 func main() {
@@ -84,9 +110,16 @@ func main() {
 	flag.IntVar(&o.aloneRounds, "alone-rounds", 3, "rounds of each-server-alone measurements per endpoint (information)")
 	flag.IntVar(&o.connections, "connections", 32, "wrk keep-alive connections")
 	flag.StringVar(&o.bin, "bin", "", "prebuilt orchestrator binary (default: build "+orchestratorPkg+")")
+	flag.IntVar(&o.agents, "agents", 10000, "agents registered before the heartbeat load, which cycles over them")
+	flag.IntVar(&o.heartbeatRounds, "heartbeat-rounds", 3, "rounds of side-by-side heartbeat measurements")
+	flag.IntVar(&o.heartbeatAlone, "heartbeat-alone-rounds", 1, "rounds of each-server-alone heartbeat measurements")
+	flag.IntVar(&o.tasks, "tasks", 3000, "tasks per path in the dispatch measurement")
 	flag.Parse()
-	if o.duration < time.Second || o.duration%time.Second != 0 || o.rounds < 1 || o.aloneRounds < 0 || o.connections < 1 || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "bench: -duration must be whole seconds >= 1s, -rounds and -connections >= 1, no arguments")
+	o.tasksPerBlock, o.dispatchWarmup, o.dispatchTaskType = 100, 200, "analyze"
+	if o.duration < time.Second || o.duration%time.Second != 0 || o.rounds < 1 || o.aloneRounds < 0 || o.connections < 1 ||
+		o.agents < 1 || o.heartbeatRounds < 1 || o.heartbeatAlone < 0 || o.tasks < o.tasksPerBlock || flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: -duration must be whole seconds >= 1s, -rounds, -connections, -agents and -heartbeat-rounds >= 1,"+
+			" -tasks >= %d, no arguments\n", o.tasksPerBlock)
 		os.Exit(2)
 	}
 
@@ -147,45 +180,25 @@ func bench(ctx context.Context, o options) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	// The verdict: both servers loaded side by side, sharing CPU 0.
-	together := make(map[string][][2]result) // path -> per round: {bare, orchestrator}
-	for round := range o.rounds {
-		for _, e := range endpoints {
-			progress(fmt.Sprintf("side by side, round %d/%d: %s", round+1, o.rounds, e.path))
-			pair, err := sideBySide(ctx, [2]*server{ref, svc}, e.path, o.duration, o.connections)
-			if err != nil {
-				return false, err
-			}
-			together[e.path] = append(together[e.path], pair)
-		}
-	}
-	// For information: each server alone on CPU 0, one after the other.
-	alone := make(map[string][][2]result)
-	for round := range o.aloneRounds {
-		for _, e := range endpoints {
-			var pair [2]result
-			order := []int{0, 1}
-			if round%2 == 1 {
-				order = []int{1, 0}
-			}
-			for _, i := range order {
-				s := []*server{ref, svc}[i]
-				progress(fmt.Sprintf("alone, round %d/%d: %s %s", round+1, o.aloneRounds, s.name, e.path))
-				if _, err := runWrk(ctx, s.url(e.path), warmup, o.connections); err != nil {
-					return false, err
-				}
-				if pair[i], err = measure(ctx, s, e.path, o.duration, o.connections); err != nil {
-					return false, err
-				}
-			}
-			alone[e.path] = append(alone[e.path], pair)
-		}
+	// The verdict: both servers loaded side by side, sharing CPU 0; for
+	// information, each alone.
+	together, alone, err := throughputRounds(ctx, [2]*server{ref, svc}, endpoints, o.rounds, o.aloneRounds, o)
+	if err != nil {
+		return false, err
 	}
 	var rss [2]int
 	for i, s := range []*server{ref, svc} {
 		if rss[i], err = peakRSS(s.cmd.Process.Pid); err != nil {
 			return false, err
 		}
+	}
+
+	// Heartbeats, once the probes' RSS is read: the agents take memory.
+	hb, err := heartbeats(ctx, [2]*server{ref, svc}, tmp, o)
+	if err != nil {
+		return false, err
+	}
+	for _, s := range []*server{ref, svc} {
 		if err := s.stop(); err != nil {
 			return false, err
 		}
@@ -204,7 +217,62 @@ func bench(ctx context.Context, o options) (bool, error) {
 		}
 	}
 
-	return report(os.Stdout, o, notes, together, alone, rss, ready), nil
+	// Task dispatch overhead, against a fake agent started for it.
+	agent, err := startReady(ctx, "fake agent", bare, tmp)
+	if err != nil {
+		return false, err
+	}
+	dr, err := dispatchOverhead(ctx, agent, o)
+	if err != nil {
+		return false, err
+	}
+	if err := agent.stop(); err != nil {
+		return false, err
+	}
+
+	passed := report(os.Stdout, o, notes, together, alone, rss, ready)
+	reportHeartbeats(os.Stdout, o, hb)
+	reportDispatch(os.Stdout, o, dr)
+	return passed, nil
+}
+
+// throughputRounds loads each endpoint on both servers: rounds side by side
+// (the verdict), then aloneRounds with each server alone on CPU 0, one
+// after the other (information). Both maps go from path to one {bare,
+// orchestrator} pair per round.
+func throughputRounds(ctx context.Context, servers [2]*server, eps []endpoint, rounds, aloneRounds int, o options) (together, alone map[string][][2]result, err error) {
+	together, alone = make(map[string][][2]result), make(map[string][][2]result)
+	for round := range rounds {
+		for _, e := range eps {
+			progress(fmt.Sprintf("side by side, round %d/%d: %s", round+1, rounds, e.path))
+			pair, err := sideBySide(ctx, servers, e, o.duration, o.connections)
+			if err != nil {
+				return nil, nil, err
+			}
+			together[e.path] = append(together[e.path], pair)
+		}
+	}
+	for round := range aloneRounds {
+		for _, e := range eps {
+			var pair [2]result
+			order := []int{0, 1}
+			if round%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, i := range order {
+				s := servers[i]
+				progress(fmt.Sprintf("alone, round %d/%d: %s %s", round+1, aloneRounds, s.name, e.path))
+				if err := warm(ctx, s, e, o.connections); err != nil {
+					return nil, nil, err
+				}
+				if pair[i], err = measure(ctx, s, e, o.duration, o.connections); err != nil {
+					return nil, nil, err
+				}
+			}
+			alone[e.path] = append(alone[e.path], pair)
+		}
+	}
+	return together, alone, nil
 }
 
 // report prints the results table and tells whether every target was met.
@@ -227,10 +295,10 @@ func report(out io.Writer, o options, notes []string, together, alone map[string
 	fmt.Fprintf(out, "\nSide by side (the verdict): both servers share CPU %s and are loaded at the same time by two wrk\n", serverCPU)
 	fmt.Fprintln(out, "processes, so other load on the machine slows both alike. The scheduler does not split the core")
 	fmt.Fprintln(out, "evenly over a few seconds, so the verdict is on the CPU ratio: throughput per CPU-second.")
-	throughputTable(out, together, verdict)
+	throughputTable(out, endpoints, together, verdict)
 	fmt.Fprintf(out, "\nAlone (information): each server has CPU %s to itself, one after the other; other load on this\n", serverCPU)
 	fmt.Fprintln(out, "shared machine moves these figures by tens of percent from one run to the next.")
-	throughputTable(out, alone, nil)
+	throughputTable(out, endpoints, alone, nil)
 
 	fmt.Fprintln(out)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -256,10 +324,14 @@ func report(out io.Writer, o options, notes []string, together, alone map[string
 
 // throughputTable prints one row per round and the medians; with a verdict
 // function, the median ratio is checked against each endpoint's target.
-func throughputTable(out io.Writer, runs map[string][][2]result, verdict func(bool) string) {
+func throughputTable(out io.Writer, eps []endpoint, runs map[string][][2]result, verdict func(bool) string) {
+	if len(runs) == 0 {
+		fmt.Fprintln(out, "  (no rounds)")
+		return
+	}
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "endpoint\tround\tbare req/s\tCPU\tµs/req\torchestrator req/s\tCPU\tµs/req\tratio\tCPU ratio\ttarget\tverdict\t")
-	for _, e := range endpoints {
+	for _, e := range eps {
 		var rps, share, us [2][]float64 // per server: bare, orchestrator
 		var ratios, cpuRatios []float64
 		for i, p := range runs[e.path] {
