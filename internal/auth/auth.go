@@ -83,10 +83,12 @@ type Authenticator struct {
 func New(c Config) (*Authenticator, error) {
 	a := &Authenticator{}
 	var errs []error
-	for role, src := range map[Role][2]string{
+	// An array indexed by role, not a map: errors come in the same order every run.
+	for role, src := range [...][2]string{
 		Agent:    {c.AgentTokens, c.AgentTokensFile},
 		Operator: {c.OperatorTokens, c.OperatorTokensFile},
 	} {
+		role := Role(role)
 		prefix := "AUTH_" + strings.ToUpper(role.String()) + "_TOKENS"
 		tokens, err := load(prefix, src[0], src[1])
 		if err != nil {
@@ -104,13 +106,13 @@ func load(prefix, list, file string) ([]string, error) {
 	tokens := splitTokens(list)
 	for i, t := range tokens {
 		if err := checkToken(t); err != nil {
-			return nil, fmt.Errorf("%s: token %d of the list %s", prefix, i+1, err)
+			return nil, fmt.Errorf("%s: token %d of the list %w", prefix, i+1, err)
 		}
 	}
 	if file == "" {
 		return tokens, nil
 	}
-	data, err := os.ReadFile(file)
+	data, err := os.ReadFile(file) //nolint:gosec // G304: reading the file the operator configured is the point
 	if err != nil {
 		return nil, fmt.Errorf("%s_FILE=%q: %w", prefix, file, unwrapPathError(err))
 	}
@@ -123,7 +125,7 @@ func load(prefix, list, file string) ([]string, error) {
 			continue
 		}
 		if err := checkToken(t); err != nil {
-			return nil, fmt.Errorf("%s_FILE=%q: line %d: the token %s", prefix, file, line, err)
+			return nil, fmt.Errorf("%s_FILE=%q: line %d: the token %w", prefix, file, line, err)
 		}
 		tokens = append(tokens, t)
 		found++

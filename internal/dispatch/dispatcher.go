@@ -230,9 +230,10 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 	}
 	agent, ok := d.chooseLocked(j, candidates)
 	if !ok && d.pending >= d.cfg.MaxPending {
+		waiting := d.pending
 		d.mu.Unlock()
 		d.metrics.rejected.WithLabelValues("queue_full").Inc()
-		return Task{}, fmt.Errorf("%w: %d tasks are waiting for an agent (TASK_MAX_PENDING)", ErrQueueFull, d.pending)
+		return Task{}, fmt.Errorf("%w: %d tasks are waiting for an agent (TASK_MAX_PENDING)", ErrQueueFull, waiting)
 	}
 	if ok {
 		d.reserveLocked(j, agent)

@@ -121,14 +121,13 @@ func (s *MemoryStore) List(ctx context.Context, q Query) ([]Task, error) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	start, _ := slices.BinarySearchFunc(s.order, q.After+1, func(t *Task, seq uint64) int {
-		switch {
-		case t.Seq < seq:
+	// The first task with Seq > q.After (not a search for q.After+1,
+	// which wraps to 0 for the largest cursor and lists everything).
+	start, _ := slices.BinarySearchFunc(s.order, q.After, func(t *Task, after uint64) int {
+		if t.Seq <= after {
 			return -1
-		case t.Seq > seq:
-			return 1
 		}
-		return 0
+		return 1
 	})
 	var out []Task
 	for _, t := range s.order[start:] {

@@ -39,17 +39,23 @@ func (c Config) Validate() error {
 	if c.HeartbeatInterval < time.Second || c.HeartbeatInterval%time.Second != 0 {
 		errs = append(errs, fmt.Errorf("AGENT_HEARTBEAT_INTERVAL=%q: must be a whole number of seconds, at least 1s (agents are told it in seconds)", c.HeartbeatInterval))
 	}
-	if c.MissedHeartbeats < 1 {
-		errs = append(errs, fmt.Errorf("AGENT_MISSED_HEARTBEATS=\"%d\": must be at least 1", c.MissedHeartbeats))
+	if c.MissedHeartbeats < 1 || c.MissedHeartbeats > maxMissedHeartbeats {
+		errs = append(errs, fmt.Errorf("AGENT_MISSED_HEARTBEATS=\"%d\": must be from 1 to %d", c.MissedHeartbeats, maxMissedHeartbeats))
 	}
 	if c.EvictAfter <= c.unreachableAfter() {
 		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be longer than AGENT_MISSED_HEARTBEATS x AGENT_HEARTBEAT_INTERVAL (%s)", c.EvictAfter, c.unreachableAfter()))
 	}
-	if _, err := ParseNetworks(c.AllowedNetworks); err != nil {
+	if networks, err := ParseNetworks(c.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("AGENT_ALLOWED_NETWORKS=%q: %w", strings.Join(c.AllowedNetworks, ","), err))
+	} else if len(networks) == 0 {
+		errs = append(errs, errors.New(`AGENT_ALLOWED_NETWORKS="": no network: no agent could register`))
 	}
 	return errors.Join(errs...)
 }
+
+// maxMissedHeartbeats keeps MissedHeartbeats x HeartbeatInterval far from
+// overflowing a time.Duration.
+const maxMissedHeartbeats = 1000
 
 func (c Config) unreachableAfter() time.Duration {
 	return time.Duration(c.MissedHeartbeats) * c.HeartbeatInterval
@@ -329,12 +335,27 @@ func (g *Guard) CheckHost(ctx context.Context, host string) error {
 // CheckAddr returns nil when addr is inside an allowed network.
 func (g *Guard) CheckAddr(addr netip.Addr) error {
 	addr = addr.Unmap()
+	if neverAgent(addr) {
+		return fmt.Errorf("%w: %s is unspecified, multicast, link-local or a cloud metadata address, which AGENT_ALLOWED_NETWORKS can never admit", ErrHostNotAllowed, addr)
+	}
 	for _, p := range g.Networks {
 		if p.Contains(addr) {
 			return nil
 		}
 	}
 	return fmt.Errorf("%w: %s is outside AGENT_ALLOWED_NETWORKS", ErrHostNotAllowed, addr)
+}
+
+// awsIPv6Metadata is EC2's instance metadata service over IPv6, which sits
+// inside fc00::/7, one of the default private ranges.
+var awsIPv6Metadata = netip.MustParseAddr("fd00:ec2::254")
+
+// neverAgent is true for addresses no configuration may admit: unspecified,
+// multicast, and link-local, where cloud metadata services live
+// (169.254.169.254), and EC2's IPv6 metadata address.
+func neverAgent(addr netip.Addr) bool {
+	return addr.IsUnspecified() || addr.IsMulticast() || addr.IsLinkLocalUnicast() ||
+		addr.IsLinkLocalMulticast() || addr == awsIPv6Metadata
 }
 
 // ParseNetworks parses CIDRs such as 10.0.0.0/8 (a bare address means

@@ -116,6 +116,7 @@ func (s *MemoryStore) Register(ctx context.Context, a Agent) (Agent, bool, error
 	if err := ctx.Err(); err != nil {
 		return Agent{}, false, err
 	}
+	a = a.clone() // the store's own copy: the caller may change its slices and maps
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.byIdentity[identityOf(&a)]; ok {
@@ -123,14 +124,56 @@ func (s *MemoryStore) Register(ctx context.Context, a Agent) (Agent, bool, error
 		a.ID, a.RegisteredAt = old.ID, old.RegisteredAt
 		stored := a
 		s.index(&stored)
-		return stored, false, nil
+		return stored.clone(), false, nil
 	}
 	if _, taken := s.byID[a.ID]; taken || a.ID == "" {
 		return Agent{}, false, errors.New("registry: agent ID empty or already taken")
 	}
 	stored := a
 	s.index(&stored)
-	return stored, true, nil
+	return stored.clone(), true, nil
+}
+
+// clone returns a copy of a that shares no slice or map with it, so that
+// neither what a caller passed nor what it got back aliases a stored
+// agent: a caller changing a capability in place would otherwise corrupt
+// the capability index.
+func (a Agent) clone() Agent {
+	a.Capabilities = slices.Clone(a.Capabilities)
+	a.Metadata = cloneJSONObject(a.Metadata)
+	a.HeartbeatMetadata = cloneJSONObject(a.HeartbeatMetadata)
+	return a
+}
+
+// cloneJSONObject deep-copies a decoded JSON object: nested objects and
+// arrays are copied too; the other values (strings, numbers, booleans,
+// nil) are immutable.
+func cloneJSONObject(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = cloneJSONValue(v)
+	}
+	return out
+}
+
+func cloneJSONValue(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		return cloneJSONObject(v)
+	case []any:
+		if v == nil {
+			return v
+		}
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = cloneJSONValue(e)
+		}
+		return out
+	}
+	return v
 }
 
 // index adds a to every map; unindex removes it. Stored agents are never
@@ -178,16 +221,17 @@ func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, m
 	updated := *old
 	updated.Status, updated.LastSeen = status, at
 	if metadata != nil {
-		updated.HeartbeatMetadata = metadata
+		updated.HeartbeatMetadata = cloneJSONObject(metadata)
 	}
 	// Only the status and times change: the capability index holds the
 	// same pointer position, so swap in place rather than re-indexing.
-	return s.swap(old, updated), nil
+	return s.swap(updated).clone(), nil
 }
 
-// swap replaces old by updated where only mutable, unindexed fields differ
-// (status, last seen, heartbeat metadata).
-func (s *MemoryStore) swap(old *Agent, updated Agent) Agent {
+// swap replaces the stored agent with updated's ID by updated, where only
+// fields the indexes do not use differ (status, last seen, heartbeat
+// metadata).
+func (s *MemoryStore) swap(updated Agent) Agent {
 	p := &updated
 	s.byID[p.ID] = p
 	s.byIdentity[identityOf(p)] = p
@@ -224,7 +268,7 @@ func (s *MemoryStore) Get(ctx context.Context, id string) (Agent, error) {
 	if !ok {
 		return Agent{}, ErrNotFound
 	}
-	return *a, nil
+	return a.clone(), nil
 }
 
 // List implements Store.
@@ -236,7 +280,7 @@ func (s *MemoryStore) List(ctx context.Context, typ Type) ([]Agent, error) {
 	out := make([]Agent, 0, len(s.byID))
 	for _, a := range s.byID {
 		if typ == "" || a.Type == typ {
-			out = append(out, *a)
+			out = append(out, a.clone())
 		}
 	}
 	s.mu.RUnlock()
@@ -278,7 +322,7 @@ func (s *MemoryStore) MarkUnreachable(ctx context.Context, cutoff time.Time) ([]
 		if a.Status != StatusUnreachable && a.LastSeen.Before(cutoff) {
 			updated := *a
 			updated.Status = StatusUnreachable
-			marked = append(marked, s.swap(a, updated))
+			marked = append(marked, s.swap(updated).clone())
 		}
 	}
 	return marked, nil
