@@ -354,9 +354,10 @@ func TestHeartbeatMetadataOverlay(t *testing.T) {
 	}
 }
 
-func routableIDs(t *testing.T, r *registry.Registry, typ registry.Type, capability string) []string {
+// routableIDs lists the cost agents Routable returns for capability.
+func routableIDs(t *testing.T, r *registry.Registry, capability string) []string {
 	t.Helper()
-	cs, err := r.Routable(context.Background(), typ, capability, nil)
+	cs, err := r.Routable(context.Background(), registry.TypeCost, capability, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +399,7 @@ func TestLiveness(t *testing.T) {
 	if s := status(); s != registry.StatusHealthy {
 		t.Fatalf("after 90s: %s, want healthy", s)
 	}
-	if got := routableIDs(t, e.reg, registry.TypeCost, "analyze_costs"); len(got) != 1 {
+	if got := routableIDs(t, e.reg, "analyze_costs"); len(got) != 1 {
 		t.Fatalf("after 90s routable = %v, want the agent", got)
 	}
 	if err := e.reg.Sweep(ctx); err != nil {
@@ -416,7 +417,7 @@ func TestLiveness(t *testing.T) {
 	if s := listStatus(); s != registry.StatusUnreachable {
 		t.Errorf("after 91s, before a sweep: List = %s, want unreachable", s)
 	}
-	if got := routableIDs(t, e.reg, registry.TypeCost, "analyze_costs"); len(got) != 0 {
+	if got := routableIDs(t, e.reg, "analyze_costs"); len(got) != 0 {
 		t.Errorf("after 91s routable = %v, want none", got)
 	}
 	if stored, _ := e.store.Get(ctx, a.ID); stored.Status != registry.StatusHealthy {
@@ -450,7 +451,7 @@ func TestLiveness(t *testing.T) {
 	if got.Status != registry.StatusHealthy || status() != registry.StatusHealthy {
 		t.Errorf("after a late heartbeat: %s / %s, want healthy", got.Status, status())
 	}
-	if ids := routableIDs(t, e.reg, registry.TypeCost, "analyze_costs"); len(ids) != 1 || ids[0] != a.ID {
+	if ids := routableIDs(t, e.reg, "analyze_costs"); len(ids) != 1 || ids[0] != a.ID {
 		t.Errorf("after a late heartbeat routable = %v, want [%s]", ids, a.ID)
 	}
 	changed := e.logs.FilterMessage("agent status changed").FilterField(zap.String("from", "unreachable")).FilterField(zap.String("to", "healthy"))
@@ -556,7 +557,7 @@ func TestRoutableOnlyHealthy(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := routableIDs(t, e.reg, registry.TypeCost, "x"); len(got) != 1 || got[0] != healthy.ID {
+	if got := routableIDs(t, e.reg, "x"); len(got) != 1 || got[0] != healthy.ID {
 		t.Errorf("routable = %v, want only %s", got, healthy.ID)
 	}
 	// buf is appended to.
@@ -569,14 +570,14 @@ func TestRoutableOnlyHealthy(t *testing.T) {
 	if _, err := e.reg.Heartbeat(ctx, degraded.ID, "healthy", nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := routableIDs(t, e.reg, registry.TypeCost, "x"); len(got) != 2 {
+	if got := routableIDs(t, e.reg, "x"); len(got) != 2 {
 		t.Errorf("routable after recovery = %v, want 2", got)
 	}
 	// After unregistering, not routable and 404.
 	if _, err := e.reg.Unregister(ctx, healthy.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got := routableIDs(t, e.reg, registry.TypeCost, "x"); len(got) != 1 || got[0] != degraded.ID {
+	if got := routableIDs(t, e.reg, "x"); len(got) != 1 || got[0] != degraded.ID {
 		t.Errorf("routable after unregister = %v, want [%s]", got, degraded.ID)
 	}
 	if _, err := e.reg.Unregister(ctx, healthy.ID); !errors.Is(err, registry.ErrNotFound) {

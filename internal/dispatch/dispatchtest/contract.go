@@ -669,7 +669,7 @@ func testConcurrentMixed(t *testing.T, s dispatch.Store) {
 				}
 				for j := 1; j < len(page); j++ {
 					if page[j].Seq <= page[j-1].Seq {
-						fail(fmt.Errorf("List out of order: #%d then #%d", page[j-1].Seq, page[j].Seq))
+						fail(fmt.Errorf("list out of order: #%d then #%d", page[j-1].Seq, page[j].Seq))
 					}
 				}
 				if i%10 == 0 {
