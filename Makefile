@@ -25,16 +25,18 @@ TOOLBIN      := $(TOOLS)/bin
 export PATH  := $(TOOLBIN):$(PATH)
 export SKAFFOLD_UPDATE_CHECK := false
 
-# Debian packages the image build, the benchmarks, the linters and the local
-# Kubernetes node (hack/localkube/versions.env) need.
+# Debian packages the image build, the benchmarks, the linters, the local
+# Kubernetes node (hack/localkube/versions.env) and the cross-language agent
+# test (Flask and requests, as OptiInfra's Python agents use) need.
 APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck \
-                etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl
+                etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl \
+                python3-flask python3-requests
 
 # Shell scripts, for shellcheck.
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 
 # Every fuzz target, as package:Function.
-FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask
 
 .PHONY: help
 help: ## List the targets
@@ -49,11 +51,15 @@ run: build ## Run the service on :8080 (settings from the environment and ./.env
 	./bin/orchestrator
 
 .PHONY: test
-test: deps lint test-go fuzz test-chart image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, image, e2e
+test: deps lint test-go test-crosslang fuzz test-chart image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, image, e2e
 
 .PHONY: test-go
 test-go: ## Unit, handler and process-level tests with the race detector
 	go test -race -count=1 ./...
+
+.PHONY: test-crosslang
+test-crosslang: ## A Python (Flask) agent against the real binary: register, heartbeat, tasks, unregister
+	go test -race -tags crosslang -count=1 ./test/crosslang/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 10s) each
@@ -83,13 +89,13 @@ manifests: tools ## Render k8s/ from the chart's defaults
 	hack/manifests.sh write
 
 .PHONY: bench
-bench: ## Probe throughput, memory and start-up against a bare net/http server
+bench: ## Benchmarks against references in the same run: probes, heartbeats, dispatch overhead, routing with 10k agents
 	go test -run '^$$' -bench . -benchmem ./internal/...
 	go run ./hack/bench
 
 .PHONY: lint
 lint: tools ## go vet, golangci-lint, shellcheck, actionlint
-	go vet -tags e2e,chart ./...
+	go vet -tags e2e,chart,crosslang ./...
 	golangci-lint run --config hack/golangci.yml ./...
 	shellcheck -x -P SCRIPTDIR $(SCRIPTS)
 	actionlint

@@ -43,7 +43,11 @@ func decodeBody(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return &bodyError{http.StatusBadRequest, explainJSON(err)}
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	switch _, err := dec.Token(); {
+	case err == io.EOF:
+	case err != nil:
+		return &bodyError{http.StatusBadRequest, "the request body has data after its JSON value that is not JSON"}
+	default:
 		return &bodyError{http.StatusBadRequest, "the request body has more than one JSON value"}
 	}
 	return nil
@@ -83,9 +87,22 @@ func jsonKind(t reflect.Type) string {
 	case reflect.Bool:
 		return "true or false"
 	case reflect.Slice, reflect.Array:
-		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(jsonKind(t.Elem()), "a "), "an ") + "s"
+		return "an array of " + pluralKind(jsonKind(t.Elem()))
 	case reflect.Map, reflect.Struct:
 		return "an object"
 	}
 	return "a " + t.String()
+}
+
+// pluralKind turns one of jsonKind's names into the plural: "an integer"
+// -> "integers", "an array of strings" -> "arrays of strings".
+func pluralKind(kind string) string {
+	if kind == "true or false" {
+		return "true or false values"
+	}
+	noun, rest, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(kind, "a "), "an "), " ")
+	if rest != "" {
+		rest = " " + rest
+	}
+	return noun + "s" + rest
 }

@@ -1,0 +1,244 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/auth"
+)
+
+// Tokens of the auth tests: distinctive, so a leak is easy to find.
+const (
+	agentToken    = "agent-secret-0123456789-ABCDEF"
+	operatorToken = "operator-secret-9876543210-ZYXWV"
+	otherToken    = "someone-elses-token-0000000000"
+)
+
+// authFixture is a fixture with tokens, a capable stub agent (not
+// registered), and every response kept to look for the tokens in.
+type authFixture struct {
+	*fixture
+	stub      *stubAgent
+	responses []*httptest.ResponseRecorder
+}
+
+func newAuthFixture(t *testing.T, cfg auth.Config) *authFixture {
+	t.Helper()
+	f := newFixtureWith(t, defaultConfig, zapcore.DebugLevel, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig, auth: cfg})
+	return &authFixture{fixture: f, stub: newStubAgent(t, stubComplete)}
+}
+
+func bearer(token string) []string { return []string{"Authorization", "Bearer " + token} }
+
+// send serves a request and keeps the response.
+func (af *authFixture) send(method, path, body string, header ...string) *httptest.ResponseRecorder {
+	rec := af.call(method, path, body, header...)
+	af.responses = append(af.responses, rec)
+	return rec
+}
+
+// want401 checks a refusal: 401, the Bearer challenge, the error body.
+func want401(t *testing.T, what string, rec *httptest.ResponseRecorder) {
+	t.Helper()
+	msg := expectError(t, what, rec, http.StatusUnauthorized)
+	if ch := rec.Header().Get("WWW-Authenticate"); !strings.HasPrefix(ch, `Bearer realm="orchestrator"`) {
+		t.Errorf("%s: WWW-Authenticate = %q, want Bearer realm=\"orchestrator\"", what, ch)
+	}
+	if msg == "" {
+		t.Errorf("%s: empty message", what)
+	}
+}
+
+// wantThrough checks that a request got past authentication.
+func wantThrough(t *testing.T, what string, rec *httptest.ResponseRecorder, code int) {
+	t.Helper()
+	if rec.Code != code {
+		t.Fatalf("%s = %d %s, want %d", what, rec.Code, strings.TrimSpace(rec.Body.String()), code)
+	}
+	if ch := rec.Header().Get("WWW-Authenticate"); ch != "" {
+		t.Errorf("%s: WWW-Authenticate %q on a request that got through", what, ch)
+	}
+}
+
+// checkOpen checks the routes that never need a token.
+func (af *authFixture) checkOpen(t *testing.T) {
+	t.Helper()
+	for _, path := range []string{"/live", "/ready", "/health", "/metrics", "/", "/version", "/openapi.yaml"} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			wantThrough(t, method+" "+path+" without a token", af.send(method, path, ""), http.StatusOK)
+			// A wrong token does not matter there either.
+			wantThrough(t, method+" "+path+" with a wrong token", af.send(method, path, "", bearer(otherToken)...), http.StatusOK)
+		}
+	}
+}
+
+// checkNoLeak looks for the tokens in every log entry and response.
+func (af *authFixture) checkNoLeak(t *testing.T) {
+	t.Helper()
+	if len(af.logs.All()) == 0 || len(af.responses) == 0 {
+		t.Fatal("nothing logged or answered to look in")
+	}
+	for _, e := range af.logs.All() {
+		text := fmt.Sprintf("%s %v", e.Message, e.ContextMap())
+		for _, tok := range []string{agentToken, operatorToken, otherToken, "secret-", "someone-elses"} {
+			if strings.Contains(text, tok) {
+				t.Errorf("log entry %q contains a token", text)
+			}
+		}
+	}
+	for _, rec := range af.responses {
+		text := fmt.Sprintf("%v %s", rec.Header(), rec.Body)
+		for _, tok := range []string{agentToken, operatorToken, otherToken, "secret-", "someone-elses"} {
+			if strings.Contains(text, tok) {
+				t.Errorf("response %q contains a token", text)
+			}
+		}
+	}
+}
+
+func TestAuthAgentTokensOnly(t *testing.T) {
+	af := newAuthFixture(t, auth.Config{AgentTokens: agentToken + ", " + otherToken + "x"})
+	reg := mustJSON(t, agentBody("authed", af.stub.port, "analyze"))
+
+	for _, h := range [][]string{
+		nil,
+		bearer(operatorToken),
+		bearer(otherToken),
+		bearer(""),
+		{"Authorization", "Basic " + agentToken},
+		{"Authorization", agentToken},
+		{"Authorization", "Bearer " + agentToken + "x"},
+		{"Authorization", "Bearer " + agentToken[:len(agentToken)-1]},
+	} {
+		want401(t, fmt.Sprintf("register with %q", h), af.send(http.MethodPost, "/agents/register", reg, h...))
+	}
+	if n := len(af.listAgents(t, "/agents")); n != 0 {
+		t.Fatalf("refused registrations stored %d agents", n)
+	}
+	rec := af.send(http.MethodPost, "/agents/register", reg, "Authorization", "bearer  "+agentToken+" ")
+	wantThrough(t, "register with the agent token (lower-case scheme, spaces)", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	rec = af.send(http.MethodPost, "/agents/register", reg, bearer(otherToken+"x")...)
+	wantThrough(t, "register with the second agent token", rec, http.StatusCreated)
+
+	hb := "/agents/" + id + "/heartbeat"
+	want401(t, "heartbeat without a token", af.send(http.MethodPost, hb, `{"status":"healthy"}`))
+	want401(t, "heartbeat with a wrong token", af.send(http.MethodPost, hb, `{"status":"healthy"}`, bearer(otherToken)...))
+	want401(t, "heartbeat of an unknown agent without a token", af.send(http.MethodPost, "/agents/nope/heartbeat", ""))
+	wantThrough(t, "heartbeat with the token", af.send(http.MethodPost, hb, `{"status":"healthy"}`, bearer(agentToken)...), http.StatusOK)
+
+	// Reads and tasks stay open: operator auth is off.
+	wantThrough(t, "GET /agents", af.send(http.MethodGet, "/agents", ""), http.StatusOK)
+	wantThrough(t, "GET /agents/type/cost", af.send(http.MethodGet, "/agents/type/cost", ""), http.StatusOK)
+	wantThrough(t, "GET /agents/{id}", af.send(http.MethodGet, "/agents/"+id, ""), http.StatusOK)
+	rec = af.send(http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost"}`)
+	wantThrough(t, "POST /tasks", rec, http.StatusCreated)
+	task := objectOf(t, rec)["task_id"].(string)
+	wantThrough(t, "GET /tasks", af.send(http.MethodGet, "/tasks", ""), http.StatusOK)
+	wantThrough(t, "GET /tasks/{id}", af.send(http.MethodGet, "/tasks/"+task, ""), http.StatusOK)
+	af.waitTask(t, task)
+	wantThrough(t, "DELETE /tasks/{id}", af.send(http.MethodDelete, "/tasks/"+task, ""), http.StatusConflict)
+
+	un := "/agents/" + id + "/unregister"
+	want401(t, "unregister without a token", af.send(http.MethodPost, un, ""))
+	want401(t, "unregister with a wrong token", af.send(http.MethodPost, un, "", bearer(operatorToken)...))
+	af.getAgent(t, id)
+	wantThrough(t, "unregister with the token", af.send(http.MethodPost, un, "", bearer(agentToken)...), http.StatusOK)
+	expectError(t, "GET after unregister", af.get("/agents/"+id), http.StatusNotFound)
+
+	af.checkOpen(t)
+	af.checkNoLeak(t)
+}
+
+func TestAuthOperatorTokensOnly(t *testing.T) {
+	af := newAuthFixture(t, auth.Config{OperatorTokens: operatorToken})
+
+	// Agent writes stay open: existing agents send no token.
+	rec := af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("open", af.stub.port, "analyze")))
+	wantThrough(t, "register without a token", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	wantThrough(t, "heartbeat without a token", af.send(http.MethodPost, "/agents/"+id+"/heartbeat", ""), http.StatusOK)
+
+	op := bearer(operatorToken)
+	submit := `{"task_type":"analyze","agent_type":"cost"}`
+	for _, h := range [][]string{nil, bearer(agentToken), bearer(otherToken), {"Authorization", "Basic " + operatorToken}, {"Authorization", "Bearer"}} {
+		what := fmt.Sprintf(" with %q", h)
+		want401(t, "GET /agents"+what, af.send(http.MethodGet, "/agents", "", h...))
+		want401(t, "GET /agents/type/cost"+what, af.send(http.MethodGet, "/agents/type/cost", "", h...))
+		want401(t, "GET /agents/type/bogus"+what, af.send(http.MethodGet, "/agents/type/bogus", "", h...))
+		want401(t, "GET /agents/{id}"+what, af.send(http.MethodGet, "/agents/"+id, "", h...))
+		want401(t, "GET /agents/unknown"+what, af.send(http.MethodGet, "/agents/unknown", "", h...))
+		want401(t, "POST /tasks"+what, af.send(http.MethodPost, "/tasks", submit, h...))
+		want401(t, "POST /tasks bad body"+what, af.send(http.MethodPost, "/tasks", "nope", h...))
+		want401(t, "GET /tasks"+what, af.send(http.MethodGet, "/tasks", "", h...))
+		want401(t, "GET /tasks/{id}"+what, af.send(http.MethodGet, "/tasks/x", "", h...))
+		want401(t, "DELETE /tasks/{id}"+what, af.send(http.MethodDelete, "/tasks/x", "", h...))
+	}
+	if n := len(af.listTasks(t, "/tasks", op...)); n != 0 {
+		t.Fatalf("refused submissions stored %d tasks", n)
+	}
+
+	if list := af.listAgents(t, "/agents", op...); len(list) != 1 {
+		t.Errorf("GET /agents with the operator token = %d agents", len(list))
+	}
+	af.listAgents(t, "/agents/type/cost", op...)
+	wantThrough(t, "GET /agents/{id}", af.send(http.MethodGet, "/agents/"+id, "", op...), http.StatusOK)
+	wantThrough(t, "GET /agents/unknown", af.send(http.MethodGet, "/agents/unknown", "", op...), http.StatusNotFound)
+	rec = af.send(http.MethodPost, "/tasks", submit, op...)
+	wantThrough(t, "POST /tasks", rec, http.StatusCreated)
+	task := objectOf(t, rec)["task_id"].(string)
+	af.getTask(t, task, op...)
+	wantThrough(t, "GET /tasks/unknown", af.send(http.MethodGet, "/tasks/unknown", "", op...), http.StatusNotFound)
+	wantThrough(t, "DELETE /tasks/unknown", af.send(http.MethodDelete, "/tasks/unknown", "", op...), http.StatusNotFound)
+	wantThrough(t, "GET /tasks", af.send(http.MethodGet, "/tasks?status=bogus", "", op...), http.StatusBadRequest)
+
+	wantThrough(t, "unregister without a token", af.send(http.MethodPost, "/agents/"+id+"/unregister", ""), http.StatusOK)
+
+	af.checkOpen(t)
+	af.checkNoLeak(t)
+}
+
+func TestAuthBothRoles(t *testing.T) {
+	af := newAuthFixture(t, auth.Config{AgentTokens: agentToken, OperatorTokens: operatorToken})
+	reg := mustJSON(t, agentBody("both", af.stub.port, "analyze"))
+
+	// Each token opens its own role's routes only.
+	want401(t, "register with the operator token", af.send(http.MethodPost, "/agents/register", reg, bearer(operatorToken)...))
+	rec := af.send(http.MethodPost, "/agents/register", reg, bearer(agentToken)...)
+	wantThrough(t, "register with the agent token", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	want401(t, "heartbeat with the operator token", af.send(http.MethodPost, "/agents/"+id+"/heartbeat", "", bearer(operatorToken)...))
+
+	for _, route := range []struct{ method, path, body string }{
+		{http.MethodGet, "/agents", ""},
+		{http.MethodGet, "/agents/type/cost", ""},
+		{http.MethodGet, "/agents/" + id, ""},
+		{http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost"}`},
+		{http.MethodGet, "/tasks", ""},
+		{http.MethodGet, "/tasks/x", ""},
+		{http.MethodDelete, "/tasks/x", ""},
+	} {
+		rec := af.send(route.method, route.path, route.body, bearer(agentToken)...)
+		want401(t, route.method+" "+route.path+" with the agent token", rec)
+		if ch := rec.Header().Get("WWW-Authenticate"); !strings.Contains(ch, `error="invalid_token"`) {
+			t.Errorf("%s %s with a token of the other role: WWW-Authenticate = %q, want error=\"invalid_token\"", route.method, route.path, ch)
+		}
+	}
+	rec = af.send(http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost"}`, bearer(operatorToken)...)
+	wantThrough(t, "POST /tasks with the operator token", rec, http.StatusCreated)
+
+	want401(t, "unregister with the operator token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(operatorToken)...))
+	wantThrough(t, "unregister with the agent token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(agentToken)...), http.StatusOK)
+
+	// Unknown paths and wrong methods answer as without auth.
+	expectError(t, "GET /nope", af.send(http.MethodGet, "/nope", ""), http.StatusNotFound)
+	expectError(t, "PUT /tasks", af.send(http.MethodPut, "/tasks", ""), http.StatusMethodNotAllowed)
+
+	af.checkOpen(t)
+	af.checkNoLeak(t)
+}
