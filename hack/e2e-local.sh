@@ -4,9 +4,11 @@
 # this machine, offline, inside a private network namespace
 # (hack/localkube), then torn down, whatever happens.
 #
-#   1. build the node's components (cached after the first run) and the
-#      orchestrator image from the project's Dockerfile (hack/image);
-#   2. bring the node up; push the image into its loopback registry;
+#   1. build the node's components (cached after the first run), the
+#      orchestrator image from the project's Dockerfile (hack/image), and
+#      the test agent's image from test/e2e/agent/Dockerfile on the same
+#      local Go builder image;
+#   2. bring the node up; push both images into its loopback registry;
 #   3. run the compiled e2e suite inside the namespace; its Skaffold case
 #      builds with buildah (profile "buildah": no Docker engine here) and
 #      pushes to the node's registry;
@@ -18,6 +20,7 @@ started=$SECONDS
 # shellcheck source=hack/localkube/lib.sh
 source "$root/hack/localkube/lib.sh" # STATE, REGISTRY
 image=localhost/orchestrator:e2e
+agent_image=localhost/orchestrator-e2e-agent:e2e
 step() { printf '\n== %s (+%ds)\n' "$*" "$((SECONDS - started))"; }
 
 step "building the node's components"
@@ -25,6 +28,17 @@ step "building the node's components"
 
 step "building the image from the Dockerfile"
 IMAGE=$image "$root/hack/image/build.sh"
+
+# buildah and podman use the project's storage (where build.sh built), and
+# its builder image (BUILDER_IMAGE, which build.sh made if it was missing).
+# shellcheck source=hack/image/env.sh
+source "$root/hack/image/env.sh"
+
+step "building the test agent's image from test/e2e/agent/Dockerfile"
+buildah bud --isolation chroot --format docker --layers --pull=never --quiet \
+	--build-arg GO_IMAGE="$BUILDER_IMAGE" \
+	--tag "$agent_image" --file "$root/test/e2e/agent/Dockerfile" "$root/test/e2e/agent" >/dev/null
+echo "built $agent_image"
 # The suite is compiled here, with the module proxy in reach; inside the
 # namespace there is no network but the node's.
 go test -tags e2e -c -o "$root/.cache/e2e.test" "$root/test/e2e"
@@ -43,9 +57,6 @@ node_started=$SECONDS
 "$root/hack/localkube/up.sh"
 echo "node up in $((SECONDS - node_started))s"
 
-# buildah and podman use the project's storage (where the image was built).
-# shellcheck source=hack/image/env.sh
-source "$root/hack/image/env.sh"
 registries=$STATE/registries.conf
 cat >"$registries" <<CONF
 # The node's loopback registry speaks plain HTTP.
@@ -55,13 +66,15 @@ insecure = true
 CONF
 export CONTAINERS_REGISTRIES_CONF=$registries
 
-step "pushing $image to the node's registry"
+step "pushing $image and $agent_image to the node's registry"
 "$root/hack/localkube/exec.sh" buildah push --quiet --tls-verify=false "$image" "docker://$REGISTRY/orchestrator:e2e"
+"$root/hack/localkube/exec.sh" buildah push --quiet --tls-verify=false "$agent_image" "docker://$REGISTRY/orchestrator-e2e-agent:e2e"
 
 step "running the e2e suite"
 cd "$root/test/e2e"
 "$root/hack/localkube/exec.sh" env \
 	E2E_IMAGE="$REGISTRY/orchestrator:e2e" \
+	E2E_AGENT_IMAGE="$REGISTRY/orchestrator-e2e-agent:e2e" \
 	GO_IMAGE="$BUILDER_IMAGE" \
 	E2E_SKAFFOLD_PROFILE=buildah \
 	E2E_SKAFFOLD_ARGS="--default-repo=$REGISTRY --insecure-registry=$REGISTRY" \

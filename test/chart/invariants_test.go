@@ -6,6 +6,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
+	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +157,10 @@ func checkInvariants(t *testing.T, o *objects) {
 		}
 	})
 
+	t.Run("auth tokens", func(t *testing.T) {
+		checkTokens(t, o, pod.Spec, c, pod.Annotations)
+	})
+
 	t.Run("helm test", func(t *testing.T) {
 		for _, p := range o.pods {
 			tc := p.Spec.Containers[0]
@@ -192,6 +199,7 @@ func binaryConfig(t *testing.T, o *objects, c corev1.Container) *config.Config {
 			env[e.Name] = e.Value
 		}
 	}
+	tokenFiles(t, o, c, pod(o), env)
 	cfg, err := config.Load(context.Background(), env)
 	if err != nil {
 		t.Fatalf("the binary would not start with this rendering's environment: %v", err)
@@ -286,4 +294,126 @@ func subset(sel, labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// pod is the Deployment's pod template spec.
+func pod(o *objects) corev1.PodSpec { return o.deployments[0].Spec.Template.Spec }
+
+// tokenFiles makes the token files the container's AUTH_*_TOKENS_FILE
+// variables name, from the Secret they are mounted from, and points the
+// variables at them: the binary then loads them as it would in the pod. A
+// Secret the chart does not render (auth.existingSecret) gets a placeholder
+// token.
+func tokenFiles(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, env map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"AUTH_AGENT_TOKENS_FILE", "AUTH_OPERATOR_TOKENS_FILE"} {
+		file, ok := env[name]
+		if !ok {
+			continue
+		}
+		content, ok := mountedSecretFile(t, o, c, spec, file)
+		if !ok {
+			t.Errorf("%s=%s is not a file mounted from a Secret", name, file)
+			continue
+		}
+		local := filepath.Join(dir, name)
+		if err := os.WriteFile(local, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env[name] = local
+	}
+}
+
+// mountedSecretFile returns the content of the file at path in container c
+// when it comes from a Secret volume: the Secret's key if the rendering has
+// the Secret, a placeholder token if it names one from outside.
+func mountedSecretFile(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, file string) ([]byte, bool) {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		rel, ok := strings.CutPrefix(file, strings.TrimSuffix(m.MountPath, "/")+"/")
+		if !ok {
+			continue
+		}
+		for _, v := range spec.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			key := rel
+			for _, item := range v.Secret.Items {
+				if path.Clean(item.Path) == rel {
+					key = item.Key
+				}
+			}
+			for _, s := range o.secrets {
+				if s.Name == v.Secret.SecretName {
+					data, ok := s.Data[key]
+					if !ok {
+						t.Errorf("Secret %s has no key %s for %s", s.Name, key, file)
+					}
+					return data, ok
+				}
+			}
+			return []byte("placeholder-token-for-an-existing-secret\n"), true
+		}
+	}
+	return nil, false
+}
+
+// checkTokens: tokens reach the pod only as read-only files from a Secret;
+// no token is in the ConfigMap or the environment, and the pods roll when
+// the tokens change.
+func checkTokens(t *testing.T, o *objects, spec corev1.PodSpec, c corev1.Container, annotations map[string]string) {
+	t.Helper()
+	for _, e := range c.Env {
+		if (e.Name == "AUTH_AGENT_TOKENS" || e.Name == "AUTH_OPERATOR_TOKENS") && e.Value != "" {
+			t.Errorf("%s is set in the pod spec: tokens must come from a mounted Secret file", e.Name)
+		}
+	}
+	for _, cm := range o.configMaps {
+		for k := range cm.Data {
+			if strings.HasPrefix(k, "AUTH_") {
+				t.Errorf("ConfigMap %s sets %s: auth settings belong to the pod spec and the Secret", cm.Name, k)
+			}
+		}
+	}
+	for _, s := range o.secrets {
+		for key, data := range s.Data {
+			for token := range strings.Lines(string(data)) {
+				token = strings.TrimSpace(token)
+				if token == "" {
+					continue
+				}
+				for _, cm := range o.configMaps {
+					for k, v := range cm.Data {
+						if strings.Contains(v, token) {
+							t.Errorf("ConfigMap %s %s holds a token of Secret %s key %s", cm.Name, k, s.Name, key)
+						}
+					}
+				}
+				for _, e := range c.Env {
+					if strings.Contains(e.Value, token) {
+						t.Errorf("env %s holds a token of Secret %s key %s", e.Name, s.Name, key)
+					}
+				}
+			}
+		}
+	}
+	secretVolumes := map[string]bool{}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil {
+			secretVolumes[v.Name] = true
+		}
+	}
+	for _, m := range c.VolumeMounts {
+		if secretVolumes[m.Name] && !m.ReadOnly {
+			t.Errorf("Secret volume %s is mounted writable at %s", m.Name, m.MountPath)
+		}
+	}
+	if len(secretVolumes) > 0 && annotations["checksum/auth"] == "" {
+		t.Error("the pods mount a token Secret but have no checksum/auth annotation: changed tokens would not roll them")
+	}
+	if len(o.secrets) > 0 && len(secretVolumes) == 0 {
+		t.Errorf("the chart renders Secret %s but the pods do not mount it", o.secrets[0].Name)
+	}
 }

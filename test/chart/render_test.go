@@ -79,6 +79,7 @@ type objects struct {
 	deployments     []appsv1.Deployment
 	services        []corev1.Service
 	configMaps      []corev1.ConfigMap
+	secrets         []corev1.Secret
 	serviceAccounts []corev1.ServiceAccount
 	pods            []corev1.Pod // helm test hooks
 	pdbs            []policyv1.PodDisruptionBudget
@@ -126,6 +127,8 @@ func decode(t *testing.T, manifest string) *objects {
 			o.services, err = appendStrict(o.services, doc)
 		case "ConfigMap":
 			o.configMaps, err = appendStrict(o.configMaps, doc)
+		case "Secret":
+			o.secrets, err = appendStrict(o.secrets, doc)
 		case "ServiceAccount":
 			o.serviceAccounts, err = appendStrict(o.serviceAccounts, doc)
 		case "Pod":

@@ -103,7 +103,10 @@ func endpointReady(t *testing.T, ns, pod string) (ready, ok bool) {
 func TestChart(t *testing.T) {
 	ns := createNamespace(t, "e2e-chart")
 	pods := watchPods(t, ns, selector)
-	install(t, ns)
+	// Two pods, for the Service and rollout cases below (the chart's default
+	// is one, while agents and tasks live in a pod's memory; nothing here
+	// registers an agent).
+	install(t, ns, "--set", "replicaCount=2")
 	client := newHTTPClient()
 
 	t.Run("the namespace enforces the restricted standard", func(t *testing.T) {
@@ -320,6 +323,6 @@ func spread(ds []time.Duration) string {
 func TestRolloutWithoutDrain(t *testing.T) {
 	ns := createNamespace(t, "e2e-nodrain")
 	pods := watchPods(t, ns, selector)
-	install(t, ns, "--set", "termination.preStopSleepSeconds=0", "--set", "config.shutdownDelaySeconds=0")
+	install(t, ns, "--set", "replicaCount=2", "--set", "termination.preStopSleepSeconds=0", "--set", "config.shutdownDelaySeconds=0")
 	rollUnderLoad(t, ns, pods, false)
 }

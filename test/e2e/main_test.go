@@ -7,12 +7,17 @@
 // Security Standard, follows the pods through the kubelet's own probes,
 // takes a pod out of its Service on purpose, runs `helm test`, port-forwards
 // and curls, restarts and scales the Deployment under load and requires that
-// no request fails, applies k8s/ with kustomize, and runs Skaffold.
+// no request fails, runs a test agent pod that registers, receives a routed
+// task and unregisters (with both token roles on), applies k8s/ with
+// kustomize, and runs Skaffold.
 //
 // It needs kubectl, helm and skaffold on PATH and:
 //
 //	E2E_IMAGE        the orchestrator image the cluster can run (repository:tag),
 //	                 built from the project's Dockerfile and loaded or pushed
+//	E2E_AGENT_IMAGE  the test agent image the cluster can run, built from
+//	                 test/e2e/agent/Dockerfile (context test/e2e/agent)
+//	E2E_AGENT        "run" (default) to run the agent case, "skip" to leave it out
 //	E2E_SKAFFOLD          "run" (default) to run the Skaffold case, "skip" to leave it out
 //	E2E_SKAFFOLD_PROFILE  a skaffold.yaml profile to add, e.g. buildah (no Docker engine)
 //	E2E_SKAFFOLD_ARGS     more flags for skaffold run and dev, e.g. --default-repo=127.0.0.1:5000

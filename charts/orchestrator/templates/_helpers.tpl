@@ -130,3 +130,101 @@ Whether a PodDisruptionBudget is rendered: when more than one pod runs
 {{- if .Values.autoscaling.enabled }}{{ $pods = .Values.autoscaling.minReplicas | int }}{{ end }}
 {{- if or .Values.podDisruptionBudget.force (gt $pods 1) }}true{{ end }}
 {{- end }}
+
+{{/*
+A Go duration (1h30m, 500ms, 24h) in seconds, as a float: for the checks
+between settings below. The schema has already checked the syntax.
+*/}}
+{{- define "orchestrator.durationSeconds" -}}
+{{- $units := dict "ns" 1e-9 "us" 1e-6 "µs" 1e-6 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" (toString .) -1 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $total = addf $total (mulf (float64 $number) (get $units (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+Checks between settings that the schema cannot express; the binary makes
+the same checks at startup, but a failed render says it sooner than a pod
+that exits with code 2.
+*/}}
+{{- define "orchestrator.validateConfig" -}}
+{{- $agents := .Values.config.agents }}
+{{- $tasks := .Values.config.tasks }}
+{{- $interval := include "orchestrator.durationSeconds" $agents.heartbeatInterval | float64 }}
+{{- $unreachable := mulf $interval ($agents.missedHeartbeats | float64) }}
+{{- if le (include "orchestrator.durationSeconds" $agents.evictAfter | float64) $unreachable }}
+{{- fail (printf "config.agents.evictAfter=%s (AGENT_EVICT_AFTER) must be longer than config.agents.missedHeartbeats x config.agents.heartbeatInterval (%d x %s), after which an agent is only unreachable" $agents.evictAfter ($agents.missedHeartbeats | int) $agents.heartbeatInterval) }}
+{{- end }}
+{{- if lt (include "orchestrator.durationSeconds" $tasks.retryBackoffMax | float64) (include "orchestrator.durationSeconds" $tasks.retryBackoff | float64) }}
+{{- fail (printf "config.tasks.retryBackoffMax=%s (TASK_RETRY_BACKOFF_MAX) must be at least config.tasks.retryBackoff=%s" $tasks.retryBackoffMax $tasks.retryBackoff) }}
+{{- end }}
+{{- range list (list "retention" "TASK_RETENTION") (list "retryBackoff" "TASK_RETRY_BACKOFF") }}
+{{- $value := get $tasks (index . 0) }}
+{{- if le (include "orchestrator.durationSeconds" $value | float64) 0.0 }}
+{{- fail (printf "config.tasks.%s=%s (%s) must be greater than 0" (index . 0) $value (index . 1)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Auth: where each role's tokens come from. The Secret is the chart's own
+(auth.agentTokens, auth.operatorTokens) or auth.existingSecret; a role's
+key is empty when the role is open.
+*/}}
+{{- define "orchestrator.validateAuth" -}}
+{{- $a := .Values.auth }}
+{{- if $a.existingSecret }}
+{{- if or $a.agentTokens $a.operatorTokens }}
+{{- fail "auth.existingSecret is set: leave auth.agentTokens and auth.operatorTokens empty (the tokens come from that Secret)" }}
+{{- end }}
+{{- if not (or $a.existingSecretKeys.agent $a.existingSecretKeys.operator) }}
+{{- fail (printf "auth.existingSecret=%s protects nothing: name its key with the agent tokens (auth.existingSecretKeys.agent), the operator tokens (auth.existingSecretKeys.operator), or both" $a.existingSecret) }}
+{{- end }}
+{{- else if or $a.existingSecretKeys.agent $a.existingSecretKeys.operator }}
+{{- fail "auth.existingSecretKeys names keys but auth.existingSecret is empty: name the Secret, or use auth.agentTokens and auth.operatorTokens" }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if and (has .name (list "AUTH_AGENT_TOKENS" "AUTH_OPERATOR_TOKENS")) (hasKey . "value") }}
+{{- fail (printf "extraEnv sets %s to a literal token: tokens must not sit in the pod spec; use auth.agentTokens, auth.operatorTokens or auth.existingSecret (mounted as files)" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "orchestrator.authSecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-auth" (include "orchestrator.fullname" . | trunc 58 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret key with the agent tokens; empty: the agent role is open. */}}
+{{- define "orchestrator.authAgentKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKeys.agent }}{{ else if .Values.auth.agentTokens }}agent-tokens{{ end }}
+{{- end }}
+
+{{/* The Secret key with the operator tokens; empty: the operator role is open. */}}
+{{- define "orchestrator.authOperatorKey" -}}
+{{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKeys.operator }}{{ else if .Values.auth.operatorTokens }}operator-tokens{{ end }}
+{{- end }}
+
+{{/* Where the token files are mounted in the container. */}}
+{{- define "orchestrator.authDir" -}}/etc/orchestrator/auth{{- end }}
+
+{{/*
+The checksum that rolls the pods when the tokens change (they are read at
+startup): the chart's own Secret as rendered, or the content of
+auth.existingSecret when helm can read it (install and upgrade; `helm
+template` and --dry-run see nothing, so only its name and keys count then).
+*/}}
+{{- define "orchestrator.authChecksum" -}}
+{{- if .Values.auth.existingSecret }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.auth.existingSecret }}
+{{- list .Values.auth.existingSecret .Values.auth.existingSecretKeys (dig "data" dict ($secret | default dict)) | toJson | sha256sum }}
+{{- else }}
+{{- include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,362 @@
+//go:build e2e
+
+package e2e_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+const (
+	// The test agent's Deployment (test/e2e/agent) and what it registers.
+	agentDeployment = "e2e-agent"
+	agentPort       = 8000
+	agentType       = "cost"
+	agentCapability = "e2e-echo"
+	// Tokens for this test only: the chart keeps them in its Secret and
+	// mounts them; the agent reads its token from the same Secret.
+	agentToken    = "e2e-agent-token-0123456789abcdef"
+	operatorToken = "e2e-operator-token-0123456789abcdef"
+	// The heartbeat interval the orchestrator tells agents here: short, so
+	// that heartbeats are seen within the test.
+	heartbeatSeconds = 2
+)
+
+// agentRecord is an Agent as GET /agents returns it.
+type agentRecord struct {
+	ID           string         `json:"id"`
+	Name         string         `json:"name"`
+	Type         string         `json:"type"`
+	Host         string         `json:"host"`
+	Port         int            `json:"port"`
+	Capabilities []string       `json:"capabilities"`
+	Status       string         `json:"status"`
+	Version      string         `json:"version"`
+	RegisteredAt time.Time      `json:"registered_at"`
+	LastSeen     time.Time      `json:"last_seen"`
+	Metadata     map[string]any `json:"metadata"`
+}
+
+// taskRecord is a Task as GET /tasks/{id} returns it.
+type taskRecord struct {
+	TaskID     string          `json:"task_id"`
+	Status     string          `json:"status"`
+	AgentID    string          `json:"agent_id"`
+	Result     json.RawMessage `json:"result"`
+	Error      string          `json:"error"`
+	RetryCount int             `json:"retry_count"`
+}
+
+// TestAgentTask is the orchestrator's purpose on a real cluster: a test
+// agent pod (test/e2e/agent, its own image) registers through the
+// orchestrator's Service with its pod IP, heartbeats, receives a task
+// routed to it and answers it; the result is read back through the API;
+// deleting the agent unregisters it. Both token roles are on, with the
+// tokens in the chart's Secret, so the mounted token files are exercised
+// too.
+func TestAgentTask(t *testing.T) {
+	agentImage := os.Getenv("E2E_AGENT_IMAGE")
+	if env("E2E_AGENT", "run") == "skip" {
+		t.Skip("E2E_AGENT=skip")
+	}
+	if agentImage == "" {
+		t.Fatal("set E2E_AGENT_IMAGE to the test agent image the cluster can run (built from test/e2e/agent/Dockerfile), or E2E_AGENT=skip")
+	}
+	ns := createNamespace(t, "e2e-agent")
+	install(t, ns,
+		"--set", "auth.agentTokens[0]="+agentToken,
+		"--set", "auth.operatorTokens[0]="+operatorToken,
+		"--set", fmt.Sprintf("config.agents.heartbeatInterval=%ds", heartbeatSeconds),
+		"--set", "config.logLevel=debug",
+	)
+	base := portForward(t, ns, "service/"+deployment)
+	api := &apiClient{t: t, base: base, token: operatorToken, http: newHTTPClient()}
+
+	t.Run("the API needs the operator token", func(t *testing.T) {
+		anonymous := &apiClient{t: t, base: base, http: newHTTPClient()}
+		if code, body := anonymous.do(http.MethodGet, "/agents", nil, nil); code != http.StatusUnauthorized {
+			t.Errorf("GET /agents without a token = %d %s, want 401", code, body)
+		}
+		wrong := &apiClient{t: t, base: base, token: agentToken, http: newHTTPClient()}
+		if code, body := wrong.do(http.MethodPost, "/tasks", map[string]any{"task_type": agentCapability, "agent_type": agentType}, nil); code != http.StatusUnauthorized {
+			t.Errorf("POST /tasks with the agent token = %d %s, want 401", code, body)
+		}
+		if code, _ := anonymous.do(http.MethodGet, "/ready", nil, nil); code != http.StatusOK {
+			t.Errorf("GET /ready without a token = %d, want 200 (probes stay open)", code)
+		}
+	})
+
+	deployed := time.Now()
+	applyAgent(t, ns, agentImage)
+	kubectl(t, ns, "rollout", "status", "deployment/"+agentDeployment, "--timeout=3m")
+	var pods corev1.PodList
+	getJSON(t, ns, &pods, "pods", "--selector", "app.kubernetes.io/name="+agentDeployment)
+	if len(pods.Items) != 1 || pods.Items[0].Status.PodIP == "" {
+		t.Fatalf("want one agent pod with an IP, got %d", len(pods.Items))
+	}
+	agentPod := pods.Items[0]
+
+	var agent agentRecord
+	t.Run("the agent pod registers and heartbeats", func(t *testing.T) {
+		eventually(t, 2*time.Minute, "the agent to be listed healthy in GET /agents", func() bool {
+			var list struct {
+				Agents []agentRecord `json:"agents"`
+				Count  int           `json:"count"`
+			}
+			if code, _ := api.do(http.MethodGet, "/agents", nil, &list); code != http.StatusOK {
+				return false
+			}
+			for _, a := range list.Agents {
+				if a.Name == agentPod.Name && a.Status == "healthy" {
+					agent = a
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("REPORT agent: Deployment applied to registered and healthy in %s", time.Since(deployed).Round(100*time.Millisecond))
+		if agent.Host != agentPod.Status.PodIP || agent.Port != agentPort || agent.Type != agentType ||
+			len(agent.Capabilities) != 1 || agent.Capabilities[0] != agentCapability {
+			t.Errorf("registered %+v, want host %s (the pod IP) port %d type %s capabilities [%s]",
+				agent, agentPod.Status.PodIP, agentPort, agentType, agentCapability)
+		}
+		// A heartbeat after the registration moves last_seen on.
+		registered := agent.RegisteredAt
+		eventually(t, time.Duration(3*heartbeatSeconds)*time.Second+10*time.Second, "a heartbeat to move last_seen past registered_at", func() bool {
+			var a agentRecord
+			code, _ := api.do(http.MethodGet, "/agents/"+agent.ID, nil, &a)
+			return code == http.StatusOK && a.LastSeen.After(registered.Add(time.Second)) && a.Status == "healthy"
+		})
+		var byType struct {
+			Count int `json:"count"`
+		}
+		if code, body := api.do(http.MethodGet, "/agents/type/"+agentType, nil, &byType); code != http.StatusOK || byType.Count != 1 {
+			t.Errorf("GET /agents/type/%s = %d %s, want the one agent", agentType, code, body)
+		}
+	})
+	if agent.ID == "" {
+		t.FailNow()
+	}
+
+	t.Run("a task is routed to the agent pod and its result read back", func(t *testing.T) {
+		submitted := time.Now()
+		var created struct {
+			TaskID    string `json:"task_id"`
+			Status    string `json:"status"`
+			AgentID   string `json:"agent_id"`
+			StatusURL string `json:"status_url"`
+		}
+		task := map[string]any{
+			"task_type":       agentCapability,
+			"agent_type":      agentType,
+			"parameters":      map[string]any{"question": "where did this run?", "n": 42},
+			"timeout_seconds": 20,
+		}
+		if code, body := api.do(http.MethodPost, "/tasks", task, &created); code != http.StatusCreated {
+			t.Fatalf("POST /tasks = %d %s, want 201", code, body)
+		}
+		if created.StatusURL != "/tasks/"+created.TaskID {
+			t.Errorf("status_url %q, want /tasks/%s", created.StatusURL, created.TaskID)
+		}
+		var done taskRecord
+		eventually(t, time.Minute, "the task to complete", func() bool {
+			code, _ := api.do(http.MethodGet, created.StatusURL, nil, &done)
+			return code == http.StatusOK && (done.Status == "completed" || done.Status == "failed" || done.Status == "timeout")
+		})
+		t.Logf("REPORT task: POST /tasks to completed (read through the API) in %s", time.Since(submitted).Round(time.Millisecond))
+		if done.Status != "completed" || done.AgentID != agent.ID || done.RetryCount != 0 {
+			t.Fatalf("task = %+v, want completed by agent %s on the first attempt", done, agent.ID)
+		}
+		var result struct {
+			Hostname   string         `json:"hostname"`
+			Host       string         `json:"host"`
+			TaskType   string         `json:"task_type"`
+			Parameters map[string]any `json:"parameters"`
+		}
+		if err := json.Unmarshal(done.Result, &result); err != nil {
+			t.Fatalf("result %s: %v", done.Result, err)
+		}
+		if result.Hostname != agentPod.Name || result.Host != agentPod.Status.PodIP || result.TaskType != agentCapability ||
+			result.Parameters["n"] != float64(42) {
+			t.Errorf("result %s: want it from pod %s (%s) with the parameters echoed", done.Result, agentPod.Name, agentPod.Status.PodIP)
+		}
+		// The agent's own log shows the delivery.
+		logs := kubectl(t, ns, "logs", "pod/"+agentPod.Name)
+		if !strings.Contains(logs, "task "+created.TaskID) {
+			t.Errorf("the agent's log does not mention task %s:\n%s", created.TaskID, logs)
+		}
+	})
+
+	t.Run("a task nobody can run gets 503", func(t *testing.T) {
+		code, body := api.do(http.MethodPost, "/tasks", map[string]any{"task_type": "no-such-capability", "agent_type": agentType}, nil)
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("POST /tasks for an unknown capability = %d %s, want 503", code, body)
+		}
+	})
+
+	t.Run("deleting the agent pod unregisters it", func(t *testing.T) {
+		deleted := time.Now()
+		kubectl(t, ns, "delete", "deployment", agentDeployment, "--wait=true", "--timeout=2m")
+		eventually(t, time.Minute, "GET /agents/{id} to answer 404", func() bool {
+			code, _ := api.do(http.MethodGet, "/agents/"+agent.ID, nil, nil)
+			return code == http.StatusNotFound
+		})
+		t.Logf("REPORT agent: Deployment deleted to unregistered in %s", time.Since(deleted).Round(100*time.Millisecond))
+		// The agent's SIGTERM path unregistered it: the orchestrator logged
+		// the call (an eviction would take AGENT_EVICT_AFTER, 24h).
+		unregistered := false
+		for line := range strings.Lines(kubectl(t, ns, "logs", "deployment/"+deployment)) {
+			unregistered = unregistered || (strings.Contains(line, agent.ID) && strings.Contains(line, "unregister"))
+		}
+		if !unregistered {
+			t.Errorf("the orchestrator's log has no unregister line for %s", agent.ID)
+		}
+	})
+
+	t.Run("no token reaches the orchestrator's log", func(t *testing.T) {
+		logs := kubectl(t, ns, "logs", "deployment/"+deployment)
+		for _, token := range []string{agentToken, operatorToken} {
+			if strings.Contains(logs, token) {
+				t.Errorf("the orchestrator's log contains a token")
+			}
+		}
+	})
+}
+
+// applyAgent runs the test agent as a Deployment that meets the
+// "restricted" Pod Security Standard as the chart's pods do: non-root,
+// read-only root, no capabilities, no service account token. It reads its
+// token from the chart's Secret and registers its pod IP.
+func applyAgent(t *testing.T, ns, image string) {
+	t.Helper()
+	labels := map[string]string{"app.kubernetes.io/name": agentDeployment, "app.kubernetes.io/component": "e2e-agent"}
+	httpGet := func(path string) map[string]any {
+		return map[string]any{"httpGet": map[string]any{"path": path, "port": "http"}, "periodSeconds": 1, "failureThreshold": 3}
+	}
+	manifest := map[string]any{
+		"apiVersion": "apps/v1",
+		"kind":       "Deployment",
+		"metadata":   map[string]any{"name": agentDeployment, "labels": labels},
+		"spec": map[string]any{
+			"replicas": 1,
+			"selector": map[string]any{"matchLabels": labels},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": labels},
+				"spec": map[string]any{
+					"automountServiceAccountToken":  false,
+					"enableServiceLinks":            false,
+					"terminationGracePeriodSeconds": 15,
+					"securityContext": map[string]any{
+						"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+						"seccompProfile": map[string]any{"type": "RuntimeDefault"},
+					},
+					"containers": []any{map[string]any{
+						"name":            "agent",
+						"image":           image,
+						"imagePullPolicy": "IfNotPresent",
+						"ports":           []any{map[string]any{"name": "http", "containerPort": agentPort, "protocol": "TCP"}},
+						"env": []any{
+							map[string]any{"name": "ORCHESTRATOR_URL", "value": fmt.Sprintf("http://%s:%d", deployment, orchestratorPort)},
+							map[string]any{"name": "AGENT_HOST", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.podIP"}}},
+							map[string]any{"name": "AGENT_PORT", "value": fmt.Sprint(agentPort)},
+							map[string]any{"name": "AGENT_TYPE", "value": agentType},
+							map[string]any{"name": "AGENT_CAPABILITIES", "value": agentCapability},
+							map[string]any{"name": "AGENT_TOKEN_FILE", "value": "/etc/agent/token"},
+						},
+						"volumeMounts": []any{map[string]any{"name": "token", "mountPath": "/etc/agent", "readOnly": true}},
+						// Ready once registered: rollout status waits for that.
+						"startupProbe":   httpGet("/live"),
+						"livenessProbe":  httpGet("/live"),
+						"readinessProbe": httpGet("/ready"),
+						"securityContext": map[string]any{
+							"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+							"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+							"capabilities":   map[string]any{"drop": []string{"ALL"}},
+							"seccompProfile": map[string]any{"type": "RuntimeDefault"},
+						},
+						"resources": map[string]any{
+							"requests": map[string]any{"cpu": "10m", "memory": "16Mi", "ephemeral-storage": "1Mi"},
+							"limits":   map[string]any{"cpu": "200m", "memory": "64Mi", "ephemeral-storage": "16Mi"},
+						},
+					}},
+					"volumes": []any{map[string]any{
+						"name": "token",
+						"secret": map[string]any{
+							"secretName":  deployment + "-auth", // the chart's Secret
+							"defaultMode": 0o440,
+							"items":       []any{map[string]any{"key": "agent-tokens", "path": "token"}},
+						},
+					}},
+				},
+			},
+		},
+	}
+	data, err := json.Marshal(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kubectl(t, ns, "apply", "-f", file)
+	t.Cleanup(func() {
+		if _, err := tryCmd(2*time.Minute, "kubectl", "--namespace", ns, "delete", "deployment", agentDeployment,
+			"--ignore-not-found", "--wait=true", "--timeout=90s"); err != nil {
+			t.Logf("cleanup: %v", err)
+		}
+	})
+}
+
+// apiClient calls the orchestrator's JSON API with a bearer token.
+type apiClient struct {
+	t     *testing.T
+	base  string
+	token string
+	http  *http.Client
+}
+
+// do sends body (nil: none) as JSON and decodes a 2xx answer into out.
+func (c *apiClient) do(method, path string, body, out any) (int, string) {
+	c.t.Helper()
+	var reader io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, c.base+path, reader)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode/100 == 2 {
+		if err := json.Unmarshal(data, out); err != nil {
+			c.t.Fatalf("%s %s: decoding %s: %v", method, path, data, err)
+		}
+	}
+	return resp.StatusCode, string(data)
+}
