@@ -16,18 +16,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/optiinfra/orchestrator/internal/api"
-	"github.com/optiinfra/orchestrator/internal/auth"
+	"github.com/optiinfra/orchestrator/internal/app"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
 	"github.com/optiinfra/orchestrator/internal/config"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
-	"github.com/optiinfra/orchestrator/internal/health"
-	"github.com/optiinfra/orchestrator/internal/inflight"
 	"github.com/optiinfra/orchestrator/internal/logging"
 	"github.com/optiinfra/orchestrator/internal/registry"
-	httpserver "github.com/optiinfra/orchestrator/internal/server"
 )
 
 // Task dispatch overhead: what the orchestrator adds to one task over a
@@ -140,8 +134,8 @@ type orchestrator struct {
 	stop  func() error
 }
 
-// startOrchestrator wires the registry, the dispatcher and the HTTP API as
-// cmd/orchestrator does, with the default settings, serves the API on a
+// startOrchestrator wires the service as cmd/orchestrator does
+// (internal/service), with the default settings, serves the API on a
 // loopback port and registers the fake agent at agentPort.
 func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*orchestrator, error) {
 	cfg, err := config.Load(ctx, map[string]string{"SHUTDOWN_DELAY": "0s"})
@@ -152,36 +146,12 @@ func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*or
 	if err != nil {
 		return nil, err
 	}
-	build := buildinfo.Read()
-	checks := health.New(health.Options{Config: cfg.Health, Logger: log.Named("health"), Version: build.Version})
-	metrics := prometheus.NewRegistry()
-	agents, err := registry.New(registry.Options{
-		Config: cfg.Registry, Store: registry.NewMemoryStore(), Logger: log.Named("agents"), Metrics: metrics,
-	})
-	if err != nil {
-		return nil, err
-	}
 	store := &watchedStore{Store: dispatch.NewMemoryStore(), waiters: map[string]*waiter{}}
-	tasks, err := dispatch.New(dispatch.Options{
-		Config: cfg.Dispatch, Store: store, Agents: agents, Logger: log.Named("tasks"), Metrics: metrics,
-	})
+	svc, err := app.New(app.Options{Config: cfg, Logger: log, Build: buildinfo.Read(), TaskStore: store})
 	if err != nil {
 		return nil, err
 	}
-	agents.OnChange(tasks.Pump)
-	tokens, err := auth.New(cfg.Auth)
-	if err != nil {
-		return nil, err
-	}
-	inFlight := &inflight.Tracker{}
-	handler, err := api.New(api.Options{
-		Config: cfg.API, Logger: log, Registry: metrics, Health: checks, Build: build,
-		InFlight: inFlight, Agents: agents, Tasks: tasks, Auth: tokens,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if _, _, err := agents.Register(ctx, registry.Registration{
+	if _, _, err := svc.Agents.Register(ctx, registry.Registration{
 		Name: "fake-agent", Type: string(registry.TypeCost), Host: "127.0.0.1", Port: agentPort,
 		Capabilities: []string{taskType}, Version: "1.0.0",
 	}); err != nil {
@@ -195,18 +165,13 @@ func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*or
 	runCtx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var serveErr error
-	wg.Go(func() { checks.Run(runCtx) })
-	wg.Go(func() { agents.Run(runCtx) })
-	wg.Go(func() { tasks.Run(runCtx) })
-	wg.Go(func() {
-		serveErr = httpserver.New(cfg.Server, log.Named("server"), handler, checks, inFlight).Serve(runCtx, ln)
-	})
+	wg.Go(func() { serveErr = svc.Serve(runCtx, ln) })
 	stop := func() error {
 		cancel()
 		wg.Wait()
 		return serveErr
 	}
-	return &orchestrator{tasks: tasks, store: store, url: "http://" + ln.Addr().String(), stop: stop}, nil
+	return &orchestrator{tasks: svc.Tasks, store: store, url: "http://" + ln.Addr().String(), stop: stop}, nil
 }
 
 // dispatchOverhead measures the three paths against the fake agent.
