@@ -221,3 +221,5 @@ func validHost(host string) error {
 	}
 	return nil
 }
+
+func (a Agent) liveness() Liveness { return Liveness{Status: a.Status, LastSeen: a.LastSeen} }

@@ -178,19 +178,17 @@ func (r *Registry) Heartbeat(ctx context.Context, id, status string, metadata ma
 	if err != nil {
 		return Agent{}, &FieldError{Field: "status", Msg: err.Error()}
 	}
-	before, err := r.store.Get(ctx, id)
+	a, before, err := r.store.Heartbeat(ctx, id, st, metadata, r.now().UTC())
 	if err != nil {
-		r.metrics.heartbeats.WithLabelValues("unknown").Inc()
-		return Agent{}, err
-	}
-	a, err := r.store.Heartbeat(ctx, id, st, metadata, r.now().UTC())
-	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			r.metrics.heartbeats.WithLabelValues("unknown").Inc()
+		}
 		return Agent{}, err
 	}
 	r.metrics.heartbeats.WithLabelValues(string(st)).Inc()
-	if r.effectiveStatus(before) != st {
+	if was := r.effectiveStatus(before); was != st {
 		r.log.Info("agent status changed", zap.String("agent_id", id), zap.String("name", a.Name),
-			zap.String("from", string(r.effectiveStatus(before))), zap.String("to", string(st)))
+			zap.String("from", string(was)), zap.String("to", string(st)))
 	}
 	r.changed()
 	return a, nil
@@ -209,7 +207,7 @@ func (r *Registry) Unregister(ctx context.Context, id string) (Agent, error) {
 // Get returns agent id with its effective status.
 func (r *Registry) Get(ctx context.Context, id string) (Agent, error) {
 	a, err := r.store.Get(ctx, id)
-	a.Status = r.effectiveStatus(a)
+	a.Status = r.effectiveStatus(a.liveness())
 	return a, err
 }
 
@@ -217,14 +215,14 @@ func (r *Registry) Get(ctx context.Context, id string) (Agent, error) {
 func (r *Registry) List(ctx context.Context, typ Type) ([]Agent, error) {
 	agents, err := r.store.List(ctx, typ)
 	for i := range agents {
-		agents[i].Status = r.effectiveStatus(agents[i])
+		agents[i].Status = r.effectiveStatus(agents[i].liveness())
 	}
 	return agents, err
 }
 
 // effectiveStatus is the stored status, or unreachable once the agent has
 // been silent too long, even if the sweeper has not marked it yet.
-func (r *Registry) effectiveStatus(a Agent) Status {
+func (r *Registry) effectiveStatus(a Liveness) Status {
 	if a.Status != "" && a.LastSeen.Before(r.unreachableCutoff()) {
 		return StatusUnreachable
 	}

@@ -23,9 +23,11 @@ type Store interface {
 	// and created is false. An agent that restarts thus keeps its ID.
 	Register(ctx context.Context, a Agent) (stored Agent, created bool, err error)
 	// Heartbeat records that agent id reported status at the given time,
-	// and replaces its heartbeat metadata when metadata is not nil.
+	// and replaces its heartbeat metadata when metadata is not nil. It
+	// returns the agent as updated, and its liveness just before, so the
+	// caller sees a status change without reading the agent first.
 	// ErrNotFound when id is unknown.
-	Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (Agent, error)
+	Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (updated Agent, previous Liveness, err error)
 	// Delete removes agent id and returns it. ErrNotFound when unknown.
 	Delete(ctx context.Context, id string) (Agent, error)
 	// Get returns agent id. ErrNotFound when unknown.
@@ -41,6 +43,12 @@ type Store interface {
 	MarkUnreachable(ctx context.Context, cutoff time.Time) ([]Agent, error)
 	// Evict deletes every agent last seen before cutoff and returns them.
 	Evict(ctx context.Context, cutoff time.Time) ([]Agent, error)
+}
+
+// Liveness is an agent's stored status and when it was last heard from.
+type Liveness struct {
+	Status   Status
+	LastSeen time.Time
 }
 
 // Candidate is what routing needs to know of an agent: small, so that
@@ -208,15 +216,15 @@ func (s *MemoryStore) unindex(a *Agent) {
 }
 
 // Heartbeat implements Store.
-func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (Agent, error) {
+func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (Agent, Liveness, error) {
 	if err := ctx.Err(); err != nil {
-		return Agent{}, err
+		return Agent{}, Liveness{}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.byID[id]
 	if !ok {
-		return Agent{}, ErrNotFound
+		return Agent{}, Liveness{}, ErrNotFound
 	}
 	updated := *old
 	updated.Status, updated.LastSeen = status, at
@@ -225,7 +233,7 @@ func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, m
 	}
 	// Only the status and times change: the capability index holds the
 	// same pointer position, so swap in place rather than re-indexing.
-	return s.swap(updated).clone(), nil
+	return s.swap(updated).clone(), Liveness{Status: old.Status, LastSeen: old.LastSeen}, nil
 }
 
 // swap replaces the stored agent with updated's ID by updated, where only

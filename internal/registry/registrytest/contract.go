@@ -240,7 +240,7 @@ func testReRegister(t *testing.T, s registry.Store) {
 	// An unrelated agent, so the index is not just one agent.
 	other := newAgent("o1", "other", registry.TypeCost, 9000, 1, "x", "y", "z")
 	mustRegister(t, s, other)
-	if _, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": float64(1)}, at(5)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": float64(1)}, at(5)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -354,7 +354,7 @@ func testNotFound(t *testing.T, s registry.Store) {
 		if _, err := s.Get(ctx, id); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
 		}
-		if _, err := s.Heartbeat(ctx, id, registry.StatusHealthy, nil, at(1)); !errors.Is(err, registry.ErrNotFound) {
+		if _, _, err := s.Heartbeat(ctx, id, registry.StatusHealthy, nil, at(1)); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Heartbeat(%q) = %v, want ErrNotFound", id, err)
 		}
 		if _, err := s.Delete(ctx, id); !errors.Is(err, registry.ErrNotFound) {
@@ -368,7 +368,7 @@ func testNotFound(t *testing.T, s registry.Store) {
 	if _, err := s.Get(ctx, "a1"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Get after Delete = %v, want ErrNotFound", err)
 	}
-	if _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(2)); !errors.Is(err, registry.ErrNotFound) {
+	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(2)); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Heartbeat after Delete = %v, want ErrNotFound", err)
 	}
 	if _, err := s.Delete(ctx, "a1"); !errors.Is(err, registry.ErrNotFound) {
@@ -388,30 +388,36 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 
 	want := a
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(30), map[string]any{"load": 0.5}
-	got, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": 0.5}, at(30))
+	got, previous, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": 0.5}, at(30))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wantPrev := (registry.Liveness{Status: a.Status, LastSeen: a.LastSeen}); previous != wantPrev {
+		t.Errorf("Heartbeat's previous liveness = %+v, want %+v (as registered)", previous, wantPrev)
 	}
 	checkAgent(t, "Heartbeat's result", got, want)
 	checkAgent(t, "Get after Heartbeat", mustGet(t, s, "a1"), want)
 
 	// nil metadata keeps the last heartbeat's.
 	want.Status, want.LastSeen = registry.StatusHealthy, at(60)
-	got, err = s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(60))
+	got, previous, err = s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(60))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wantPrev := (registry.Liveness{Status: registry.StatusDegraded, LastSeen: at(30)}); previous != wantPrev {
+		t.Errorf("second Heartbeat's previous liveness = %+v, want %+v", previous, wantPrev)
 	}
 	checkAgent(t, "Heartbeat with nil metadata", got, want)
 	checkAgent(t, "Get after Heartbeat with nil metadata", mustGet(t, s, "a1"), want)
 
 	// Non-nil metadata replaces it, even when empty.
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusUnhealthy, at(90), map[string]any{"queue": float64(3)}
-	if _, err := s.Heartbeat(ctx, "a1", registry.StatusUnhealthy, map[string]any{"queue": float64(3)}, at(90)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusUnhealthy, map[string]any{"queue": float64(3)}, at(90)); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with new metadata", mustGet(t, s, "a1"), want)
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusHealthy, at(120), nil
-	if _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, map[string]any{}, at(120)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, map[string]any{}, at(120)); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with empty metadata", mustGet(t, s, "a1"), want)
@@ -478,7 +484,7 @@ func testList(t *testing.T, s registry.Store) {
 	if _, created, err := s.Register(ctx, again); err != nil || created {
 		t.Fatalf("Register again = %v, %v", created, err)
 	}
-	if _, err := s.Heartbeat(ctx, "x", registry.StatusHealthy, nil, at(101)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "x", registry.StatusHealthy, nil, at(101)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Delete(ctx, "y"); err != nil {
@@ -563,7 +569,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 	for _, ag := range []registry.Agent{a, b, c} {
 		mustRegister(t, s, ag)
 	}
-	if _, err := s.Heartbeat(ctx, "b", registry.StatusDegraded, nil, at(10)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "b", registry.StatusDegraded, nil, at(10)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -603,7 +609,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 		t.Errorf("second MarkUnreachable = %v, %v; want none", ids(again), err)
 	}
 	// A heartbeat revives; later marking sees the new last-seen time.
-	if _, err := s.Heartbeat(ctx, "a", registry.StatusHealthy, nil, at(25)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a", registry.StatusHealthy, nil, at(25)); err != nil {
 		t.Fatal(err)
 	}
 	if got := mustGet(t, s, "a").Status; got != registry.StatusHealthy {
@@ -721,7 +727,7 @@ func testNoAliasing(t *testing.T, s registry.Store) {
 	checkAgent(t, "after changing List's result", mustGet(t, s, "a1"), want)
 
 	hbMeta := map[string]any{"load": 0.5}
-	hb, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, hbMeta, at(1))
+	hb, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, hbMeta, at(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -754,7 +760,7 @@ func testCancelledContext(t *testing.T, s registry.Store) {
 	cancel()
 	checks := map[string]error{}
 	_, _, checks["Register"] = s.Register(ctx, newAgent("b1", "b", registry.TypeCost, 8002, 1, "x"))
-	_, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", registry.StatusDegraded, nil, at(1))
+	_, _, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", registry.StatusDegraded, nil, at(1))
 	_, checks["Delete"] = s.Delete(ctx, "a1")
 	_, checks["Get"] = s.Get(ctx, "a1")
 	_, checks["List"] = s.List(ctx, "")
@@ -844,7 +850,7 @@ func testConcurrent(t *testing.T, s registry.Store) {
 					mu.Unlock()
 				case 3, 4:
 					status := registry.Statuses[rng.IntN(3)]
-					a, err := s.Heartbeat(ctx, pickKnown(), status, map[string]any{"i": float64(i)}, now)
+					a, _, err := s.Heartbeat(ctx, pickKnown(), status, map[string]any{"i": float64(i)}, now)
 					if err == nil && (a.Status != status || !a.LastSeen.Equal(now)) {
 						fail("Heartbeat returned %s seen %v, want %s seen %v", a.Status, a.LastSeen, status, now)
 					} else if err != nil && !errors.Is(err, registry.ErrNotFound) {
