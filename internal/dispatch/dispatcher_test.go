@@ -155,6 +155,22 @@ func (h *harness) addAgent(name string, answer func(http.ResponseWriter, *http.R
 	return fa
 }
 
+// addBusyAgent adds an agent that answers nothing until the test ends or
+// the orchestrator gives up the call: its slots stay taken.
+func (h *harness) addBusyAgent() *fakeAgent {
+	release := make(chan struct{})
+	fa := h.addAgent("busy", func(_ http.ResponseWriter, r *http.Request, _ received) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	// Registered after the agent's server: cleanups run last first, so the
+	// held calls end before the server waits for them to close.
+	h.t.Cleanup(func() { close(release) })
+	return fa
+}
+
 func (fa *fakeAgent) received() []received {
 	fa.mu.Lock()
 	defer fa.mu.Unlock()
@@ -527,14 +543,7 @@ func TestQueuedTaskTimesOut(t *testing.T) {
 	cfg := testConfig
 	cfg.AgentConcurrency = 1
 	h := newHarness(t, cfg)
-	release := make(chan struct{})
-	defer close(release)
-	agent := h.addAgent("busy", func(w http.ResponseWriter, r *http.Request, b received) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	agent := h.addBusyAgent()
 	h.submit(dispatch.Request{TimeoutSeconds: intp(30)})
 	queued := h.submit(dispatch.Request{TimeoutSeconds: intp(1)})
 	done := h.wait(queued.ID)
@@ -550,14 +559,7 @@ func TestQueueFull(t *testing.T) {
 	cfg := testConfig
 	cfg.AgentConcurrency, cfg.MaxPending = 1, 2
 	h := newHarness(t, cfg)
-	release := make(chan struct{})
-	defer close(release)
-	h.addAgent("busy", func(w http.ResponseWriter, r *http.Request, b received) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	h.addBusyAgent()
 	for range 3 { // one in flight, two waiting
 		h.submit(dispatch.Request{})
 	}
@@ -711,14 +713,7 @@ func TestWaitingTaskStartsWhenAnAgentRegisters(t *testing.T) {
 	cfg := testConfig
 	cfg.AgentConcurrency = 1
 	h := newHarness(t, cfg)
-	release := make(chan struct{})
-	defer close(release)
-	h.addAgent("busy", func(w http.ResponseWriter, r *http.Request, b received) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	h.addBusyAgent()
 	h.submit(dispatch.Request{})
 	waiting := h.submit(dispatch.Request{})
 	fresh := h.addAgent("fresh", completed(`"fresh"`))
