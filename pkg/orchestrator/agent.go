@@ -144,7 +144,7 @@ func (h *TaskHandler) run(ctx context.Context, d Delivery) (result any, err erro
 		if p == nil {
 			return
 		}
-		if p == http.ErrAbortHandler { //nolint:errorlint // a sentinel panic value, compared as net/http does
+		if p == http.ErrAbortHandler { //nolint:errorlint // a panic value, compared as net/http compares it: let its abort through
 			panic(p)
 		}
 		logger := h.ErrorLog

@@ -230,8 +230,8 @@ func (f *fakeOrchestrator) seen() []string {
 }
 
 // runHeartbeater runs h, its waits recorded instead of slept; the run is
-// stopped at the stopAt-th wait. It returns Run's error and the waits.
-func runHeartbeater(t *testing.T, h *Heartbeater, stopAt int) (error, []time.Duration) {
+// stopped at the stopAt-th wait. It returns the waits and Run's error.
+func runHeartbeater(t *testing.T, h *Heartbeater, stopAt int) ([]time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -245,7 +245,7 @@ func runHeartbeater(t *testing.T, h *Heartbeater, stopAt int) (error, []time.Dur
 		return ctx.Err() == nil
 	}
 	err := h.Run(ctx)
-	return err, waits
+	return waits, err
 }
 
 func TestHeartbeaterRegistersHeartbeatsAndUnregisters(t *testing.T) {
@@ -259,7 +259,7 @@ func TestHeartbeaterRegistersHeartbeatsAndUnregisters(t *testing.T) {
 		Report:       func() HeartbeatRequest { return HeartbeatRequest{Status: AgentDegraded} },
 		Logf:         func(format string, args ...any) { logs = append(logs, fmt.Sprintf(format, args...)) },
 	}
-	err, waits := runHeartbeater(t, h, 10)
+	waits, err := runHeartbeater(t, h, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestHeartbeaterRegistersAgainOn404(t *testing.T) {
 	srv := httptest.NewServer(f)
 	defer srv.Close()
 	h := &Heartbeater{Client: newTestClient(t, srv.URL), Registration: Registration{Name: "a", Type: AgentTypeCost, Host: "h", Port: 1}}
-	err, waits := runHeartbeater(t, h, 6)
+	waits, err := runHeartbeater(t, h, 6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func TestHeartbeaterStopsOnAPermanentRefusal(t *testing.T) {
 			srv := httptest.NewServer(f)
 			defer srv.Close()
 			h := &Heartbeater{Client: newTestClient(t, srv.URL, WithToken(testToken)), Registration: Registration{Name: "a"}}
-			err, waits := runHeartbeater(t, h, 100)
+			waits, err := runHeartbeater(t, h, 100)
 			var apiErr *APIError
 			if !errors.As(err, &apiErr) || apiErr.StatusCode != code || strings.Contains(err.Error(), testToken) {
 				t.Errorf("Run = %v, want the %d APIError, without the token", err, code)
