@@ -345,3 +345,16 @@ func TestHeartbeaterNeedsAClient(t *testing.T) {
 		t.Error("Run without a Client: no error")
 	}
 }
+
+// TestTaskHandlerLetsAnAbortThrough keeps net/http's own abort
+// (http.ErrAbortHandler) a panic: it closes the connection quietly.
+func TestTaskHandlerLetsAnAbortThrough(t *testing.T) {
+	h := TaskFunc(func(context.Context, Delivery) (any, error) { panic(http.ErrAbortHandler) })
+	defer func() {
+		if p := recover(); p != http.ErrAbortHandler {
+			t.Errorf("panicked with %v, want http.ErrAbortHandler", p)
+		}
+	}()
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/task", strings.NewReader(delivery)))
+	t.Error("ServeHTTP returned: the abort was swallowed")
+}
