@@ -37,7 +37,7 @@ source "$root/hack/image/env.sh"
 step "building the test agent's image from test/e2e/agent/Dockerfile"
 buildah bud --isolation chroot --format docker --layers --pull=never --quiet \
 	--build-arg GO_IMAGE="$BUILDER_IMAGE" \
-	--tag "$agent_image" --file "$root/test/e2e/agent/Dockerfile" "$root/test/e2e/agent" >/dev/null
+	--tag "$agent_image" --file "$root/test/e2e/agent/Dockerfile" "$root" >/dev/null
 echo "built $agent_image"
 # The suite is compiled here, with the module proxy in reach; inside the
 # namespace there is no network but the node's.

@@ -22,6 +22,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/logging"
 	"github.com/optiinfra/orchestrator/internal/registry"
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // Task dispatch overhead: what the orchestrator adds to one task over a
@@ -126,8 +127,8 @@ func (s *watchedStore) wait(ctx context.Context, id string) error {
 	return nil
 }
 
-// orchestrator is the service wired in process.
-type orchestrator struct {
+// inProcess is the orchestrator, wired in this process.
+type inProcess struct {
 	tasks *dispatch.Dispatcher
 	store *watchedStore
 	url   string // base URL of its HTTP API
@@ -137,7 +138,7 @@ type orchestrator struct {
 // startOrchestrator wires the service as cmd/orchestrator does
 // (internal/service), with the default settings, serves the API on a
 // loopback port and registers the fake agent at agentPort.
-func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*orchestrator, error) {
+func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*inProcess, error) {
 	cfg, err := config.Load(ctx, map[string]string{"SHUTDOWN_DELAY": "0s"})
 	if err != nil {
 		return nil, err
@@ -171,7 +172,7 @@ func startOrchestrator(ctx context.Context, agentPort int, taskType string) (*or
 		wg.Wait()
 		return serveErr
 	}
-	return &orchestrator{tasks: svc.Tasks, store: store, url: "http://" + ln.Addr().String(), stop: stop}, nil
+	return &inProcess{tasks: svc.Tasks, store: store, url: "http://" + ln.Addr().String(), stop: stop}, nil
 }
 
 // dispatchOverhead measures the three paths against the fake agent.
@@ -193,23 +194,20 @@ func dispatchOverhead(ctx context.Context, agent *server, o options) ([]dispatch
 var taskParameters = json.RawMessage(`{"resource_id":"i-0123456789abcdef0","window":"7d"}`)
 
 // dispatchPaths returns the direct path first: the reference.
-func dispatchPaths(agent *server, orch *orchestrator, taskType string) []dispatchPath {
+func dispatchPaths(agent *server, orch *inProcess, taskType string) []dispatchPath {
 	// The dispatcher's own client (same transport settings and guard) for
 	// the direct calls; a plain keep-alive client for the HTTP API.
 	direct := dispatch.NewClient(&registry.Guard{Networks: mustNetworks("127.0.0.0/8")})
 	operator := &http.Client{Timeout: 10 * time.Second}
 	agentURL := agent.url("/task")
-	submitBody, _ := json.Marshal(map[string]any{"task_type": taskType, "agent_type": "cost", "parameters": taskParameters})
+	submitBody, _ := json.Marshal(orchestrator.TaskRequest{TaskType: taskType, AgentType: orchestrator.AgentTypeCost, Parameters: taskParameters})
 	return []dispatchPath{
 		{"direct POST /task", func(ctx context.Context, i int) error {
 			// What the dispatcher sends and reads, without the dispatcher.
-			body, err := json.Marshal(struct {
-				TaskID         string          `json:"task_id"`
-				TaskType       string          `json:"task_type"`
-				Parameters     json.RawMessage `json:"parameters"`
-				TimeoutSeconds int             `json:"timeout_seconds"`
-				Priority       int             `json:"priority"`
-			}{"direct-" + strconv.Itoa(i), taskType, taskParameters, dispatch.DefaultTimeoutSeconds, 0})
+			body, err := json.Marshal(orchestrator.Delivery{
+				TaskID: "direct-" + strconv.Itoa(i), TaskType: taskType, Parameters: taskParameters,
+				TimeoutSeconds: dispatch.DefaultTimeoutSeconds,
+			})
 			if err != nil {
 				return err
 			}
@@ -228,11 +226,8 @@ func dispatchPaths(agent *server, orch *orchestrator, taskType string) []dispatc
 			if err != nil {
 				return err
 			}
-			var reply struct {
-				Status string          `json:"status"`
-				Result json.RawMessage `json:"result"`
-			}
-			if err := json.Unmarshal(data, &reply); err != nil || resp.StatusCode != http.StatusOK || reply.Status != "completed" {
+			var reply orchestrator.DeliveryReply
+			if err := json.Unmarshal(data, &reply); err != nil || resp.StatusCode != http.StatusOK || reply.Status != orchestrator.TaskCompleted {
 				return fmt.Errorf("direct call: %d %s", resp.StatusCode, data)
 			}
 			return nil
@@ -249,9 +244,7 @@ func dispatchPaths(agent *server, orch *orchestrator, taskType string) []dispatc
 			if err != nil {
 				return err
 			}
-			var created struct {
-				TaskID string `json:"task_id"`
-			}
+			var created orchestrator.TaskAccepted
 			if a.status != http.StatusCreated || json.Unmarshal([]byte(a.body), &created) != nil {
 				return fmt.Errorf("POST /tasks: %d %s", a.status, a.body)
 			}

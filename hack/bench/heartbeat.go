@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // heartbeatBody is what each heartbeat carries, as existing agents send it.
@@ -65,8 +66,12 @@ func heartbeats(ctx context.Context, servers [2]*server, dir string, o options) 
 // registerAgents registers n agents with s, spread over the four types,
 // from a few connections at once, and returns their IDs.
 func registerAgents(ctx context.Context, s *server, n int) ([]string, error) {
-	types := []string{"cost", "performance", "resource", "application"}
-	client := &http.Client{Timeout: 10 * time.Second}
+	types := []orchestrator.AgentType{orchestrator.AgentTypeCost, orchestrator.AgentTypePerformance,
+		orchestrator.AgentTypeResource, orchestrator.AgentTypeApplication}
+	client, err := orchestrator.NewClient(s.url(""), orchestrator.WithHTTPClient(&http.Client{Timeout: 10 * time.Second}))
+	if err != nil {
+		return nil, err
+	}
 	defer client.CloseIdleConnections()
 	ids := make([]string, n)
 	next := make(chan int)
@@ -78,23 +83,17 @@ func registerAgents(ctx context.Context, s *server, n int) ([]string, error) {
 				if errs[w] != nil {
 					continue
 				}
-				body, _ := json.Marshal(map[string]any{
-					"name": fmt.Sprintf("bench-agent-%05d", i), "type": types[i%len(types)],
-					"host": "127.0.0.1", "port": 9000 + i%1000,
-					"capabilities": []string{"analyze", fmt.Sprintf("task-%02d", i%20)},
-					"version":      "1.0.0", "metadata": map[string]any{"zone": "bench"},
+				reply, err := client.Register(ctx, orchestrator.Registration{
+					Name: fmt.Sprintf("bench-agent-%05d", i), Type: types[i%len(types)],
+					Host: "127.0.0.1", Port: 9000 + i%1000,
+					Capabilities: []string{"analyze", fmt.Sprintf("task-%02d", i%20)},
+					Version:      "1.0.0", Metadata: map[string]any{"zone": "bench"},
 				})
-				a, err := post(ctx, client, s.url("/agents/register"), body)
-				var reply struct {
-					AgentID string `json:"agent_id"`
-				}
 				switch {
 				case err != nil:
-					errs[w] = err
-				case a.status != http.StatusCreated:
-					errs[w] = fmt.Errorf("registering agent %d: %d %s", i, a.status, a.body)
-				case json.Unmarshal([]byte(a.body), &reply) != nil || reply.AgentID == "":
-					errs[w] = fmt.Errorf("registering agent %d: no agent_id in %s", i, a.body)
+					errs[w] = fmt.Errorf("registering agent %d: %w", i, err)
+				case reply.AgentID == "":
+					errs[w] = fmt.Errorf("registering agent %d: no agent_id in %+v", i, reply)
 				default:
 					ids[i] = reply.AgentID
 				}

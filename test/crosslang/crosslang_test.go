@@ -34,6 +34,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 const (
@@ -45,50 +47,6 @@ const (
 // agentCapabilities are what the agent advertises. It answers "unsupported"
 // with 400, the orchestrator's cue not to retry.
 var agentCapabilities = []string{"analyze", "fail", "soft_fail", "sleep", "unsupported"}
-
-// agentView is the design's Agent object.
-type agentView struct {
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Type         string         `json:"type"`
-	Host         string         `json:"host"`
-	Port         int            `json:"port"`
-	Capabilities []string       `json:"capabilities"`
-	Status       string         `json:"status"`
-	Version      string         `json:"version"`
-	RegisteredAt time.Time      `json:"registered_at"`
-	LastSeen     time.Time      `json:"last_seen"`
-	Metadata     map[string]any `json:"metadata"`
-}
-
-// taskView is the design's Task object.
-type taskView struct {
-	TaskID         string          `json:"task_id"`
-	TaskType       string          `json:"task_type"`
-	AgentType      string          `json:"agent_type"`
-	Status         string          `json:"status"`
-	AgentID        string          `json:"agent_id"`
-	Parameters     map[string]any  `json:"parameters"`
-	Priority       int             `json:"priority"`
-	TimeoutSeconds int             `json:"timeout_seconds"`
-	MaxRetries     int             `json:"max_retries"`
-	Metadata       map[string]any  `json:"metadata"`
-	Result         json.RawMessage `json:"result"`
-	Error          string          `json:"error"`
-	CreatedAt      time.Time       `json:"created_at"`
-	StartedAt      *time.Time      `json:"started_at"`
-	CompletedAt    *time.Time      `json:"completed_at"`
-	RetryCount     int             `json:"retry_count"`
-}
-
-// createdTask is the 201 answer of POST /tasks.
-type createdTask struct {
-	TaskID    string    `json:"task_id"`
-	Status    string    `json:"status"`
-	AgentID   string    `json:"agent_id"`
-	CreatedAt time.Time `json:"created_at"`
-	StatusURL string    `json:"status_url"`
-}
 
 // analyzeResult is what agent.py puts in the result of an "analyze" task.
 type analyzeResult struct {
@@ -127,8 +85,12 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 		"TASK_RETRY_BACKOFF=50ms",
 		"TASK_RETRY_BACKOFF_MAX=200ms",
 	}, bin)
-	api := &apiClient{t: t, c: client, base: base}
-	waitReady(t, api, orch)
+	api, err := orchestrator.NewClient(base, orchestrator.WithHTTPClient(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	waitReady(t, client, base, orch)
 
 	// The Python agent.
 	agentPort := freePort(t)
@@ -148,10 +110,12 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 
 	// The registry shows it as it registered, healthy, and heartbeats move
 	// last_seen forward.
-	var first agentView
-	api.expect("GET", "/agents/"+agentID, nil, http.StatusOK, &first)
-	want := agentView{ID: agentID, Name: agentName, Type: agentType, Host: "127.0.0.1", Port: agentPort,
-		Capabilities: agentCapabilities, Status: "healthy", Version: agentVersion}
+	first, err := api.GetAgent(ctx, agentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := orchestrator.Agent{ID: agentID, Name: agentName, Type: agentType, Host: "127.0.0.1", Port: agentPort,
+		Capabilities: agentCapabilities, Status: orchestrator.AgentHealthy, Version: agentVersion}
 	got := first
 	got.RegisteredAt, got.LastSeen, got.Metadata = time.Time{}, time.Time{}, nil
 	if !reflect.DeepEqual(got, want) {
@@ -168,9 +132,11 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	for advanced := 0; advanced < 2; {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			var a agentView
-			api.expect("GET", "/agents/"+agentID, nil, http.StatusOK, &a)
-			if a.Status != "healthy" {
+			a, err := api.GetAgent(ctx, agentID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.Status != orchestrator.AgentHealthy {
 				t.Fatalf("agent status %q while heartbeating, want healthy", a.Status)
 			}
 			if a.LastSeen.After(lastSeen) {
@@ -185,27 +151,21 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 		}
 	}
 	t.Logf("heartbeats moved last_seen to %s", lastSeen.Format(time.RFC3339Nano))
-	var list struct {
-		Agents []agentView `json:"agents"`
-		Count  int         `json:"count"`
-	}
-	api.expect("GET", "/agents", nil, http.StatusOK, &list)
-	if list.Count != 1 || len(list.Agents) != 1 || list.Agents[0].ID != agentID {
-		t.Errorf("GET /agents = %+v, want just %s", list, agentID)
-	}
-	api.expect("GET", "/agents/type/"+agentType, nil, http.StatusOK, &list)
-	if list.Count != 1 || len(list.Agents) != 1 || list.Agents[0].ID != agentID {
-		t.Errorf("GET /agents/type/%s = %+v, want just %s", agentType, list, agentID)
+	for _, typ := range []orchestrator.AgentType{"", agentType} {
+		list, err := api.ListAgents(ctx, typ)
+		if err != nil || len(list) != 1 || list[0].ID != agentID {
+			t.Errorf("ListAgents(%q) = %+v, %v; want just %s", typ, list, err, agentID)
+		}
 	}
 
 	// A task the agent completes: the result is the Python agent's.
 	params := map[string]any{"values": []any{1.0, 2.0, 3.5}, "account": "acme-prod"}
-	created := api.createTask(map[string]any{
-		"task_type": "analyze", "agent_type": agentType, "parameters": params,
-		"timeout_seconds": 10, "priority": 3, "metadata": map[string]any{"source": "crosslang"},
+	created := createTask(t, api, orchestrator.TaskRequest{
+		TaskType: "analyze", AgentType: agentType, Parameters: mustJSON(t, params),
+		TimeoutSeconds: new(10), Priority: 3, Metadata: json.RawMessage(`{"source":"crosslang"}`),
 	})
-	done := api.waitTask(created.TaskID)
-	if done.Status != "completed" || done.AgentID != agentID || done.RetryCount != 0 || done.Error != "" {
+	done := waitTask(t, api, created.TaskID)
+	if done.Status != orchestrator.TaskCompleted || done.AgentID != agentID || done.RetryCount != 0 || done.Error != "" {
 		t.Fatalf("analyze task ended %+v, want completed by %s with retry_count 0 and no error", done, agentID)
 	}
 	if done.StartedAt == nil || done.CompletedAt == nil || done.CompletedAt.Before(*done.StartedAt) {
@@ -227,19 +187,16 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// A task type the agent does not advertise cannot be routed.
-	var errBody struct {
-		Error string `json:"error"`
-	}
-	api.expect("POST", "/tasks", map[string]any{"task_type": "forecast", "agent_type": agentType},
-		http.StatusServiceUnavailable, &errBody)
-	if errBody.Error == "" {
-		t.Error(`POST /tasks for an unadvertised task type: 503 without an "error" message`)
+	_, err = api.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "forecast", AgentType: agentType})
+	var apiErr *orchestrator.APIError
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusServiceUnavailable || apiErr.Message == "" {
+		t.Errorf(`POST /tasks for an unadvertised task type: %v, want 503 with an "error" message`, err)
 	}
 
 	// The agent refuses a task with 400: failed at once, no retry.
-	created = api.createTask(map[string]any{"task_type": "unsupported", "agent_type": agentType, "max_retries": 3})
-	done = api.waitTask(created.TaskID)
-	if done.Status != "failed" || done.RetryCount != 0 || done.Error == "" {
+	created = createTask(t, api, orchestrator.TaskRequest{TaskType: "unsupported", AgentType: agentType, MaxRetries: new(3)})
+	done = waitTask(t, api, created.TaskID)
+	if done.Status != orchestrator.TaskFailed || done.RetryCount != 0 || done.Error == "" {
 		t.Errorf("task the agent answered 400 ended %+v, want failed with retry_count 0 and an error", done)
 	}
 	if n := agent.count(taskLine(created.TaskID, "unsupported", 400)); n != 1 {
@@ -247,9 +204,9 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// The agent fails a task with 500: retried max_retries times, then failed.
-	created = api.createTask(map[string]any{"task_type": "fail", "agent_type": agentType, "max_retries": 1})
-	done = api.waitTask(created.TaskID)
-	if done.Status != "failed" || done.RetryCount != 1 || done.Error == "" {
+	created = createTask(t, api, orchestrator.TaskRequest{TaskType: "fail", AgentType: agentType, MaxRetries: new(1)})
+	done = waitTask(t, api, created.TaskID)
+	if done.Status != orchestrator.TaskFailed || done.RetryCount != 1 || done.Error == "" {
 		t.Errorf("task the agent answered 500 ended %+v, want failed with retry_count 1 and an error", done)
 	}
 	if n := agent.count(taskLine(created.TaskID, "fail", 500)); n != 2 {
@@ -257,9 +214,9 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// The agent reports a failure in a 200 answer: retried like a 500.
-	created = api.createTask(map[string]any{"task_type": "soft_fail", "agent_type": agentType, "max_retries": 1})
-	done = api.waitTask(created.TaskID)
-	if done.Status != "failed" || done.RetryCount != 1 || done.Error == "" {
+	created = createTask(t, api, orchestrator.TaskRequest{TaskType: "soft_fail", AgentType: agentType, MaxRetries: new(1)})
+	done = waitTask(t, api, created.TaskID)
+	if done.Status != orchestrator.TaskFailed || done.RetryCount != 1 || done.Error == "" {
 		t.Errorf(`task the agent answered 200 {"status":"failed"} ended %+v, want failed with retry_count 1 and an error`, done)
 	}
 	if n := agent.count(taskLine(created.TaskID, "soft_fail", 200)); n != 2 {
@@ -268,10 +225,10 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 
 	// The agent answers after the task's timeout: the task ends timeout.
 	started := time.Now()
-	created = api.createTask(map[string]any{"task_type": "sleep", "agent_type": agentType,
-		"parameters": map[string]any{"seconds": 10}, "timeout_seconds": 1, "max_retries": 0})
-	done = api.waitTask(created.TaskID)
-	if done.Status != "timeout" || done.RetryCount != 0 {
+	created = createTask(t, api, orchestrator.TaskRequest{TaskType: "sleep", AgentType: agentType,
+		Parameters: json.RawMessage(`{"seconds":10}`), TimeoutSeconds: new(1), MaxRetries: new(0)})
+	done = waitTask(t, api, created.TaskID)
+	if done.Status != orchestrator.TaskTimeout || done.RetryCount != 0 {
 		t.Errorf("task the agent answered after its 1s timeout ended %+v, want timeout with retry_count 0", done)
 	}
 	if took := time.Since(started); took > 5*time.Second {
@@ -292,10 +249,11 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	if agent.count(regexp.MustCompile(`^unregistered `+regexp.QuoteMeta(agentID)+`$`)) != 1 {
 		t.Errorf("the agent did not report a successful unregister")
 	}
-	api.expect("GET", "/agents/"+agentID, nil, http.StatusNotFound, &errBody)
-	api.expect("GET", "/agents", nil, http.StatusOK, &list)
-	if list.Count != 0 || len(list.Agents) != 0 {
-		t.Errorf("GET /agents after the agent unregistered = %+v, want none", list)
+	if _, err := api.GetAgent(ctx, agentID); !orchestrator.IsNotFound(err) {
+		t.Errorf("GET /agents/%s after the agent unregistered: %v, want 404", agentID, err)
+	}
+	if list, err := api.ListAgents(ctx, ""); err != nil || len(list) != 0 {
+		t.Errorf("GET /agents after the agent unregistered = %+v, %v; want none", list, err)
 	}
 
 	// The orchestrator drains and exits 0 on SIGTERM.
@@ -572,11 +530,11 @@ func (l *lines) String() string {
 }
 
 // waitReady waits for the orchestrator's /ready to answer 200.
-func waitReady(t *testing.T, api *apiClient, orch *process) {
+func waitReady(t *testing.T, client *http.Client, base string, orch *process) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		status, _, err := api.do("GET", "/ready", nil)
+		status, err := probe(client, base+"/ready")
 		if err == nil && status == http.StatusOK {
 			return
 		}
@@ -590,88 +548,64 @@ func waitReady(t *testing.T, api *apiClient, orch *process) {
 	}
 }
 
-// apiClient calls the orchestrator's HTTP API.
-type apiClient struct {
-	t    *testing.T
-	c    *http.Client
-	base string
-}
-
-func (a *apiClient) do(method, path string, body any) (int, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return 0, nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, a.base+path, rd)
+// probe GETs url and returns the status code.
+func probe(client *http.Client, url string) (int, error) {
+	resp, err := client.Get(url)
 	if err != nil {
-		return 0, nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.c.Do(req)
-	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, raw, err
+	_, err = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, err
 }
 
-// expect does a request, fails the test unless the status is want, and
-// decodes the JSON answer into out.
-func (a *apiClient) expect(method, path string, body any, want int, out any) {
-	a.t.Helper()
-	status, raw, err := a.do(method, path, body)
+func mustJSON(t *testing.T, v any) json.RawMessage {
+	t.Helper()
+	data, err := json.Marshal(v)
 	if err != nil {
-		a.t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatal(err)
 	}
-	if status != want {
-		a.t.Fatalf("%s %s: status %d, want %d; body %s", method, path, status, want, raw)
-	}
-	if err := json.Unmarshal(raw, out); err != nil {
-		a.t.Fatalf("%s %s: answer %s: %v", method, path, raw, err)
-	}
+	return data
 }
 
-// createTask POSTs a task, expecting 201 and the design's answer.
-func (a *apiClient) createTask(body map[string]any) createdTask {
-	a.t.Helper()
-	var c createdTask
-	a.expect("POST", "/tasks", body, http.StatusCreated, &c)
+// createTask submits a task, expecting 201 and the design's answer.
+func createTask(t *testing.T, api *orchestrator.Client, req orchestrator.TaskRequest) orchestrator.TaskAccepted {
+	t.Helper()
+	c, err := api.SubmitTask(context.Background(), req)
+	if err != nil {
+		t.Fatalf("POST /tasks %+v: %v", req, err)
+	}
 	if c.TaskID == "" || c.StatusURL != "/tasks/"+c.TaskID || c.CreatedAt.IsZero() ||
-		(c.Status != "dispatched" && c.Status != "pending") {
-		a.t.Errorf("POST /tasks answer %+v: want a task_id, status_url /tasks/<task_id>, created_at and status dispatched or pending", c)
+		(c.Status != orchestrator.TaskDispatched && c.Status != orchestrator.TaskPending) {
+		t.Errorf("POST /tasks answer %+v: want a task_id, status_url /tasks/<task_id>, created_at and status dispatched or pending", c)
 	}
 	if c.TaskID == "" {
-		a.t.FailNow()
+		t.FailNow()
 	}
 	return c
 }
 
 // waitTask polls GET /tasks/<id> until the task is in a terminal state.
-func (a *apiClient) waitTask(id string) taskView {
-	a.t.Helper()
+func waitTask(t *testing.T, api *orchestrator.Client, id string) orchestrator.Task {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		var task taskView
-		a.expect("GET", "/tasks/"+id, nil, http.StatusOK, &task)
+		task, err := api.GetTask(context.Background(), id)
+		if err != nil {
+			t.Fatalf("GET /tasks/%s: %v", id, err)
+		}
 		switch task.Status {
-		case "completed", "failed", "timeout", "cancelled":
+		case orchestrator.TaskCompleted, orchestrator.TaskFailed, orchestrator.TaskTimeout, orchestrator.TaskCancelled:
 			if task.TaskID != id {
-				a.t.Errorf("GET /tasks/%s answered task_id %q", id, task.TaskID)
+				t.Errorf("GET /tasks/%s answered task_id %q", id, task.TaskID)
 			}
 			return task
-		case "pending", "dispatched", "retrying":
+		case orchestrator.TaskPending, orchestrator.TaskDispatched, orchestrator.TaskRetrying:
 		default:
-			a.t.Fatalf("GET /tasks/%s: unknown status %q", id, task.Status)
+			t.Fatalf("GET /tasks/%s: unknown status %q", id, task.Status)
 		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("task %s still %s after 20s: %+v", id, task.Status, task)
+			t.Fatalf("task %s still %s after 20s: %+v", id, task.Status, task)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

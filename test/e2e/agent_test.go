@@ -3,10 +3,10 @@
 package e2e_test
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 const (
@@ -31,31 +33,6 @@ const (
 	// that heartbeats are seen within the test.
 	heartbeatSeconds = 2
 )
-
-// agentRecord is an Agent as GET /agents returns it.
-type agentRecord struct {
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Type         string         `json:"type"`
-	Host         string         `json:"host"`
-	Port         int            `json:"port"`
-	Capabilities []string       `json:"capabilities"`
-	Status       string         `json:"status"`
-	Version      string         `json:"version"`
-	RegisteredAt time.Time      `json:"registered_at"`
-	LastSeen     time.Time      `json:"last_seen"`
-	Metadata     map[string]any `json:"metadata"`
-}
-
-// taskRecord is a Task as GET /tasks/{id} returns it.
-type taskRecord struct {
-	TaskID     string          `json:"task_id"`
-	Status     string          `json:"status"`
-	AgentID    string          `json:"agent_id"`
-	Result     json.RawMessage `json:"result"`
-	Error      string          `json:"error"`
-	RetryCount int             `json:"retry_count"`
-}
 
 // TestAgentTask is the orchestrator's purpose on a real cluster: a test
 // agent pod (test/e2e/agent, its own image) registers through the
@@ -80,18 +57,15 @@ func TestAgentTask(t *testing.T) {
 		"--set", "config.logLevel=debug",
 	)
 	base := portForward(t, ns, "service/"+deployment)
-	api := &apiClient{t: t, base: base, token: operatorToken, http: newHTTPClient()}
+	ctx := context.Background()
+	api := newAPIClient(t, base, operatorToken)
 
 	t.Run("the API needs the operator token", func(t *testing.T) {
-		anonymous := &apiClient{t: t, base: base, http: newHTTPClient()}
-		if code, body := anonymous.do(http.MethodGet, "/agents", nil, nil); code != http.StatusUnauthorized {
-			t.Errorf("GET /agents without a token = %d %s, want 401", code, body)
-		}
-		wrong := &apiClient{t: t, base: base, token: agentToken, http: newHTTPClient()}
-		if code, body := wrong.do(http.MethodPost, "/tasks", map[string]any{"task_type": agentCapability, "agent_type": agentType}, nil); code != http.StatusUnauthorized {
-			t.Errorf("POST /tasks with the agent token = %d %s, want 401", code, body)
-		}
-		if code, _ := anonymous.do(http.MethodGet, "/ready", nil, nil); code != http.StatusOK {
+		_, err := newAPIClient(t, base, "").ListAgents(ctx, "")
+		expectStatus(t, "GET /agents without a token", err, http.StatusUnauthorized)
+		_, err = newAPIClient(t, base, agentToken).SubmitTask(ctx, orchestrator.TaskRequest{TaskType: agentCapability, AgentType: agentType})
+		expectStatus(t, "POST /tasks with the agent token", err, http.StatusUnauthorized)
+		if code, _ := get(t, newHTTPClient(), http.MethodGet, base+"/ready"); code != http.StatusOK {
 			t.Errorf("GET /ready without a token = %d, want 200 (probes stay open)", code)
 		}
 	})
@@ -106,18 +80,15 @@ func TestAgentTask(t *testing.T) {
 	}
 	agentPod := pods.Items[0]
 
-	var agent agentRecord
+	var agent orchestrator.Agent
 	t.Run("the agent pod registers and heartbeats", func(t *testing.T) {
 		eventually(t, 2*time.Minute, "the agent to be listed healthy in GET /agents", func() bool {
-			var list struct {
-				Agents []agentRecord `json:"agents"`
-				Count  int           `json:"count"`
-			}
-			if code, _ := api.do(http.MethodGet, "/agents", nil, &list); code != http.StatusOK {
+			list, err := api.ListAgents(ctx, "")
+			if err != nil {
 				return false
 			}
-			for _, a := range list.Agents {
-				if a.Name == agentPod.Name && a.Status == "healthy" {
+			for _, a := range list {
+				if a.Name == agentPod.Name && a.Status == orchestrator.AgentHealthy {
 					agent = a
 					return true
 				}
@@ -133,15 +104,11 @@ func TestAgentTask(t *testing.T) {
 		// A heartbeat after the registration moves last_seen on.
 		registered := agent.RegisteredAt
 		eventually(t, time.Duration(3*heartbeatSeconds)*time.Second+10*time.Second, "a heartbeat to move last_seen past registered_at", func() bool {
-			var a agentRecord
-			code, _ := api.do(http.MethodGet, "/agents/"+agent.ID, nil, &a)
-			return code == http.StatusOK && a.LastSeen.After(registered.Add(time.Second)) && a.Status == "healthy"
+			a, err := api.GetAgent(ctx, agent.ID)
+			return err == nil && a.LastSeen.After(registered.Add(time.Second)) && a.Status == orchestrator.AgentHealthy
 		})
-		var byType struct {
-			Count int `json:"count"`
-		}
-		if code, body := api.do(http.MethodGet, "/agents/type/"+agentType, nil, &byType); code != http.StatusOK || byType.Count != 1 {
-			t.Errorf("GET /agents/type/%s = %d %s, want the one agent", agentType, code, body)
+		if byType, err := api.ListAgents(ctx, agentType); err != nil || len(byType) != 1 {
+			t.Errorf("GET /agents/type/%s = %+v, %v; want the one agent", agentType, byType, err)
 		}
 	})
 	if agent.ID == "" {
@@ -150,31 +117,26 @@ func TestAgentTask(t *testing.T) {
 
 	t.Run("a task is routed to the agent pod and its result read back", func(t *testing.T) {
 		submitted := time.Now()
-		var created struct {
-			TaskID    string `json:"task_id"`
-			Status    string `json:"status"`
-			AgentID   string `json:"agent_id"`
-			StatusURL string `json:"status_url"`
-		}
-		task := map[string]any{
-			"task_type":       agentCapability,
-			"agent_type":      agentType,
-			"parameters":      map[string]any{"question": "where did this run?", "n": 42},
-			"timeout_seconds": 20,
-		}
-		if code, body := api.do(http.MethodPost, "/tasks", task, &created); code != http.StatusCreated {
-			t.Fatalf("POST /tasks = %d %s, want 201", code, body)
+		created, err := api.SubmitTask(ctx, orchestrator.TaskRequest{
+			TaskType:       agentCapability,
+			AgentType:      agentType,
+			Parameters:     json.RawMessage(`{"question":"where did this run?","n":42}`),
+			TimeoutSeconds: new(20),
+		})
+		if err != nil {
+			t.Fatalf("POST /tasks: %v", err)
 		}
 		if created.StatusURL != "/tasks/"+created.TaskID {
 			t.Errorf("status_url %q, want /tasks/%s", created.StatusURL, created.TaskID)
 		}
-		var done taskRecord
-		eventually(t, time.Minute, "the task to complete", func() bool {
-			code, _ := api.do(http.MethodGet, created.StatusURL, nil, &done)
-			return code == http.StatusOK && (done.Status == "completed" || done.Status == "failed" || done.Status == "timeout")
-		})
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		done, err := api.WaitTask(wctx, created.TaskID, 250*time.Millisecond)
+		if err != nil {
+			t.Fatalf("waiting for the task to finish: %v", err)
+		}
 		t.Logf("REPORT task: POST /tasks to completed (read through the API) in %s", time.Since(submitted).Round(time.Millisecond))
-		if done.Status != "completed" || done.AgentID != agent.ID || done.RetryCount != 0 {
+		if done.Status != orchestrator.TaskCompleted || done.AgentID != agent.ID || done.RetryCount != 0 {
 			t.Fatalf("task = %+v, want completed by agent %s on the first attempt", done, agent.ID)
 		}
 		var result struct {
@@ -198,18 +160,16 @@ func TestAgentTask(t *testing.T) {
 	})
 
 	t.Run("a task nobody can run gets 503", func(t *testing.T) {
-		code, body := api.do(http.MethodPost, "/tasks", map[string]any{"task_type": "no-such-capability", "agent_type": agentType}, nil)
-		if code != http.StatusServiceUnavailable {
-			t.Errorf("POST /tasks for an unknown capability = %d %s, want 503", code, body)
-		}
+		_, err := api.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "no-such-capability", AgentType: agentType})
+		expectStatus(t, "POST /tasks for an unknown capability", err, http.StatusServiceUnavailable)
 	})
 
 	t.Run("deleting the agent pod unregisters it", func(t *testing.T) {
 		deleted := time.Now()
 		kubectl(t, ns, "delete", "deployment", agentDeployment, "--wait=true", "--timeout=2m")
 		eventually(t, time.Minute, "GET /agents/{id} to answer 404", func() bool {
-			code, _ := api.do(http.MethodGet, "/agents/"+agent.ID, nil, nil)
-			return code == http.StatusNotFound
+			_, err := api.GetAgent(ctx, agent.ID)
+			return orchestrator.IsNotFound(err)
 		})
 		t.Logf("REPORT agent: Deployment deleted to unregistered in %s", time.Since(deleted).Round(100*time.Millisecond))
 		// The agent's SIGTERM path unregistered it: the orchestrator logged
@@ -318,45 +278,28 @@ func applyAgent(t *testing.T, ns, image string) {
 	})
 }
 
-// apiClient calls the orchestrator's JSON API with a bearer token.
-type apiClient struct {
-	t     *testing.T
-	base  string
-	token string
-	http  *http.Client
+// newAPIClient is a Client of the orchestrator at base with token (empty:
+// none), through this suite's HTTP client.
+func newAPIClient(t *testing.T, base, token string) *orchestrator.Client {
+	t.Helper()
+	opts := []orchestrator.Option{orchestrator.WithHTTPClient(newHTTPClient())}
+	if token != "" {
+		opts = append(opts, orchestrator.WithToken(token))
+	}
+	c, err := orchestrator.NewClient(base, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
 }
 
-// do sends body (nil: none) as JSON and decodes a 2xx answer into out.
-func (c *apiClient) do(method, path string, body, out any) (int, string) {
-	c.t.Helper()
-	var reader io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		reader = bytes.NewReader(data)
+// expectStatus fails the test unless err is the orchestrator's answer with
+// status code.
+func expectStatus(t *testing.T, what string, err error, code int) {
+	t.Helper()
+	var apiErr *orchestrator.APIError
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != code {
+		t.Errorf("%s: %v, want a %d answer", what, err, code)
 	}
-	req, err := http.NewRequest(method, c.base+path, reader)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		c.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode/100 == 2 {
-		if err := json.Unmarshal(data, out); err != nil {
-			c.t.Fatalf("%s %s: decoding %s: %v", method, path, data, err)
-		}
-	}
-	return resp.StatusCode, string(data)
 }

@@ -16,7 +16,7 @@
 //	E2E_IMAGE        the orchestrator image the cluster can run (repository:tag),
 //	                 built from the project's Dockerfile and loaded or pushed
 //	E2E_AGENT_IMAGE  the test agent image the cluster can run, built from
-//	                 test/e2e/agent/Dockerfile (context test/e2e/agent)
+//	                 test/e2e/agent/Dockerfile (context: the repository root)
 //	E2E_AGENT        "run" (default) to run the agent case, "skip" to leave it out
 //	E2E_SKAFFOLD          "run" (default) to run the Skaffold case, "skip" to leave it out
 //	E2E_SKAFFOLD_PROFILE  a skaffold.yaml profile to add, e.g. buildah (no Docker engine)

@@ -4,8 +4,10 @@
 // orchestrator's default timeouts. It also answers POST
 // /agents/{id}/heartbeat the way a bare handler would (decode the JSON
 // body, answer the orchestrator's 200 JSON), and POST /task as a fake agent
-// that completes every task at once. It listens on 127.0.0.1:$PORT and
-// exits 0 on SIGTERM or SIGINT.
+// that completes every task at once; both with the wire types of
+// pkg/orchestrator, decoded as the orchestrator decodes (numbers in
+// metadata kept exact). It listens on 127.0.0.1:$PORT and exits 0 on
+// SIGTERM or SIGINT.
 package main
 
 import (
@@ -18,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // probeBody is what the orchestrator's /live and /ready write when passing.
@@ -32,35 +36,6 @@ var healthBody = []byte(`{"status":"ok","live":true,"ready":true,"draining":fals
 
 // heartbeatInterval is what the orchestrator tells agents by default.
 const heartbeatInterval = 30
-
-// heartbeat is the body agents send, decoded as the orchestrator does
-// (numbers in metadata kept exact).
-type heartbeat struct {
-	Status   string         `json:"status"`
-	Metadata map[string]any `json:"metadata"`
-}
-
-type heartbeatReply struct {
-	Received            bool      `json:"received"`
-	NextIntervalSeconds int       `json:"next_interval_seconds"`
-	Timestamp           time.Time `json:"timestamp"`
-}
-
-// task is the body the orchestrator delivers to an agent's /task.
-type task struct {
-	TaskID         string          `json:"task_id"`
-	TaskType       string          `json:"task_type"`
-	Parameters     json.RawMessage `json:"parameters"`
-	TimeoutSeconds int             `json:"timeout_seconds"`
-	Priority       int             `json:"priority"`
-}
-
-type taskReply struct {
-	TaskID          string          `json:"task_id"`
-	Status          string          `json:"status"`
-	Result          json.RawMessage `json:"result"`
-	ExecutionTimeMS int             `json:"execution_time_ms"`
-}
 
 var taskResult = json.RawMessage(`{"savings_usd":12.5}`)
 
@@ -91,18 +66,19 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 func handle(w http.ResponseWriter, r *http.Request) {
 	if id, ok := strings.CutPrefix(r.URL.Path, "/agents/"); ok && r.Method == http.MethodPost {
 		if id, ok = strings.CutSuffix(id, "/heartbeat"); ok && id != "" && !strings.Contains(id, "/") {
-			var hb heartbeat
+			var hb orchestrator.HeartbeatRequest
 			if decode(w, r, &hb) {
-				writeJSON(w, http.StatusOK, heartbeatReply{true, heartbeatInterval, time.Now().UTC().Truncate(time.Second)})
+				writeJSON(w, http.StatusOK, orchestrator.HeartbeatResponse{Received: true, NextIntervalSeconds: heartbeatInterval,
+					Timestamp: time.Now().UTC().Truncate(time.Second)})
 			}
 			return
 		}
 	}
 	switch r.URL.Path {
 	case "/task":
-		var t task
+		var t orchestrator.Delivery
 		if decode(w, r, &t) {
-			writeJSON(w, http.StatusOK, taskReply{t.TaskID, "completed", taskResult, 0})
+			writeJSON(w, http.StatusOK, orchestrator.DeliveryReply{TaskID: t.TaskID, Status: orchestrator.TaskCompleted, Result: taskResult})
 		}
 	case "/live", "/ready":
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
