@@ -287,18 +287,25 @@ func noAgentError(rt route) error {
 	return &NoAgentError{fmt.Sprintf("no healthy %s agent has the capability %q", rt.agentType, rt.taskType)}
 }
 
-// checkPinned explains why a pinned agent cannot take the task, if it cannot.
+// checkPinned explains why a pinned agent cannot take the task, if it
+// cannot. An agent that is unknown, of another type or without the
+// capability is a mistake in the request (a FieldError: 400), which a
+// retry cannot mend; one that is only unhealthy now is left to routing
+// (503: that can change).
 func (d *Dispatcher) checkPinned(ctx context.Context, rt route) error {
 	a, err := d.agents.Get(ctx, rt.pinned)
+	pinnedErr := func(format string, args ...any) error {
+		return &registry.FieldError{Field: "agent_id", Msg: fmt.Sprintf(format, args...)}
+	}
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
-		return &NoAgentError{fmt.Sprintf("agent %.64q is not registered", rt.pinned)}
+		return pinnedErr("agent %.64q is not registered", rt.pinned)
 	case err != nil:
 		return err
 	case a.Type != rt.agentType:
-		return &registry.FieldError{Field: "agent_id", Msg: fmt.Sprintf("agent %s is a %s agent, not %s", a.ID, a.Type, rt.agentType)}
+		return pinnedErr("agent %s is a %s agent, not %s", a.ID, a.Type, rt.agentType)
 	case !a.HasCapability(rt.taskType):
-		return &NoAgentError{fmt.Sprintf("agent %s does not have the capability %q", a.ID, rt.taskType)}
+		return pinnedErr("agent %s does not have the capability %q", a.ID, rt.taskType)
 	}
 	return nil
 }

@@ -671,8 +671,6 @@ func TestRouting(t *testing.T) {
 	}{
 		{"no agent has the capability", dispatch.Request{AgentType: "cost", TaskType: "forecast"}, `no healthy cost agent has the capability "forecast"`},
 		{"no agent of the type", dispatch.Request{AgentType: "performance", TaskType: "analyze"}, "no healthy performance agent"},
-		{"pinned agent unknown", dispatch.Request{AgentType: "cost", TaskType: "analyze", AgentID: "ghost"}, `agent "ghost" is not registered`},
-		{"pinned agent lacks the capability", dispatch.Request{AgentType: "cost", TaskType: "rightsize", AgentID: a.id}, "does not have the capability"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.d.Submit(context.Background(), tc.req)
@@ -681,13 +679,25 @@ func TestRouting(t *testing.T) {
 			}
 		})
 	}
-	t.Run("pinned agent of another type", func(t *testing.T) {
-		_, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "resource", TaskType: "analyze", AgentID: a.id})
-		var fe *registry.FieldError
-		if !errors.As(err, &fe) || fe.Field != "agent_id" {
-			t.Fatalf("Submit error = %v, want a FieldError on agent_id", err)
-		}
-	})
+	// A pinned agent that cannot ever take the task is a mistake in the
+	// request, not an outage: retrying cannot help.
+	for _, tc := range []struct {
+		name string
+		req  dispatch.Request
+		want string
+	}{
+		{"pinned agent unknown", dispatch.Request{AgentType: "cost", TaskType: "analyze", AgentID: "ghost"}, `agent "ghost" is not registered`},
+		{"pinned agent lacks the capability", dispatch.Request{AgentType: "cost", TaskType: "rightsize", AgentID: a.id}, "does not have the capability"},
+		{"pinned agent of another type", dispatch.Request{AgentType: "resource", TaskType: "analyze", AgentID: a.id}, "is a cost agent, not resource"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.d.Submit(context.Background(), tc.req)
+			var fe *registry.FieldError
+			if !errors.As(err, &fe) || fe.Field != "agent_id" || !strings.Contains(err.Error(), tc.want) || errors.Is(err, dispatch.ErrNoCapableAgent) {
+				t.Fatalf("Submit error = %v, want a FieldError on agent_id saying %q", err, tc.want)
+			}
+		})
+	}
 	t.Run("degraded and unhealthy agents get nothing", func(t *testing.T) {
 		for _, st := range []string{"degraded", "unhealthy"} {
 			if _, err := h.agents.Heartbeat(context.Background(), b.id, st, nil); err != nil {
