@@ -255,7 +255,7 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 	if d.closed {
 		// Run stopped while the task was being stored, and missed this job.
 		if ok {
-			d.inFlight[agent.ID]--
+			d.releaseLocked(j, agent.ID)
 		}
 		d.mu.Unlock()
 		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the task could start")
@@ -393,12 +393,18 @@ func (d *Dispatcher) startLocked(j *job, agent registry.Candidate) {
 func (d *Dispatcher) release(j *job, agentID string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.releaseLocked(j, agentID)
+	d.pumpLocked()
+}
+
+// releaseLocked gives back agent's slot: every release goes through it, so
+// an agent with nothing in flight leaves no entry behind.
+func (d *Dispatcher) releaseLocked(j *job, agentID string) {
 	d.inFlight[agentID]--
 	if d.inFlight[agentID] <= 0 {
 		delete(d.inFlight, agentID)
 	}
 	j.cancelAttempt = nil
-	d.pumpLocked()
 }
 
 // enqueueLocked puts j in its route's queue until an agent is free or

@@ -47,6 +47,12 @@ var testConfig = dispatch.Config{
 
 func newHarness(t *testing.T, cfg dispatch.Config) *harness {
 	t.Helper()
+	return newHarnessWith(t, cfg, dispatch.NewMemoryStore())
+}
+
+// newHarnessWith is newHarness on the given task store.
+func newHarnessWith(t *testing.T, cfg dispatch.Config, store dispatch.Store) *harness {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	agents, err := registry.New(registry.Options{
@@ -60,7 +66,7 @@ func newHarness(t *testing.T, cfg dispatch.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := dispatch.New(dispatch.Options{Config: cfg, Store: dispatch.NewMemoryStore(), Agents: agents, Logger: log})
+	d, err := dispatch.New(dispatch.Options{Config: cfg, Store: store, Agents: agents, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -786,5 +792,51 @@ func TestShutdownAbortsAndRecords(t *testing.T) {
 	}
 	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
 		t.Errorf("Submit after shutdown error = %v, want ErrShuttingDown", err)
+	}
+}
+
+// hookStore is a task store that calls its hooks (when set) before
+// creating or updating a task: tests hold the dispatcher there.
+type hookStore struct {
+	dispatch.Store
+	beforeCreate func()
+	beforeUpdate func(id string)
+}
+
+func (s *hookStore) Create(ctx context.Context, t dispatch.Task) (dispatch.Task, error) {
+	if s.beforeCreate != nil {
+		s.beforeCreate()
+	}
+	return s.Store.Create(ctx, t)
+}
+
+func (s *hookStore) Update(ctx context.Context, id string, change func(*dispatch.Task) error) (dispatch.Task, error) {
+	if s.beforeUpdate != nil {
+		s.beforeUpdate(id)
+	}
+	return s.Store.Update(ctx, id, change)
+}
+
+func TestShutdownWhileStoringGivesTheSlotBack(t *testing.T) {
+	storing, proceed := make(chan struct{}), make(chan struct{})
+	store := &hookStore{Store: dispatch.NewMemoryStore(), beforeCreate: func() {
+		close(storing)
+		<-proceed
+	}}
+	h := newHarnessWith(t, testConfig, store)
+	h.addAgent("a", completed("{}"))
+	submitted := make(chan error, 1)
+	go func() {
+		_, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"})
+		submitted <- err
+	}()
+	<-storing // the agent's slot is reserved; the task is being stored
+	h.stop()
+	close(proceed)
+	if err := <-submitted; !errors.Is(err, dispatch.ErrShuttingDown) {
+		t.Fatalf("Submit during shutdown = %v, want ErrShuttingDown", err)
+	}
+	if n := h.d.InFlightAgents(); n != 0 {
+		t.Errorf("after the slot was given back the dispatcher still counts %d agent(s) in flight, want none", n)
 	}
 }
