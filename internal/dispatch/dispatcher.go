@@ -130,11 +130,14 @@ type Dispatcher struct {
 	mu       sync.Mutex
 	closed   bool
 	inFlight map[string]int // agent ID -> attempts in flight
-	rr       map[route]uint64
-	queues   map[route]*jobQueue
-	pending  int
-	jobs     map[string]*job // tasks not yet terminal, by ID
-	buf      []registry.Candidate
+	// turns is each route's round-robin position; Run forgets the routes
+	// that had no choice to make since its previous tick, so the map
+	// holds the routes in use, not every task type and pinned agent seen.
+	turns   map[route]turn
+	queues  map[route]*jobQueue
+	pending int
+	jobs    map[string]*job // tasks not yet terminal, by ID
+	buf     []registry.Candidate
 }
 
 // route is what decides which agents can take a task.
@@ -142,6 +145,12 @@ type route struct {
 	agentType registry.Type
 	taskType  string
 	pinned    string
+}
+
+// turn is where a route's round robin stands.
+type turn struct {
+	next uint64
+	used bool // since Run's last prune
 }
 
 // job is the dispatcher's state for one live task.
@@ -172,7 +181,7 @@ func New(opts Options) (*Dispatcher, error) {
 		now:      opts.Now,
 		newID:    opts.NewID,
 		inFlight: map[string]int{},
-		rr:       map[route]uint64{},
+		turns:    map[route]turn{},
 		queues:   map[route]*jobQueue{},
 		jobs:     map[string]*job{},
 	}
@@ -358,8 +367,12 @@ func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (regi
 	if ties == 0 {
 		return registry.Candidate{}, false
 	}
-	n := d.rr[j.route] % uint64(ties)
-	d.rr[j.route]++
+	var n uint64
+	if ties > 1 { // only a choice needs a turn (never a pinned task's)
+		tn := d.turns[j.route]
+		n = tn.next % uint64(ties)
+		d.turns[j.route] = turn{next: tn.next + 1, used: true}
+	}
 	for _, c := range candidates {
 		load := d.inFlight[c.ID]
 		if load < d.cfg.AgentConcurrency && (rank{j.tried[c.ID], load}) == best {
@@ -674,6 +687,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			d.shutdown()
 			return
 		case <-tick.C:
+			d.pruneTurns()
 			n, err := d.store.Prune(ctx, d.now().Add(-d.cfg.Retention))
 			if err != nil && ctx.Err() == nil {
 				d.log.Error("pruning finished tasks", zap.Error(err))
@@ -682,6 +696,22 @@ func (d *Dispatcher) Run(ctx context.Context) {
 				d.log.Debug("pruned finished tasks", zap.Int("count", n))
 			}
 		}
+	}
+}
+
+// pruneTurns forgets the round-robin position of the routes that had no
+// choice to make since the last prune; a route back in use starts over,
+// which costs nothing but the order of one rotation.
+func (d *Dispatcher) pruneTurns() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for rt, tn := range d.turns {
+		if !tn.used {
+			delete(d.turns, rt)
+			continue
+		}
+		tn.used = false
+		d.turns[rt] = tn
 	}
 }
 

@@ -840,3 +840,24 @@ func TestShutdownWhileStoringGivesTheSlotBack(t *testing.T) {
 		t.Errorf("after the slot was given back the dispatcher still counts %d agent(s) in flight, want none", n)
 	}
 }
+
+func TestRoundRobinPositionsArePruned(t *testing.T) {
+	cfg := testConfig
+	cfg.Retention = 40 * time.Millisecond // Run ticks every 10ms
+	h := newHarness(t, cfg)
+	var capabilities []string
+	for i := range 20 {
+		capabilities = append(capabilities, fmt.Sprintf("job-%02d", i))
+	}
+	a := h.addAgent("a", completed("{}"), capabilities...)
+	h.addAgent("b", completed("{}"), capabilities...)
+	// Two capable agents: each task type is a route with a choice to make,
+	// and each pinned task another route.
+	for _, c := range capabilities {
+		h.submit(dispatch.Request{TaskType: c})
+		h.submit(dispatch.Request{TaskType: c, AgentID: a.id})
+	}
+	eventually(t, "round-robin positions of routes no longer in use were dropped", func() bool {
+		return h.d.RoundRobinRoutes() == 0
+	})
+}

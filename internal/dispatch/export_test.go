@@ -8,3 +8,11 @@ func (d *Dispatcher) InFlightAgents() int {
 	defer d.mu.Unlock()
 	return len(d.inFlight)
 }
+
+// RoundRobinRoutes is how many routes the dispatcher keeps a round-robin
+// position for.
+func (d *Dispatcher) RoundRobinRoutes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.turns)
+}
