@@ -161,7 +161,8 @@ type job struct {
 	index    int
 	attempts int             // attempts started
 	tried    map[string]bool // agents an attempt went to
-	// timer is the queue deadline while queued, the backoff while retrying.
+	// timer is the queue deadline while queued, the backoff while retrying
+	// (see afterLocked).
 	timer *time.Timer
 	// cancelAttempt aborts the attempt in flight, if any.
 	cancelAttempt context.CancelFunc
@@ -431,7 +432,27 @@ func (d *Dispatcher) enqueueLocked(j *job) {
 	heap.Push(q, j)
 	d.pending++
 	wait := time.Duration(j.task.TimeoutSeconds) * time.Second
-	j.timer = time.AfterFunc(wait, func() { d.expire(j, wait) })
+	j.timer = d.afterLocked(wait, func() { d.expire(j, wait) })
+}
+
+// afterLocked runs f after delay, on a goroutine the dispatcher owns: it
+// counts in d.wg from now, so shutdown waits for it to finish, unless
+// stopTimerLocked stops it before it fires. Never called once closed.
+func (d *Dispatcher) afterLocked(delay time.Duration, f func()) *time.Timer {
+	d.wg.Add(1)
+	return time.AfterFunc(delay, func() {
+		defer d.wg.Done()
+		f()
+	})
+}
+
+// stopTimerLocked stops j's timer. One stopped before it fired will never
+// run, so nothing waits for it any more; one that fired counts itself out.
+func (d *Dispatcher) stopTimerLocked(j *job) {
+	if j.timer != nil && j.timer.Stop() {
+		d.wg.Done()
+	}
+	j.timer = nil
 }
 
 // dequeueLocked takes j out of its queue.
@@ -486,7 +507,7 @@ func (d *Dispatcher) pumpLocked() {
 			continue
 		}
 		d.dequeueLocked(j)
-		j.timer.Stop()
+		d.stopTimerLocked(j)
 		d.reserveLocked(j, agent)
 		d.startLocked(j, agent)
 	}
@@ -561,7 +582,7 @@ func (d *Dispatcher) settle(j *job, agent registry.Candidate, out outcome) {
 	if j.cancelled || d.closed {
 		return
 	}
-	j.timer = time.AfterFunc(delay, func() {
+	j.timer = d.afterLocked(delay, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if j.cancelled || d.closed {
@@ -664,9 +685,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 		j.cancelled = true
 		delete(d.jobs, id)
 		d.dequeueLocked(j)
-		if j.timer != nil {
-			j.timer.Stop()
-		}
+		d.stopTimerLocked(j)
 		if j.cancelAttempt != nil {
 			j.cancelAttempt()
 		}
@@ -677,7 +696,8 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 
 // Run prunes finished tasks past their retention until ctx ends, then
 // stops the dispatcher: waiting tasks fail, attempts in flight are
-// aborted, and Run returns once every delivery goroutine has.
+// aborted, and Run returns once every delivery goroutine and every timer
+// function (queue deadlines, retry backoffs) has.
 func (d *Dispatcher) Run(ctx context.Context) {
 	tick := time.NewTicker(min(d.cfg.Retention/4, time.Minute))
 	defer tick.Stop()
@@ -720,9 +740,7 @@ func (d *Dispatcher) shutdown() {
 	d.closed = true
 	var waiting []*job
 	for _, j := range d.jobs {
-		if j.timer != nil {
-			j.timer.Stop()
-		}
+		d.stopTimerLocked(j)
 		if j.cancelAttempt == nil {
 			waiting = append(waiting, j)
 		}

@@ -861,3 +861,42 @@ func TestRoundRobinPositionsArePruned(t *testing.T) {
 		return h.d.RoundRobinRoutes() == 0
 	})
 }
+
+func TestShutdownWaitsForTimers(t *testing.T) {
+	cfg := testConfig
+	cfg.AgentConcurrency = 1
+	var queuedID atomic.Value
+	var held atomic.Bool
+	expiring, proceed := make(chan struct{}), make(chan struct{})
+	store := &hookStore{Store: dispatch.NewMemoryStore(), beforeUpdate: func(id string) {
+		// Hold the queue deadline's timer while it records the timeout.
+		if id == queuedID.Load() && held.CompareAndSwap(false, true) {
+			close(expiring)
+			<-proceed
+		}
+	}}
+	h := newHarnessWith(t, cfg, store)
+	h.addBusyAgent()
+	h.submit(dispatch.Request{})
+	queued := h.submit(dispatch.Request{TimeoutSeconds: intp(1)})
+	queuedID.Store(queued.ID)
+	<-expiring
+
+	stopped := make(chan struct{})
+	go func() {
+		h.stop()
+		close(stopped)
+	}()
+	// Run must not return while the timer's function still runs. Give it
+	// the chance to, as it did when timers had no owner.
+	select {
+	case <-stopped:
+		t.Error("Run returned while the queue deadline's timer was still recording its task")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(proceed)
+	<-stopped
+	if got, _ := h.d.Get(context.Background(), queued.ID); got.Status != dispatch.StatusTimeout {
+		t.Errorf("queued task = %s (%q), want the timeout its deadline recorded", got.Status, got.Error)
+	}
+}
