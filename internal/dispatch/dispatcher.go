@@ -7,15 +7,22 @@
 // Store is the authority on terminal states: every change goes through
 // Store.Update, which refuses to touch a terminal task, so a late agent
 // reply after a cancel or a timeout can never overwrite the outcome.
+//
+// Stopping has two steps. Drain refuses new tasks and lets the accepted
+// ones finish, until its context ends; then Run's end aborts what is
+// left, records each such task as failed and logs it by id: no accepted
+// task ends without a terminal state and a log line.
 package dispatch
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -88,6 +95,8 @@ var (
 	ErrQueueFull = errors.New("task queue full")
 	// ErrShuttingDown: the orchestrator is stopping (503).
 	ErrShuttingDown = errors.New("orchestrator shutting down")
+	// ErrDrainTimeout: Drain's context ended with tasks unfinished.
+	ErrDrainTimeout = errors.New("shutdown timeout: tasks unfinished")
 )
 
 // Agents is what the dispatcher needs of the registry.
@@ -127,8 +136,13 @@ type Dispatcher struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// draining refuses new tasks (Drain); closed also stops starting any
+	// (Run's end).
+	draining bool
 	closed   bool
+	// idle is closed when the last live job goes while Drain waits.
+	idle     chan struct{}
 	inFlight map[string]int // agent ID -> attempts in flight
 	// turns is each route's round-robin position; Run forgets the routes
 	// that had no choice to make since its previous tick, so the map
@@ -224,7 +238,7 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 	j := &job{task: t, route: rt, index: -1, tried: map[string]bool{}}
 
 	d.mu.Lock()
-	if d.closed {
+	if d.draining || d.closed {
 		d.mu.Unlock()
 		return Task{}, ErrShuttingDown
 	}
@@ -553,8 +567,7 @@ func (d *Dispatcher) settle(j *job, agent registry.Candidate, out outcome) {
 		d.finish(j, StatusCompleted, out.result, "")
 		return
 	case closed:
-		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the agent answered")
-		return
+		return // aborted by Run's end, which records and logs the task
 	}
 	j.lastErr = out.err
 	final := StatusFailed
@@ -625,7 +638,7 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		t.Status, t.Result, t.Error, t.CompletedAt = status, result, msg, d.now().UTC()
 		return nil
 	})
-	d.forget(j)
+	draining := d.forget(j)
 	switch {
 	case errors.Is(err, ErrFinished):
 		d.log.Info("outcome dropped: the task had already finished",
@@ -634,15 +647,32 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		d.log.Error("recording a task's outcome", zap.String("task_id", j.task.ID), zap.Error(err))
 	default:
 		d.metrics.finished(t)
+		if draining {
+			// The API has stopped: nobody can read this outcome any more,
+			// and the in-memory store goes with the process.
+			d.log.Info("task finished during the drain",
+				zap.String("task_id", j.task.ID), zap.String("status", string(t.Status)), zap.String("agent_id", t.AgentID))
+		}
 	}
 }
 
-// forget drops j from the live jobs.
-func (d *Dispatcher) forget(j *job) {
+// forget drops j from the live jobs, and reports whether Drain has begun.
+func (d *Dispatcher) forget(j *job) (draining bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.forgetLocked(j)
+	return d.draining
+}
+
+// forgetLocked drops j from the live jobs, and tells Drain when it was
+// the last.
+func (d *Dispatcher) forgetLocked(j *job) {
 	if d.jobs[j.task.ID] == j {
 		delete(d.jobs, j.task.ID)
+	}
+	if d.idle != nil && len(d.jobs) == 0 {
+		close(d.idle)
+		d.idle = nil
 	}
 }
 
@@ -683,7 +713,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 	defer d.mu.Unlock()
 	if j := d.jobs[id]; j != nil {
 		j.cancelled = true
-		delete(d.jobs, id)
+		d.forgetLocked(j)
 		d.dequeueLocked(j)
 		d.stopTimerLocked(j)
 		if j.cancelAttempt != nil {
@@ -695,9 +725,11 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 }
 
 // Run prunes finished tasks past their retention until ctx ends, then
-// stops the dispatcher: waiting tasks fail, attempts in flight are
-// aborted, and Run returns once every delivery goroutine and every timer
-// function (queue deadlines, retry backoffs) has.
+// stops the dispatcher: attempts in flight are aborted, every task not
+// finished yet is recorded as failed and logged by id with the state it
+// was in, and Run returns once every delivery goroutine and every timer
+// function (queue deadlines, retry backoffs) has. Call Drain first to let
+// accepted tasks finish.
 func (d *Dispatcher) Run(ctx context.Context) {
 	tick := time.NewTicker(min(d.cfg.Retention/4, time.Minute))
 	defer tick.Stop()
@@ -735,24 +767,125 @@ func (d *Dispatcher) pruneTurns() {
 	}
 }
 
+// Drain refuses new tasks (ErrShuttingDown) and waits while the accepted
+// ones finish: deliveries in flight, queued tasks as agents free up,
+// retries after their backoff. It returns nil once none is left, or an
+// error wrapping ErrDrainTimeout when ctx ends first; the tasks left are
+// Run's to abort and record when its context ends. Call it once nothing
+// submits any more (the HTTP server has stopped).
+func (d *Dispatcher) Drain(ctx context.Context) error {
+	d.mu.Lock()
+	d.draining = true
+	if len(d.jobs) == 0 || d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	if d.idle == nil {
+		d.idle = make(chan struct{})
+	}
+	idle, waiting := d.idle, len(d.jobs)
+	d.mu.Unlock()
+
+	fields := []zap.Field{zap.Int("tasks", waiting)}
+	if deadline, ok := ctx.Deadline(); ok {
+		fields = append(fields, zap.Duration("within", max(0, time.Until(deadline)).Round(time.Millisecond)))
+	}
+	d.log.Info("draining tasks: new tasks refused, waiting for accepted ones to finish", fields...)
+	select {
+	case <-idle:
+		d.log.Info("drained: every accepted task finished", zap.Int("tasks", waiting))
+		return nil
+	case <-ctx.Done():
+	}
+	d.mu.Lock()
+	left := len(d.jobs)
+	d.mu.Unlock()
+	if left == 0 {
+		return nil
+	}
+	d.log.Warn("drain time is up: unfinished tasks will be aborted and recorded as failed", zap.Int("tasks", left))
+	return fmt.Errorf("%w: %d task(s)", ErrDrainTimeout, left)
+}
+
+// shutdownRecordTimeout bounds the recording of the tasks Run's end fails:
+// the process must exit within the pod's grace period, whose slack is a
+// few seconds.
+const shutdownRecordTimeout = 2 * time.Second
+
 func (d *Dispatcher) shutdown() {
 	d.mu.Lock()
 	d.closed = true
-	var waiting []*job
+	seen := make(map[*job]Status, len(d.jobs))
 	for _, j := range d.jobs {
 		d.stopTimerLocked(j)
-		if j.cancelAttempt == nil {
-			waiting = append(waiting, j)
-		}
+		seen[j] = j.stateLocked()
 		d.dequeueLocked(j)
 	}
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait()
-	for _, j := range waiting {
-		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the task could run")
+
+	// What the attempts and timers did not finish themselves is left.
+	d.mu.Lock()
+	left := make([]*job, 0, len(d.jobs))
+	for _, j := range d.jobs {
+		left = append(left, j)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(left, func(a, b *job) int { return cmp.Compare(a.task.Seq, b.task.Seq) })
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownRecordTimeout)
+	defer cancel()
+	for _, j := range left {
+		d.abandon(ctx, j, seen[j])
 	}
 	if t, ok := d.client.Transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
+	}
+}
+
+// stateLocked is the status j has in the dispatcher's eyes.
+func (j *job) stateLocked() Status {
+	switch {
+	case j.cancelAttempt != nil:
+		return StatusDispatched
+	case j.attempts == 0:
+		return StatusPending
+	}
+	return StatusRetrying
+}
+
+// abandon records j, unfinished when the dispatcher stopped, as failed and
+// names it in the log with the state it was in.
+func (d *Dispatcher) abandon(ctx context.Context, j *job, seen Status) {
+	msg := "the orchestrator shut down before the task could run"
+	if seen == StatusDispatched {
+		msg = "the orchestrator shut down before the agent answered"
+	}
+	if j.lastErr != "" {
+		msg += "; last attempt: " + j.lastErr
+	}
+	was := seen
+	t, err := d.store.Update(ctx, j.task.ID, func(t *Task) error {
+		was = t.Status
+		t.Status, t.Error, t.CompletedAt = StatusFailed, msg, d.now().UTC()
+		return nil
+	})
+	d.forget(j)
+	fields := []zap.Field{
+		zap.String("task_id", j.task.ID), zap.String("status", string(was)),
+		zap.String("agent_type", string(j.task.AgentType)), zap.String("task_type", j.task.TaskType),
+		zap.Int("attempts", j.attempts),
+	}
+	if t.AgentID != "" {
+		fields = append(fields, zap.String("agent_id", t.AgentID))
+	}
+	switch {
+	case errors.Is(err, ErrFinished): // cancelled meanwhile: it has its outcome
+		d.log.Debug("task finished as the orchestrator stopped", append(fields, zap.String("outcome", string(t.Status)))...)
+	case err != nil:
+		d.log.Error("task unfinished at shutdown, and its failure could not be recorded", append(fields, zap.Error(err))...)
+	default:
+		d.metrics.finished(t)
+		d.log.Warn("task unfinished at shutdown: recorded as failed", fields...)
 	}
 }

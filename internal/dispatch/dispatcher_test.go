@@ -776,6 +776,91 @@ func TestFinishedTasksArePruned(t *testing.T) {
 	})
 }
 
+// drain runs Drain until ctx ends, and returns what it returned; it waits
+// until Drain has said it is waiting, so the test acts on a draining
+// dispatcher.
+func (h *harness) drain(ctx context.Context) <-chan error {
+	h.t.Helper()
+	drained := make(chan error, 1)
+	go func() { drained <- h.d.Drain(ctx) }()
+	eventually(h.t, "Drain waits for the tasks", func() bool {
+		return h.logs.FilterMessageSnippet("draining tasks").Len() > 0
+	})
+	return drained
+}
+
+func TestDrainLetsDeliveriesInFlightFinish(t *testing.T) {
+	h := newHarness(t, testConfig)
+	release := make(chan struct{})
+	agent := h.addAgent("slow", func(w http.ResponseWriter, r *http.Request, b received) {
+		select {
+		case <-release:
+			completed(`"finished while draining"`)(w, r, b)
+		case <-r.Context().Done():
+		}
+	})
+	task := h.submit(dispatch.Request{})
+	eventually(t, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
+
+	drained := h.drain(context.Background())
+	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
+		t.Errorf("Submit while draining = %v, want ErrShuttingDown", err)
+	}
+	close(release) // the agent answers only now, while Drain waits
+	if err := <-drained; err != nil {
+		t.Fatalf("Drain = %v, want nil once the task finished", err)
+	}
+	h.stop()
+	got, _ := h.d.Get(context.Background(), task.ID)
+	if got.Status != dispatch.StatusCompleted || string(got.Result) != `"finished while draining"` {
+		t.Fatalf("task = %s (%q), want completed with the agent's result", got.Status, got.Error)
+	}
+	if h.logs.FilterMessage("task finished during the drain").FilterField(zap.String("task_id", task.ID)).FilterField(zap.String("status", "completed")).Len() != 1 {
+		t.Errorf("no log line names task %s completed during the drain, though its outcome cannot be read any more", task.ID)
+	}
+	if n := h.logs.FilterMessageSnippet("unfinished").Len(); n != 0 {
+		t.Errorf("%d log line(s) about unfinished tasks after a complete drain", n)
+	}
+}
+
+func TestDrainDeadlineAbortsRecordsAndLogsEachTask(t *testing.T) {
+	cfg := testConfig
+	cfg.AgentConcurrency = 1
+	h := newHarness(t, cfg)
+	agent := h.addBusyAgent() // never answers
+	inFlight := h.submit(dispatch.Request{})
+	queued := h.submit(dispatch.Request{})
+	eventually(t, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
+
+	ctx, deadline := context.WithCancel(context.Background())
+	drained := h.drain(ctx)
+	deadline() // the shutdown budget runs out
+	if err := <-drained; !errors.Is(err, dispatch.ErrDrainTimeout) || !strings.Contains(err.Error(), "2 task(s)") {
+		t.Fatalf("Drain at its deadline = %v, want ErrDrainTimeout for 2 tasks", err)
+	}
+	h.stop()
+
+	for _, tc := range []struct {
+		id, state, msg string
+	}{
+		{inFlight.ID, "dispatched", "before the agent answered"},
+		{queued.ID, "pending", "before the task could run"},
+	} {
+		got, _ := h.d.Get(context.Background(), tc.id)
+		if got.Status != dispatch.StatusFailed || !strings.Contains(got.Error, tc.msg) {
+			t.Errorf("task %s = %s (%q), want failed, shut down %s", tc.id, got.Status, got.Error, tc.msg)
+		}
+		lines := h.logs.FilterMessage("task unfinished at shutdown: recorded as failed").FilterField(zap.String("task_id", tc.id)).All()
+		if len(lines) != 1 {
+			t.Errorf("task %s: %d log lines naming it unfinished, want 1", tc.id, len(lines))
+			continue
+		}
+		if fields := lines[0].ContextMap(); lines[0].Level != zap.WarnLevel || fields["status"] != tc.state {
+			t.Errorf("task %s: log line %s %v, want warn with status %s", tc.id, lines[0].Level, fields, tc.state)
+		}
+	}
+}
+
 func TestShutdownAbortsAndRecords(t *testing.T) {
 	cfg := testConfig
 	cfg.AgentConcurrency = 1
@@ -788,6 +873,9 @@ func TestShutdownAbortsAndRecords(t *testing.T) {
 		got, err := h.d.Get(context.Background(), id)
 		if err != nil || got.Status != dispatch.StatusFailed || !strings.Contains(got.Error, "shut down") {
 			t.Errorf("task %s after shutdown = %s (%q), %v; want failed, shut down", id, got.Status, got.Error, err)
+		}
+		if h.logs.FilterMessage("task unfinished at shutdown: recorded as failed").FilterField(zap.String("task_id", id)).Len() != 1 {
+			t.Errorf("task %s: no log line names it unfinished at shutdown", id)
 		}
 	}
 	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
