@@ -629,6 +629,8 @@ func (d *Dispatcher) expire(j *job, waited time.Duration) {
 	if j.lastErr != "" {
 		msg += "; last attempt: " + j.lastErr
 	}
+	// Logged like a task that failed after its attempts ("task failed").
+	d.log.Info("task timed out waiting for a free agent", zap.String("task_id", j.task.ID), zap.String("reason", msg))
 	d.finish(j, StatusTimeout, nil, msg)
 }
 

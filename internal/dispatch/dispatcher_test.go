@@ -556,6 +556,9 @@ func TestQueuedTaskTimesOut(t *testing.T) {
 	if done.Status != dispatch.StatusTimeout || !strings.Contains(done.Error, "free slot within 1s") {
 		t.Fatalf("queued task = %s (%q), want timeout waiting for a free slot", done.Status, done.Error)
 	}
+	if h.logs.FilterMessage("task timed out waiting for a free agent").FilterField(zap.String("task_id", queued.ID)).Len() != 1 {
+		t.Error("no log line names the task that timed out in the queue")
+	}
 	if n := len(agent.received()); n != 1 {
 		t.Errorf("agent got %d deliveries, want only the first task", n)
 	}
