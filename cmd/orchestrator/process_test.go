@@ -501,7 +501,7 @@ func (a *drainAgent) answeredAlive(id string) (alive, answered bool) {
 }
 
 func TestProcessTasksAcceptedWhileDrainingRunOrAreLogged(t *testing.T) {
-	const delay, timeout = time.Second, 3 * time.Second
+	const delay, timeout = 2 * time.Second, 3 * time.Second
 	agent := newDrainAgent(t)
 	p := start(t, "SHUTDOWN_DELAY="+delay.String(), "SHUTDOWN_TIMEOUT="+timeout.String())
 	port := agent.srv.Listener.Addr().(*net.TCPAddr).Port
@@ -539,7 +539,7 @@ func TestProcessTasksAcceptedWhileDrainingRunOrAreLogged(t *testing.T) {
 			t.Errorf("task %s (%s): the orchestrator gave up before the agent answered (the agent got it: %v)", id, name, answered)
 		}
 		found := false
-		for _, e := range p.logs.all("task finished during the drain") {
+		for _, e := range p.logs.all("task finished during shutdown") {
 			found = found || e["task_id"] == id && e["status"] == "completed"
 		}
 		if !found {

@@ -130,7 +130,10 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 
 	signalled := make(chan time.Time, 1)
-	stopWatching := context.AfterFunc(ctx, func() { signalled <- time.Now() })
+	stopWatching := context.AfterFunc(ctx, func() {
+		s.Tasks.ShutdownStarted()
+		signalled <- time.Now()
+	})
 	err := server.New(s.cfg.Server, s.log, s.Handler, s.checks, s.inFlight).Serve(ctx, ln)
 	if stopWatching() {
 		return err // the server failed before any shutdown signal: stop now

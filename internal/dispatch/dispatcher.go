@@ -137,8 +137,9 @@ type Dispatcher struct {
 	wg   sync.WaitGroup
 
 	mu sync.Mutex
-	// draining refuses new tasks (Drain); closed also stops starting any
-	// (Run's end).
+	// stopping logs each outcome (ShutdownStarted); draining also refuses
+	// new tasks (Drain); closed also stops starting any (Run's end).
+	stopping bool
 	draining bool
 	closed   bool
 	// idle is closed when the last live job goes while Drain waits.
@@ -640,7 +641,7 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		t.Status, t.Result, t.Error, t.CompletedAt = status, result, msg, d.now().UTC()
 		return nil
 	})
-	draining := d.forget(j)
+	stopping := d.forget(j)
 	switch {
 	case errors.Is(err, ErrFinished):
 		d.log.Info("outcome dropped: the task had already finished",
@@ -649,21 +650,22 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		d.log.Error("recording a task's outcome", zap.String("task_id", j.task.ID), zap.Error(err))
 	default:
 		d.metrics.finished(t)
-		if draining {
-			// The API has stopped: nobody can read this outcome any more,
-			// and the in-memory store goes with the process.
-			d.log.Info("task finished during the drain",
+		if stopping {
+			// The record goes with the process, and the API that serves
+			// it stops soon: the log keeps the outcome.
+			d.log.Info("task finished during shutdown",
 				zap.String("task_id", j.task.ID), zap.String("status", string(t.Status)), zap.String("agent_id", t.AgentID))
 		}
 	}
 }
 
-// forget drops j from the live jobs, and reports whether Drain has begun.
-func (d *Dispatcher) forget(j *job) (draining bool) {
+// forget drops j from the live jobs, and reports whether the orchestrator
+// is stopping.
+func (d *Dispatcher) forget(j *job) (stopping bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.forgetLocked(j)
-	return d.draining
+	return d.stopping
 }
 
 // forgetLocked drops j from the live jobs, and tells Drain when it was
@@ -769,6 +771,16 @@ func (d *Dispatcher) pruneTurns() {
 	}
 }
 
+// ShutdownStarted notes that the orchestrator is stopping; it still takes
+// tasks. From now on each task that finishes is logged with its outcome:
+// its record goes with the process, and the API that serves it stops
+// soon.
+func (d *Dispatcher) ShutdownStarted() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopping = true
+}
+
 // Drain refuses new tasks (ErrShuttingDown) and waits while the accepted
 // ones finish: deliveries in flight, queued tasks as agents free up,
 // retries after their backoff. It returns nil once none is left, or an
@@ -777,7 +789,7 @@ func (d *Dispatcher) pruneTurns() {
 // submits any more (the HTTP server has stopped).
 func (d *Dispatcher) Drain(ctx context.Context) error {
 	d.mu.Lock()
-	d.draining = true
+	d.stopping, d.draining = true, true
 	if len(d.jobs) == 0 || d.closed {
 		d.mu.Unlock()
 		return nil

@@ -818,7 +818,7 @@ func TestDrainLetsDeliveriesInFlightFinish(t *testing.T) {
 	if got.Status != dispatch.StatusCompleted || string(got.Result) != `"finished while draining"` {
 		t.Fatalf("task = %s (%q), want completed with the agent's result", got.Status, got.Error)
 	}
-	if h.logs.FilterMessage("task finished during the drain").FilterField(zap.String("task_id", task.ID)).FilterField(zap.String("status", "completed")).Len() != 1 {
+	if h.logs.FilterMessage("task finished during shutdown").FilterField(zap.String("task_id", task.ID)).FilterField(zap.String("status", "completed")).Len() != 1 {
 		t.Errorf("no log line names task %s completed during the drain, though its outcome cannot be read any more", task.ID)
 	}
 	if n := h.logs.FilterMessageSnippet("unfinished").Len(); n != 0 {
