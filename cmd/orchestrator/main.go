@@ -7,8 +7,8 @@
 //	orchestrator version          print the build
 //
 // Exit codes: 0 after a clean drain; 1 on a runtime failure; 2 on invalid
-// configuration or usage; 3 when the shutdown timeout cut requests off;
-// 128+N when a second signal N forces an immediate exit.
+// configuration or usage; 3 when the shutdown timeout cut requests or
+// tasks off; 128+N when a second signal N forces an immediate exit.
 package main
 
 import (
@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/optiinfra/orchestrator/internal/config"
+	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/server"
 )
 
@@ -76,7 +77,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errUsage), errors.Is(err, config.ErrInvalid):
 		return exitUsage
-	case errors.Is(err, server.ErrDrainTimeout):
+	case errors.Is(err, server.ErrDrainTimeout), errors.Is(err, dispatch.ErrDrainTimeout):
 		return exitDrainTimeout
 	default:
 		return exitFailure

@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -434,5 +436,125 @@ func TestProcessStartupLine(t *testing.T) {
 	}
 	if ts, _ := e["timestamp"].(string); !strings.Contains(ts, "T") {
 		t.Errorf("timestamp %q is not ISO8601", ts)
+	}
+}
+
+func post(client *http.Client, url, body string) response {
+	r := response{sent: time.Now()}
+	resp, err := client.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	r.status, r.close, r.body, r.err = resp.StatusCode, resp.Close, string(data), err
+	return r
+}
+
+// drainAgent is an agent on loopback for the shutdown test: it holds
+// "analyze" tasks until released, then answers them, noting whether the
+// orchestrator was still waiting; it never answers "stall" tasks.
+type drainAgent struct {
+	srv     *httptest.Server
+	release chan struct{}
+	mu      sync.Mutex
+	alive   map[string]bool // task id -> the orchestrator still waited for the answer
+}
+
+func newDrainAgent(t *testing.T) *drainAgent {
+	a := &drainAgent{release: make(chan struct{}), alive: map[string]bool{}}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var task struct {
+			ID   string `json:"task_id"`
+			Type string `json:"task_type"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&task); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if task.Type == "stall" {
+			<-r.Context().Done()
+			return
+		}
+		select {
+		case <-a.release:
+		case <-r.Context().Done():
+		}
+		a.mu.Lock()
+		a.alive[task.ID] = r.Context().Err() == nil
+		a.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"task_id":%q,"status":"completed","result":{"ok":true}}`, task.ID)
+	}))
+	// Registered before the process is started, so it runs after the
+	// process is killed: Close waits for the held calls to end.
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *drainAgent) answeredAlive(id string) (alive, answered bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	alive, answered = a.alive[id]
+	return alive, answered
+}
+
+func TestProcessTasksAcceptedWhileDrainingRunOrAreLogged(t *testing.T) {
+	const delay, timeout = 2 * time.Second, 3 * time.Second
+	agent := newDrainAgent(t)
+	p := start(t, "SHUTDOWN_DELAY="+delay.String(), "SHUTDOWN_TIMEOUT="+timeout.String())
+	port := agent.srv.Listener.Addr().(*net.TCPAddr).Port
+	if r := post(newConnClient, p.base+"/agents/register", fmt.Sprintf(
+		`{"name":"drain-agent","type":"cost","host":"127.0.0.1","port":%d,"capabilities":["analyze","stall"]}`, port)); r.status != 201 {
+		t.Fatalf("register = %d %s %v", r.status, r.body, r.err)
+	}
+	submit := func(what, taskType string) string {
+		t.Helper()
+		r := post(newConnClient, p.base+"/tasks", `{"task_type":"`+taskType+`","agent_type":"cost","max_retries":0}`)
+		var accepted struct {
+			ID     string `json:"task_id"`
+			Status string `json:"status"`
+		}
+		if r.status != 201 || json.Unmarshal([]byte(r.body), &accepted) != nil || accepted.Status != "dispatched" {
+			t.Fatalf("%s: POST /tasks = %d %s %v, want 201 dispatched", what, r.status, r.body, r.err)
+		}
+		return accepted.ID
+	}
+	before := submit("before SIGTERM", "analyze")
+	stalled := submit("stalled", "stall")
+
+	p.signal(t, syscall.SIGTERM)
+	p.logs.await(t, "shutdown signal received: readiness failing, still serving")
+	during := submit("during the delay", "analyze")
+
+	// The agent answers only once the HTTP server has stopped: the tasks
+	// must outlive it.
+	waitFor(t, "the HTTP server to stop", func() bool { return do(newConnClient, http.MethodGet, p.base+"/live").err != nil })
+	close(agent.release)
+
+	code := p.wait(t, delay+timeout+15*time.Second)
+	for name, id := range map[string]string{"accepted before SIGTERM": before, "accepted during the delay": during} {
+		if alive, answered := agent.answeredAlive(id); !answered || !alive {
+			t.Errorf("task %s (%s): the orchestrator gave up before the agent answered (the agent got it: %v)", id, name, answered)
+		}
+		found := false
+		for _, e := range p.logs.all("task finished during shutdown") {
+			found = found || e["task_id"] == id && e["status"] == "completed"
+		}
+		if !found {
+			t.Errorf("task %s (%s): no log line says it completed during the drain", id, name)
+		}
+	}
+	// The task that never finishes is failed at the deadline and named.
+	unfinished := p.logs.all("task unfinished at shutdown: recorded as failed")
+	if len(unfinished) != 1 || unfinished[0]["task_id"] != stalled || unfinished[0]["status"] != "dispatched" || unfinished[0]["level"] != "warn" {
+		t.Errorf("unfinished-task lines = %v, want one warning naming %s as dispatched", unfinished, stalled)
+	}
+	if e := p.logs.find("drain time is up: unfinished tasks will be aborted and recorded as failed"); e == nil || e["tasks"] != 1.0 {
+		t.Errorf("drain deadline line = %v, want one task left", e)
+	}
+	if code != exitDrainTimeout {
+		t.Errorf("exit code = %d, want %d (a task cut off); stderr: %s", code, exitDrainTimeout, p.stderr)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/optiinfra/orchestrator/internal/config"
+	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/server"
 )
 
@@ -76,6 +77,19 @@ func (l *logLines) find(message string) map[string]any {
 		}
 	}
 	return nil
+}
+
+// all returns every line with the message.
+func (l *logLines) all(message string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, e := range l.lines {
+		if e["message"] == message {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // await waits for a line with the message.
@@ -259,6 +273,7 @@ func TestExitCodes(t *testing.T) {
 		{config.ErrInvalid, exitUsage},
 		{errUsage, exitUsage},
 		{server.ErrDrainTimeout, exitDrainTimeout},
+		{fmt.Errorf("%w: 2 task(s)", dispatch.ErrDrainTimeout), exitDrainTimeout},
 	} {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)

@@ -660,7 +660,7 @@ func TestOpenAPIErrorAnswers(t *testing.T) {
 		{"POST", "/tasks", `{"task_type":"x","agent_type":"cost","parameters":[1]}`, 400},
 		{"POST", "/tasks", `{"task_type":"` + taskType + `","agent_type":"` + agentType + `"}`, 503},
 		{"POST", "/tasks", `{"task_type":"unused","agent_type":"cost","agent_id":"` + agentID + `"}`, 400},
-		{"POST", "/tasks", `{"task_type":"unused","agent_type":"resource","agent_id":"nobody"}`, 503},
+		{"POST", "/tasks", `{"task_type":"unused","agent_type":"resource","agent_id":"nobody"}`, 400},
 		{"GET", "/tasks?status=lost", ``, 400},
 		{"GET", "/tasks?limit=0", ``, 400},
 		{"GET", "/tasks?limit=1001", ``, 400},

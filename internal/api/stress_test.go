@@ -327,18 +327,21 @@ func stressWorker(t *testing.T, f *fixture, log *stressLog, rng *rand.Rand, ids 
 				"task_type": "work", "agent_type": "cost", "timeout_seconds": 1, "max_retries": rng.IntN(2),
 				"priority": rng.IntN(5), "parameters": map[string]any{"mode": mode, "sleep_ms": rng.IntN(20)},
 			}
+			allowed := []int{201, 429, 503}
 			switch rng.IntN(10) {
 			case 0:
 				req["agent_id"] = base[rng.IntN(len(base))]
 			case 1:
 				if ident.id != "" {
-					req["agent_id"] = ident.id // maybe unregistered or degraded: 503 then
+					// Maybe degraded (503) or unregistered (400: a mistake a retry cannot mend).
+					req["agent_id"] = ident.id
+					allowed = append(allowed, 400)
 				}
 			case 2:
 				req["task_type"] = "other" // only the base agents have it
 			}
 			rec := f.call(http.MethodPost, "/tasks", mustJSON(t, req))
-			if !check("submit", rec.Code, rec.Body.String(), 201, 429, 503) {
+			if !check("submit", rec.Code, rec.Body.String(), allowed...) {
 				continue
 			}
 			if rec.Code != http.StatusCreated {

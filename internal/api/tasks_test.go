@@ -488,13 +488,17 @@ func TestSubmitTaskNoCapableAgent(t *testing.T) {
 	submit503(`{"task_type":"tune","agent_type":"cost"}`, "cost", `"tune"`)             // another type has it
 	submit503(`{"task_type":"analyze","agent_type":"resource"}`, "resource", "analyze") // no agent of the type
 
-	// Pinned agents.
-	submit503(`{"task_type":"analyze","agent_type":"cost","agent_id":"no-such-agent"}`, "no-such-agent")
-	submit503(`{"task_type":"report","agent_type":"cost","agent_id":"`+costID+`"}`, costID, "report")
-	msg := expectError(t, "pinned agent of another type",
-		f.call(http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost","agent_id":"`+perfID+`"}`), http.StatusBadRequest)
-	if !strings.HasPrefix(msg, "agent_id:") {
-		t.Errorf("message %q does not name agent_id", msg)
+	// A pinned agent that can never take the task is a mistake in the
+	// request: 400 naming agent_id, since a retry cannot help.
+	for _, tc := range []struct{ name, body, want string }{
+		{"unknown", `{"task_type":"analyze","agent_type":"cost","agent_id":"no-such-agent"}`, "no-such-agent"},
+		{"without the capability", `{"task_type":"report","agent_type":"cost","agent_id":"` + costID + `"}`, `"report"`},
+		{"of another type", `{"task_type":"analyze","agent_type":"cost","agent_id":"` + perfID + `"}`, "performance"},
+	} {
+		msg := expectError(t, "pinned agent "+tc.name, f.call(http.MethodPost, "/tasks", tc.body), http.StatusBadRequest)
+		if !strings.HasPrefix(msg, "agent_id:") || !strings.Contains(msg, tc.want) {
+			t.Errorf("pinned agent %s: message %q does not name agent_id and %s", tc.name, msg, tc.want)
+		}
 	}
 	m := f.submit(t, `{"task_type":"analyze","agent_type":"cost","agent_id":"`+costID+`"}`)
 	if m["agent_id"] != costID {
@@ -514,10 +518,11 @@ func TestSubmitTaskNoCapableAgent(t *testing.T) {
 	expect(t, "heartbeat", f.call(http.MethodPost, "/agents/"+costID+"/heartbeat", ""), http.StatusOK)
 	f.submit(t, `{"task_type":"analyze","agent_type":"cost"}`)
 
-	// An unregistered agent takes nothing.
+	// An unregistered agent takes nothing; pinned to it, the request is wrong.
 	expect(t, "unregister", f.call(http.MethodPost, "/agents/"+costID+"/unregister", ""), http.StatusOK)
 	submit503(`{"task_type":"analyze","agent_type":"cost"}`, "cost", "analyze")
-	submit503(`{"task_type":"analyze","agent_type":"cost","agent_id":"`+costID+`"}`, costID)
+	expectError(t, "pinned to an unregistered agent",
+		f.call(http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost","agent_id":"`+costID+`"}`), http.StatusBadRequest)
 }
 
 // listTasks reads one page of tasks, checking its shape.

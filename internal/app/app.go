@@ -5,10 +5,12 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -106,10 +108,16 @@ func New(opts Options) (*Service, error) {
 	return s, nil
 }
 
-// Serve serves on ln until ctx ends, then drains (see internal/server).
-// The background loops (health checks, agent liveness, task pruning)
-// outlive ctx on purpose: they stop once the server has drained, so tasks
-// in flight can finish.
+// Serve serves on ln until ctx ends, then drains (see internal/server)
+// and lets the accepted tasks finish. The shutdown budget counts from the
+// moment ctx ends: SHUTDOWN_DELAY of serving, then SHUTDOWN_TIMEOUT, the
+// same for requests and tasks, so the process exits within the grace
+// period the chart computes from them. Tasks run through the whole
+// budget, overlapping the HTTP drain (those accepted during the delay
+// run too); once the server has stopped, Serve waits for the tasks left
+// until the budget's end, then the dispatcher aborts, records and logs
+// the unfinished ones. The background loops (health checks, agent
+// liveness, task pruning) outlive ctx on purpose: they stop last.
 func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -120,5 +128,18 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 		stopBackground()
 		wg.Wait()
 	}()
-	return server.New(s.cfg.Server, s.log, s.Handler, s.checks, s.inFlight).Serve(ctx, ln)
+
+	signalled := make(chan time.Time, 1)
+	stopWatching := context.AfterFunc(ctx, func() {
+		s.Tasks.ShutdownStarted()
+		signalled <- time.Now()
+	})
+	err := server.New(s.cfg.Server, s.log, s.Handler, s.checks, s.inFlight).Serve(ctx, ln)
+	if stopWatching() {
+		return err // the server failed before any shutdown signal: stop now
+	}
+	budget := s.cfg.Server.ShutdownDelay + s.cfg.Server.ShutdownTimeout
+	drainCtx, cancel := context.WithDeadline(context.Background(), (<-signalled).Add(budget))
+	defer cancel()
+	return errors.Join(err, s.Tasks.Drain(drainCtx))
 }

@@ -7,15 +7,22 @@
 // Store is the authority on terminal states: every change goes through
 // Store.Update, which refuses to touch a terminal task, so a late agent
 // reply after a cancel or a timeout can never overwrite the outcome.
+//
+// Stopping has two steps. Drain refuses new tasks and lets the accepted
+// ones finish, until its context ends; then Run's end aborts what is
+// left, records each such task as failed and logs it by id: no accepted
+// task ends without a terminal state and a log line.
 package dispatch
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -88,6 +95,8 @@ var (
 	ErrQueueFull = errors.New("task queue full")
 	// ErrShuttingDown: the orchestrator is stopping (503).
 	ErrShuttingDown = errors.New("orchestrator shutting down")
+	// ErrDrainTimeout: Drain's context ended with tasks unfinished.
+	ErrDrainTimeout = errors.New("shutdown timeout: tasks unfinished")
 )
 
 // Agents is what the dispatcher needs of the registry.
@@ -127,14 +136,23 @@ type Dispatcher struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// stopping logs each outcome (ShutdownStarted); draining also refuses
+	// new tasks (Drain); closed also stops starting any (Run's end).
+	stopping bool
+	draining bool
 	closed   bool
+	// idle is closed when the last live job goes while Drain waits.
+	idle     chan struct{}
 	inFlight map[string]int // agent ID -> attempts in flight
-	rr       map[route]uint64
-	queues   map[route]*jobQueue
-	pending  int
-	jobs     map[string]*job // tasks not yet terminal, by ID
-	buf      []registry.Candidate
+	// turns is each route's round-robin position; Run forgets the routes
+	// that had no choice to make since its previous tick, so the map
+	// holds the routes in use, not every task type and pinned agent seen.
+	turns   map[route]turn
+	queues  map[route]*jobQueue
+	pending int
+	jobs    map[string]*job // tasks not yet terminal, by ID
+	buf     []registry.Candidate
 }
 
 // route is what decides which agents can take a task.
@@ -142,6 +160,12 @@ type route struct {
 	agentType registry.Type
 	taskType  string
 	pinned    string
+}
+
+// turn is where a route's round robin stands.
+type turn struct {
+	next uint64
+	used bool // since Run's last prune
 }
 
 // job is the dispatcher's state for one live task.
@@ -152,7 +176,8 @@ type job struct {
 	index    int
 	attempts int             // attempts started
 	tried    map[string]bool // agents an attempt went to
-	// timer is the queue deadline while queued, the backoff while retrying.
+	// timer is the queue deadline while queued, the backoff while retrying
+	// (see afterLocked).
 	timer *time.Timer
 	// cancelAttempt aborts the attempt in flight, if any.
 	cancelAttempt context.CancelFunc
@@ -172,7 +197,7 @@ func New(opts Options) (*Dispatcher, error) {
 		now:      opts.Now,
 		newID:    opts.NewID,
 		inFlight: map[string]int{},
-		rr:       map[route]uint64{},
+		turns:    map[route]turn{},
 		queues:   map[route]*jobQueue{},
 		jobs:     map[string]*job{},
 	}
@@ -214,7 +239,7 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 	j := &job{task: t, route: rt, index: -1, tried: map[string]bool{}}
 
 	d.mu.Lock()
-	if d.closed {
+	if d.draining || d.closed {
 		d.mu.Unlock()
 		return Task{}, ErrShuttingDown
 	}
@@ -255,7 +280,7 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 	if d.closed {
 		// Run stopped while the task was being stored, and missed this job.
 		if ok {
-			d.inFlight[agent.ID]--
+			d.releaseLocked(j, agent.ID)
 		}
 		d.mu.Unlock()
 		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the task could start")
@@ -287,18 +312,25 @@ func noAgentError(rt route) error {
 	return &NoAgentError{fmt.Sprintf("no healthy %s agent has the capability %q", rt.agentType, rt.taskType)}
 }
 
-// checkPinned explains why a pinned agent cannot take the task, if it cannot.
+// checkPinned explains why a pinned agent cannot take the task, if it
+// cannot. An agent that is unknown, of another type or without the
+// capability is a mistake in the request (a FieldError: 400), which a
+// retry cannot mend; one that is only unhealthy now is left to routing
+// (503: that can change).
 func (d *Dispatcher) checkPinned(ctx context.Context, rt route) error {
 	a, err := d.agents.Get(ctx, rt.pinned)
+	pinnedErr := func(format string, args ...any) error {
+		return &registry.FieldError{Field: "agent_id", Msg: fmt.Sprintf(format, args...)}
+	}
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
-		return &NoAgentError{fmt.Sprintf("agent %.64q is not registered", rt.pinned)}
+		return pinnedErr("agent %.64q is not registered", rt.pinned)
 	case err != nil:
 		return err
 	case a.Type != rt.agentType:
-		return &registry.FieldError{Field: "agent_id", Msg: fmt.Sprintf("agent %s is a %s agent, not %s", a.ID, a.Type, rt.agentType)}
+		return pinnedErr("agent %s is a %s agent, not %s", a.ID, a.Type, rt.agentType)
 	case !a.HasCapability(rt.taskType):
-		return &NoAgentError{fmt.Sprintf("agent %s does not have the capability %q", a.ID, rt.taskType)}
+		return pinnedErr("agent %s does not have the capability %q", a.ID, rt.taskType)
 	}
 	return nil
 }
@@ -351,8 +383,12 @@ func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (regi
 	if ties == 0 {
 		return registry.Candidate{}, false
 	}
-	n := d.rr[j.route] % uint64(ties)
-	d.rr[j.route]++
+	var n uint64
+	if ties > 1 { // only a choice needs a turn (never a pinned task's)
+		tn := d.turns[j.route]
+		n = tn.next % uint64(ties)
+		d.turns[j.route] = turn{next: tn.next + 1, used: true}
+	}
 	for _, c := range candidates {
 		load := d.inFlight[c.ID]
 		if load < d.cfg.AgentConcurrency && (rank{j.tried[c.ID], load}) == best {
@@ -386,12 +422,18 @@ func (d *Dispatcher) startLocked(j *job, agent registry.Candidate) {
 func (d *Dispatcher) release(j *job, agentID string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.releaseLocked(j, agentID)
+	d.pumpLocked()
+}
+
+// releaseLocked gives back agent's slot: every release goes through it, so
+// an agent with nothing in flight leaves no entry behind.
+func (d *Dispatcher) releaseLocked(j *job, agentID string) {
 	d.inFlight[agentID]--
 	if d.inFlight[agentID] <= 0 {
 		delete(d.inFlight, agentID)
 	}
 	j.cancelAttempt = nil
-	d.pumpLocked()
 }
 
 // enqueueLocked puts j in its route's queue until an agent is free or
@@ -405,7 +447,27 @@ func (d *Dispatcher) enqueueLocked(j *job) {
 	heap.Push(q, j)
 	d.pending++
 	wait := time.Duration(j.task.TimeoutSeconds) * time.Second
-	j.timer = time.AfterFunc(wait, func() { d.expire(j, wait) })
+	j.timer = d.afterLocked(wait, func() { d.expire(j, wait) })
+}
+
+// afterLocked runs f after delay, on a goroutine the dispatcher owns: it
+// counts in d.wg from now, so shutdown waits for it to finish, unless
+// stopTimerLocked stops it before it fires. Never called once closed.
+func (d *Dispatcher) afterLocked(delay time.Duration, f func()) *time.Timer {
+	d.wg.Add(1)
+	return time.AfterFunc(delay, func() {
+		defer d.wg.Done()
+		f()
+	})
+}
+
+// stopTimerLocked stops j's timer. One stopped before it fired will never
+// run, so nothing waits for it any more; one that fired counts itself out.
+func (d *Dispatcher) stopTimerLocked(j *job) {
+	if j.timer != nil && j.timer.Stop() {
+		d.wg.Done()
+	}
+	j.timer = nil
 }
 
 // dequeueLocked takes j out of its queue.
@@ -460,7 +522,7 @@ func (d *Dispatcher) pumpLocked() {
 			continue
 		}
 		d.dequeueLocked(j)
-		j.timer.Stop()
+		d.stopTimerLocked(j)
 		d.reserveLocked(j, agent)
 		d.startLocked(j, agent)
 	}
@@ -506,8 +568,7 @@ func (d *Dispatcher) settle(j *job, agent registry.Candidate, out outcome) {
 		d.finish(j, StatusCompleted, out.result, "")
 		return
 	case closed:
-		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the agent answered")
-		return
+		return // aborted by Run's end, which records and logs the task
 	}
 	j.lastErr = out.err
 	final := StatusFailed
@@ -535,7 +596,7 @@ func (d *Dispatcher) settle(j *job, agent registry.Candidate, out outcome) {
 	if j.cancelled || d.closed {
 		return
 	}
-	j.timer = time.AfterFunc(delay, func() {
+	j.timer = d.afterLocked(delay, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if j.cancelled || d.closed {
@@ -569,6 +630,8 @@ func (d *Dispatcher) expire(j *job, waited time.Duration) {
 	if j.lastErr != "" {
 		msg += "; last attempt: " + j.lastErr
 	}
+	// Logged like a task that failed after its attempts ("task failed").
+	d.log.Info("task timed out waiting for a free agent", zap.String("task_id", j.task.ID), zap.String("reason", msg))
 	d.finish(j, StatusTimeout, nil, msg)
 }
 
@@ -578,7 +641,7 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		t.Status, t.Result, t.Error, t.CompletedAt = status, result, msg, d.now().UTC()
 		return nil
 	})
-	d.forget(j)
+	stopping := d.forget(j)
 	switch {
 	case errors.Is(err, ErrFinished):
 		d.log.Info("outcome dropped: the task had already finished",
@@ -587,15 +650,33 @@ func (d *Dispatcher) finish(j *job, status Status, result []byte, msg string) {
 		d.log.Error("recording a task's outcome", zap.String("task_id", j.task.ID), zap.Error(err))
 	default:
 		d.metrics.finished(t)
+		if stopping {
+			// The record goes with the process, and the API that serves
+			// it stops soon: the log keeps the outcome.
+			d.log.Info("task finished during shutdown",
+				zap.String("task_id", j.task.ID), zap.String("status", string(t.Status)), zap.String("agent_id", t.AgentID))
+		}
 	}
 }
 
-// forget drops j from the live jobs.
-func (d *Dispatcher) forget(j *job) {
+// forget drops j from the live jobs, and reports whether the orchestrator
+// is stopping.
+func (d *Dispatcher) forget(j *job) (stopping bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.forgetLocked(j)
+	return d.stopping
+}
+
+// forgetLocked drops j from the live jobs, and tells Drain when it was
+// the last.
+func (d *Dispatcher) forgetLocked(j *job) {
 	if d.jobs[j.task.ID] == j {
 		delete(d.jobs, j.task.ID)
+	}
+	if d.idle != nil && len(d.jobs) == 0 {
+		close(d.idle)
+		d.idle = nil
 	}
 }
 
@@ -636,11 +717,9 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 	defer d.mu.Unlock()
 	if j := d.jobs[id]; j != nil {
 		j.cancelled = true
-		delete(d.jobs, id)
+		d.forgetLocked(j)
 		d.dequeueLocked(j)
-		if j.timer != nil {
-			j.timer.Stop()
-		}
+		d.stopTimerLocked(j)
 		if j.cancelAttempt != nil {
 			j.cancelAttempt()
 		}
@@ -650,8 +729,11 @@ func (d *Dispatcher) Cancel(ctx context.Context, id string) (Task, error) {
 }
 
 // Run prunes finished tasks past their retention until ctx ends, then
-// stops the dispatcher: waiting tasks fail, attempts in flight are
-// aborted, and Run returns once every delivery goroutine has.
+// stops the dispatcher: attempts in flight are aborted, every task not
+// finished yet is recorded as failed and logged by id with the state it
+// was in, and Run returns once every delivery goroutine and every timer
+// function (queue deadlines, retry backoffs) has. Call Drain first to let
+// accepted tasks finish.
 func (d *Dispatcher) Run(ctx context.Context) {
 	tick := time.NewTicker(min(d.cfg.Retention/4, time.Minute))
 	defer tick.Stop()
@@ -661,6 +743,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			d.shutdown()
 			return
 		case <-tick.C:
+			d.pruneTurns()
 			n, err := d.store.Prune(ctx, d.now().Add(-d.cfg.Retention))
 			if err != nil && ctx.Err() == nil {
 				d.log.Error("pruning finished tasks", zap.Error(err))
@@ -672,26 +755,151 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	}
 }
 
+// pruneTurns forgets the round-robin position of the routes that had no
+// choice to make since the last prune; a route back in use starts over,
+// which costs nothing but the order of one rotation.
+func (d *Dispatcher) pruneTurns() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for rt, tn := range d.turns {
+		if !tn.used {
+			delete(d.turns, rt)
+			continue
+		}
+		tn.used = false
+		d.turns[rt] = tn
+	}
+}
+
+// ShutdownStarted notes that the orchestrator is stopping; it still takes
+// tasks. From now on each task that finishes is logged with its outcome:
+// its record goes with the process, and the API that serves it stops
+// soon.
+func (d *Dispatcher) ShutdownStarted() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopping = true
+}
+
+// Drain refuses new tasks (ErrShuttingDown) and waits while the accepted
+// ones finish: deliveries in flight, queued tasks as agents free up,
+// retries after their backoff. It returns nil once none is left, or an
+// error wrapping ErrDrainTimeout when ctx ends first; the tasks left are
+// Run's to abort and record when its context ends. Call it once nothing
+// submits any more (the HTTP server has stopped).
+func (d *Dispatcher) Drain(ctx context.Context) error {
+	d.mu.Lock()
+	d.stopping, d.draining = true, true
+	if len(d.jobs) == 0 || d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	if d.idle == nil {
+		d.idle = make(chan struct{})
+	}
+	idle, waiting := d.idle, len(d.jobs)
+	d.mu.Unlock()
+
+	fields := []zap.Field{zap.Int("tasks", waiting)}
+	if deadline, ok := ctx.Deadline(); ok {
+		fields = append(fields, zap.Duration("within", max(0, time.Until(deadline)).Round(time.Millisecond)))
+	}
+	d.log.Info("draining tasks: new tasks refused, waiting for accepted ones to finish", fields...)
+	select {
+	case <-idle:
+		d.log.Info("drained: every accepted task finished", zap.Int("tasks", waiting))
+		return nil
+	case <-ctx.Done():
+	}
+	d.mu.Lock()
+	left := len(d.jobs)
+	d.mu.Unlock()
+	if left == 0 {
+		return nil
+	}
+	d.log.Warn("drain time is up: unfinished tasks will be aborted and recorded as failed", zap.Int("tasks", left))
+	return fmt.Errorf("%w: %d task(s)", ErrDrainTimeout, left)
+}
+
+// shutdownRecordTimeout bounds the recording of the tasks Run's end fails:
+// the process must exit within the pod's grace period, whose slack is a
+// few seconds.
+const shutdownRecordTimeout = 2 * time.Second
+
 func (d *Dispatcher) shutdown() {
 	d.mu.Lock()
 	d.closed = true
-	var waiting []*job
+	seen := make(map[*job]Status, len(d.jobs))
 	for _, j := range d.jobs {
-		if j.timer != nil {
-			j.timer.Stop()
-		}
-		if j.cancelAttempt == nil {
-			waiting = append(waiting, j)
-		}
+		d.stopTimerLocked(j)
+		seen[j] = j.stateLocked()
 		d.dequeueLocked(j)
 	}
 	d.mu.Unlock()
 	d.stop()
 	d.wg.Wait()
-	for _, j := range waiting {
-		d.finish(j, StatusFailed, nil, "the orchestrator shut down before the task could run")
+
+	// What the attempts and timers did not finish themselves is left.
+	d.mu.Lock()
+	left := make([]*job, 0, len(d.jobs))
+	for _, j := range d.jobs {
+		left = append(left, j)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(left, func(a, b *job) int { return cmp.Compare(a.task.Seq, b.task.Seq) })
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownRecordTimeout)
+	defer cancel()
+	for _, j := range left {
+		d.abandon(ctx, j, seen[j])
 	}
 	if t, ok := d.client.Transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
+	}
+}
+
+// stateLocked is the status j has in the dispatcher's eyes.
+func (j *job) stateLocked() Status {
+	switch {
+	case j.cancelAttempt != nil:
+		return StatusDispatched
+	case j.attempts == 0:
+		return StatusPending
+	}
+	return StatusRetrying
+}
+
+// abandon records j, unfinished when the dispatcher stopped, as failed and
+// names it in the log with the state it was in.
+func (d *Dispatcher) abandon(ctx context.Context, j *job, seen Status) {
+	msg := "the orchestrator shut down before the task could run"
+	if seen == StatusDispatched {
+		msg = "the orchestrator shut down before the agent answered"
+	}
+	if j.lastErr != "" {
+		msg += "; last attempt: " + j.lastErr
+	}
+	was := seen
+	t, err := d.store.Update(ctx, j.task.ID, func(t *Task) error {
+		was = t.Status
+		t.Status, t.Error, t.CompletedAt = StatusFailed, msg, d.now().UTC()
+		return nil
+	})
+	d.forget(j)
+	fields := []zap.Field{
+		zap.String("task_id", j.task.ID), zap.String("status", string(was)),
+		zap.String("agent_type", string(j.task.AgentType)), zap.String("task_type", j.task.TaskType),
+		zap.Int("attempts", j.attempts),
+	}
+	if t.AgentID != "" {
+		fields = append(fields, zap.String("agent_id", t.AgentID))
+	}
+	switch {
+	case errors.Is(err, ErrFinished): // cancelled meanwhile: it has its outcome
+		d.log.Debug("task finished as the orchestrator stopped", append(fields, zap.String("outcome", string(t.Status)))...)
+	case err != nil:
+		d.log.Error("task unfinished at shutdown, and its failure could not be recorded", append(fields, zap.Error(err))...)
+	default:
+		d.metrics.finished(t)
+		d.log.Warn("task unfinished at shutdown: recorded as failed", fields...)
 	}
 }

@@ -47,6 +47,12 @@ var testConfig = dispatch.Config{
 
 func newHarness(t *testing.T, cfg dispatch.Config) *harness {
 	t.Helper()
+	return newHarnessWith(t, cfg, dispatch.NewMemoryStore())
+}
+
+// newHarnessWith is newHarness on the given task store.
+func newHarnessWith(t *testing.T, cfg dispatch.Config, store dispatch.Store) *harness {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	agents, err := registry.New(registry.Options{
@@ -60,7 +66,7 @@ func newHarness(t *testing.T, cfg dispatch.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := dispatch.New(dispatch.Options{Config: cfg, Store: dispatch.NewMemoryStore(), Agents: agents, Logger: log})
+	d, err := dispatch.New(dispatch.Options{Config: cfg, Store: store, Agents: agents, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -550,6 +556,9 @@ func TestQueuedTaskTimesOut(t *testing.T) {
 	if done.Status != dispatch.StatusTimeout || !strings.Contains(done.Error, "free slot within 1s") {
 		t.Fatalf("queued task = %s (%q), want timeout waiting for a free slot", done.Status, done.Error)
 	}
+	if h.logs.FilterMessage("task timed out waiting for a free agent").FilterField(zap.String("task_id", queued.ID)).Len() != 1 {
+		t.Error("no log line names the task that timed out in the queue")
+	}
 	if n := len(agent.received()); n != 1 {
 		t.Errorf("agent got %d deliveries, want only the first task", n)
 	}
@@ -671,8 +680,6 @@ func TestRouting(t *testing.T) {
 	}{
 		{"no agent has the capability", dispatch.Request{AgentType: "cost", TaskType: "forecast"}, `no healthy cost agent has the capability "forecast"`},
 		{"no agent of the type", dispatch.Request{AgentType: "performance", TaskType: "analyze"}, "no healthy performance agent"},
-		{"pinned agent unknown", dispatch.Request{AgentType: "cost", TaskType: "analyze", AgentID: "ghost"}, `agent "ghost" is not registered`},
-		{"pinned agent lacks the capability", dispatch.Request{AgentType: "cost", TaskType: "rightsize", AgentID: a.id}, "does not have the capability"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.d.Submit(context.Background(), tc.req)
@@ -681,13 +688,25 @@ func TestRouting(t *testing.T) {
 			}
 		})
 	}
-	t.Run("pinned agent of another type", func(t *testing.T) {
-		_, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "resource", TaskType: "analyze", AgentID: a.id})
-		var fe *registry.FieldError
-		if !errors.As(err, &fe) || fe.Field != "agent_id" {
-			t.Fatalf("Submit error = %v, want a FieldError on agent_id", err)
-		}
-	})
+	// A pinned agent that cannot ever take the task is a mistake in the
+	// request, not an outage: retrying cannot help.
+	for _, tc := range []struct {
+		name string
+		req  dispatch.Request
+		want string
+	}{
+		{"pinned agent unknown", dispatch.Request{AgentType: "cost", TaskType: "analyze", AgentID: "ghost"}, `agent "ghost" is not registered`},
+		{"pinned agent lacks the capability", dispatch.Request{AgentType: "cost", TaskType: "rightsize", AgentID: a.id}, "does not have the capability"},
+		{"pinned agent of another type", dispatch.Request{AgentType: "resource", TaskType: "analyze", AgentID: a.id}, "is a cost agent, not resource"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.d.Submit(context.Background(), tc.req)
+			var fe *registry.FieldError
+			if !errors.As(err, &fe) || fe.Field != "agent_id" || !strings.Contains(err.Error(), tc.want) || errors.Is(err, dispatch.ErrNoCapableAgent) {
+				t.Fatalf("Submit error = %v, want a FieldError on agent_id saying %q", err, tc.want)
+			}
+		})
+	}
 	t.Run("degraded and unhealthy agents get nothing", func(t *testing.T) {
 		for _, st := range []string{"degraded", "unhealthy"} {
 			if _, err := h.agents.Heartbeat(context.Background(), b.id, st, nil); err != nil {
@@ -760,6 +779,91 @@ func TestFinishedTasksArePruned(t *testing.T) {
 	})
 }
 
+// drain runs Drain until ctx ends, and returns what it returned; it waits
+// until Drain has said it is waiting, so the test acts on a draining
+// dispatcher.
+func (h *harness) drain(ctx context.Context) <-chan error {
+	h.t.Helper()
+	drained := make(chan error, 1)
+	go func() { drained <- h.d.Drain(ctx) }()
+	eventually(h.t, "Drain waits for the tasks", func() bool {
+		return h.logs.FilterMessageSnippet("draining tasks").Len() > 0
+	})
+	return drained
+}
+
+func TestDrainLetsDeliveriesInFlightFinish(t *testing.T) {
+	h := newHarness(t, testConfig)
+	release := make(chan struct{})
+	agent := h.addAgent("slow", func(w http.ResponseWriter, r *http.Request, b received) {
+		select {
+		case <-release:
+			completed(`"finished while draining"`)(w, r, b)
+		case <-r.Context().Done():
+		}
+	})
+	task := h.submit(dispatch.Request{})
+	eventually(t, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
+
+	drained := h.drain(context.Background())
+	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
+		t.Errorf("Submit while draining = %v, want ErrShuttingDown", err)
+	}
+	close(release) // the agent answers only now, while Drain waits
+	if err := <-drained; err != nil {
+		t.Fatalf("Drain = %v, want nil once the task finished", err)
+	}
+	h.stop()
+	got, _ := h.d.Get(context.Background(), task.ID)
+	if got.Status != dispatch.StatusCompleted || string(got.Result) != `"finished while draining"` {
+		t.Fatalf("task = %s (%q), want completed with the agent's result", got.Status, got.Error)
+	}
+	if h.logs.FilterMessage("task finished during shutdown").FilterField(zap.String("task_id", task.ID)).FilterField(zap.String("status", "completed")).Len() != 1 {
+		t.Errorf("no log line names task %s completed during the drain, though its outcome cannot be read any more", task.ID)
+	}
+	if n := h.logs.FilterMessageSnippet("unfinished").Len(); n != 0 {
+		t.Errorf("%d log line(s) about unfinished tasks after a complete drain", n)
+	}
+}
+
+func TestDrainDeadlineAbortsRecordsAndLogsEachTask(t *testing.T) {
+	cfg := testConfig
+	cfg.AgentConcurrency = 1
+	h := newHarness(t, cfg)
+	agent := h.addBusyAgent() // never answers
+	inFlight := h.submit(dispatch.Request{})
+	queued := h.submit(dispatch.Request{})
+	eventually(t, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
+
+	ctx, deadline := context.WithCancel(context.Background())
+	drained := h.drain(ctx)
+	deadline() // the shutdown budget runs out
+	if err := <-drained; !errors.Is(err, dispatch.ErrDrainTimeout) || !strings.Contains(err.Error(), "2 task(s)") {
+		t.Fatalf("Drain at its deadline = %v, want ErrDrainTimeout for 2 tasks", err)
+	}
+	h.stop()
+
+	for _, tc := range []struct {
+		id, state, msg string
+	}{
+		{inFlight.ID, "dispatched", "before the agent answered"},
+		{queued.ID, "pending", "before the task could run"},
+	} {
+		got, _ := h.d.Get(context.Background(), tc.id)
+		if got.Status != dispatch.StatusFailed || !strings.Contains(got.Error, tc.msg) {
+			t.Errorf("task %s = %s (%q), want failed, shut down %s", tc.id, got.Status, got.Error, tc.msg)
+		}
+		lines := h.logs.FilterMessage("task unfinished at shutdown: recorded as failed").FilterField(zap.String("task_id", tc.id)).All()
+		if len(lines) != 1 {
+			t.Errorf("task %s: %d log lines naming it unfinished, want 1", tc.id, len(lines))
+			continue
+		}
+		if fields := lines[0].ContextMap(); lines[0].Level != zap.WarnLevel || fields["status"] != tc.state {
+			t.Errorf("task %s: log line %s %v, want warn with status %s", tc.id, lines[0].Level, fields, tc.state)
+		}
+	}
+}
+
 func TestShutdownAbortsAndRecords(t *testing.T) {
 	cfg := testConfig
 	cfg.AgentConcurrency = 1
@@ -773,8 +877,117 @@ func TestShutdownAbortsAndRecords(t *testing.T) {
 		if err != nil || got.Status != dispatch.StatusFailed || !strings.Contains(got.Error, "shut down") {
 			t.Errorf("task %s after shutdown = %s (%q), %v; want failed, shut down", id, got.Status, got.Error, err)
 		}
+		if h.logs.FilterMessage("task unfinished at shutdown: recorded as failed").FilterField(zap.String("task_id", id)).Len() != 1 {
+			t.Errorf("task %s: no log line names it unfinished at shutdown", id)
+		}
 	}
 	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
 		t.Errorf("Submit after shutdown error = %v, want ErrShuttingDown", err)
+	}
+}
+
+// hookStore is a task store that calls its hooks (when set) before
+// creating or updating a task: tests hold the dispatcher there.
+type hookStore struct {
+	dispatch.Store
+	beforeCreate func()
+	beforeUpdate func(id string)
+}
+
+func (s *hookStore) Create(ctx context.Context, t dispatch.Task) (dispatch.Task, error) {
+	if s.beforeCreate != nil {
+		s.beforeCreate()
+	}
+	return s.Store.Create(ctx, t)
+}
+
+func (s *hookStore) Update(ctx context.Context, id string, change func(*dispatch.Task) error) (dispatch.Task, error) {
+	if s.beforeUpdate != nil {
+		s.beforeUpdate(id)
+	}
+	return s.Store.Update(ctx, id, change)
+}
+
+func TestShutdownWhileStoringGivesTheSlotBack(t *testing.T) {
+	storing, proceed := make(chan struct{}), make(chan struct{})
+	store := &hookStore{Store: dispatch.NewMemoryStore(), beforeCreate: func() {
+		close(storing)
+		<-proceed
+	}}
+	h := newHarnessWith(t, testConfig, store)
+	h.addAgent("a", completed("{}"))
+	submitted := make(chan error, 1)
+	go func() {
+		_, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"})
+		submitted <- err
+	}()
+	<-storing // the agent's slot is reserved; the task is being stored
+	h.stop()
+	close(proceed)
+	if err := <-submitted; !errors.Is(err, dispatch.ErrShuttingDown) {
+		t.Fatalf("Submit during shutdown = %v, want ErrShuttingDown", err)
+	}
+	if n := h.d.InFlightAgents(); n != 0 {
+		t.Errorf("after the slot was given back the dispatcher still counts %d agent(s) in flight, want none", n)
+	}
+}
+
+func TestRoundRobinPositionsArePruned(t *testing.T) {
+	cfg := testConfig
+	cfg.Retention = 40 * time.Millisecond // Run ticks every 10ms
+	h := newHarness(t, cfg)
+	var capabilities []string
+	for i := range 20 {
+		capabilities = append(capabilities, fmt.Sprintf("job-%02d", i))
+	}
+	a := h.addAgent("a", completed("{}"), capabilities...)
+	h.addAgent("b", completed("{}"), capabilities...)
+	// Two capable agents: each task type is a route with a choice to make,
+	// and each pinned task another route.
+	for _, c := range capabilities {
+		h.submit(dispatch.Request{TaskType: c})
+		h.submit(dispatch.Request{TaskType: c, AgentID: a.id})
+	}
+	eventually(t, "round-robin positions of routes no longer in use were dropped", func() bool {
+		return h.d.RoundRobinRoutes() == 0
+	})
+}
+
+func TestShutdownWaitsForTimers(t *testing.T) {
+	cfg := testConfig
+	cfg.AgentConcurrency = 1
+	var queuedID atomic.Value
+	var held atomic.Bool
+	expiring, proceed := make(chan struct{}), make(chan struct{})
+	store := &hookStore{Store: dispatch.NewMemoryStore(), beforeUpdate: func(id string) {
+		// Hold the queue deadline's timer while it records the timeout.
+		if id == queuedID.Load() && held.CompareAndSwap(false, true) {
+			close(expiring)
+			<-proceed
+		}
+	}}
+	h := newHarnessWith(t, cfg, store)
+	h.addBusyAgent()
+	h.submit(dispatch.Request{})
+	queued := h.submit(dispatch.Request{TimeoutSeconds: intp(1)})
+	queuedID.Store(queued.ID)
+	<-expiring
+
+	stopped := make(chan struct{})
+	go func() {
+		h.stop()
+		close(stopped)
+	}()
+	// Run must not return while the timer's function still runs. Give it
+	// the chance to, as it did when timers had no owner.
+	select {
+	case <-stopped:
+		t.Error("Run returned while the queue deadline's timer was still recording its task")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(proceed)
+	<-stopped
+	if got, _ := h.d.Get(context.Background(), queued.ID); got.Status != dispatch.StatusTimeout {
+		t.Errorf("queued task = %s (%q), want the timeout its deadline recorded", got.Status, got.Error)
 	}
 }

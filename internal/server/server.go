@@ -53,7 +53,8 @@ type Config struct {
 	// ShutdownDelay is how long the server keeps serving, with /ready
 	// failing, after the shutdown signal.
 	ShutdownDelay time.Duration `env:"SHUTDOWN_DELAY, default=5s"`
-	// ShutdownTimeout bounds the wait for in-flight requests after the delay.
+	// ShutdownTimeout bounds the wait for in-flight requests after the
+	// delay; the accepted tasks get until the same moment (internal/app).
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT, default=20s"`
 }
 
