@@ -48,15 +48,18 @@ const (
 // Statuses lists every status, in the order metrics show them.
 var Statuses = []Status{StatusHealthy, StatusDegraded, StatusUnhealthy, StatusUnreachable}
 
+// ReportedStatuses are the statuses an agent may report in a heartbeat.
+var ReportedStatuses = []Status{StatusHealthy, StatusDegraded, StatusUnhealthy}
+
 // ParseReportedStatus returns the status an agent reported in a heartbeat.
 // Empty means healthy (agents that send no status); unreachable is the
 // orchestrator's to set, not the agent's.
 func ParseReportedStatus(s string) (Status, error) {
-	switch Status(s) {
-	case "":
+	if s == "" {
 		return StatusHealthy, nil
-	case StatusHealthy, StatusDegraded, StatusUnhealthy:
-		return Status(s), nil
+	}
+	if st := Status(s); slices.Contains(ReportedStatuses, st) {
+		return st, nil
 	}
 	return "", fmt.Errorf("%q is not a heartbeat status; use healthy, degraded or unhealthy", s)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -309,6 +310,21 @@ func TestParseReportedStatus(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), fmt.Sprintf("%q", in)) || !strings.Contains(err.Error(), "healthy, degraded or unhealthy") {
 			t.Errorf("ParseReportedStatus(%q) error %q, want the value and the valid ones", in, err)
+		}
+	}
+}
+
+// TestReportedStatuses: the statuses heartbeats may carry, which the
+// heartbeat counter pre-creates, are named, not a prefix of Statuses.
+func TestReportedStatuses(t *testing.T) {
+	want := []registry.Status{registry.StatusHealthy, registry.StatusDegraded, registry.StatusUnhealthy}
+	if !slices.Equal(registry.ReportedStatuses, want) {
+		t.Errorf("ReportedStatuses = %v, want %v", registry.ReportedStatuses, want)
+	}
+	for _, st := range registry.Statuses {
+		_, err := registry.ParseReportedStatus(string(st))
+		if reported := slices.Contains(registry.ReportedStatuses, st); reported != (err == nil) {
+			t.Errorf("ParseReportedStatus(%s) = %v, but listed in ReportedStatuses: %v", st, err, reported)
 		}
 	}
 }

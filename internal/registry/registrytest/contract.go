@@ -849,7 +849,7 @@ func testConcurrent(t *testing.T, s registry.Store) {
 					known = append(known, stored.ID)
 					mu.Unlock()
 				case 3, 4:
-					status := registry.Statuses[rng.IntN(3)]
+					status := registry.ReportedStatuses[rng.IntN(len(registry.ReportedStatuses))]
 					a, _, err := s.Heartbeat(ctx, pickKnown(), status, map[string]any{"i": float64(i)}, now)
 					if err == nil && (a.Status != status || !a.LastSeen.Equal(now)) {
 						fail("Heartbeat returned %s seen %v, want %s seen %v", a.Status, a.LastSeen, status, now)
