@@ -172,7 +172,9 @@ func (r Registration) validate() (Agent, error) {
 	if err != nil {
 		return fieldErr("type", "%s", err)
 	}
-	host := strings.TrimSpace(r.Host)
+	// A fully qualified name's trailing dot is dropped: "localhost." and
+	// "localhost" are one host, stored (and so dialled) without the dot.
+	host := strings.TrimSuffix(strings.TrimSpace(r.Host), ".")
 	if host == "" {
 		return fieldErr("host", "is required")
 	}
@@ -210,8 +212,9 @@ func (r Registration) validate() (Agent, error) {
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
-// dnsName is a host name as RFC 1123 allows it.
-var dnsName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+// dnsName is a host name as RFC 1123 allows it, without the trailing dot
+// of a fully qualified name (validate drops it).
+var dnsName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
 // validHost accepts an IP address or a DNS name; never a URL, a port or
 // user information, which would let a registration steer deliveries.

@@ -217,6 +217,11 @@ func TestRegistrationValidation(t *testing.T) {
 		{"host 253", func(r *registry.Registration) { r.Host = host253 }, "", ""},
 		{"host 254", func(r *registry.Registration) { r.Host = host254 }, "host", "DNS name"},
 		{"host name", func(r *registry.Registration) { r.Host = "agent.local" }, "", ""},
+		{"host fully qualified", func(r *registry.Registration) { r.Host = "agent.local." }, "", ""},
+		{"host 253 fully qualified", func(r *registry.Registration) { r.Host = host253 + "." }, "", ""},
+		{"host two trailing dots", func(r *registry.Registration) { r.Host = "agent.local.." }, "host", "DNS name"},
+		{"host only a dot", func(r *registry.Registration) { r.Host = "." }, "host", "is required"},
+		{"host empty label", func(r *registry.Registration) { r.Host = "agent..local" }, "host", "DNS name"},
 		{"host IPv6", func(r *registry.Registration) { r.Host = "::1" }, "", ""},
 		{"host does not resolve", func(r *registry.Registration) { r.Host = "nowhere.local" }, "host", "does not resolve"},
 		{"port missing", func(r *registry.Registration) { r.Port = 0 }, "port", "must be an integer from 1 to 65535"},
@@ -283,11 +288,15 @@ func TestRegistrationNormalized(t *testing.T) {
 	if got := strings.Join(a.Capabilities, ","); got != "b,a,c" {
 		t.Errorf("capabilities %s, want b,a,c (duplicates dropped, order kept)", got)
 	}
-	// The same agent, spelled differently, is the same agent.
-	reg.Name, reg.Host = "cost-agent-1", "agent.local"
-	again, created, err := e.reg.Register(context.Background(), reg)
-	if err != nil || created || again.ID != a.ID {
-		t.Errorf("re-register = %s created %v, %v; want %s, not created", again.ID, created, err, a.ID)
+	// The same agent, spelled differently, is the same agent: a fully
+	// qualified name's trailing dot is dropped (and the fake resolver
+	// knows only the name without it).
+	for _, host := range []string{"agent.local", "agent.local.", " Agent.Local. "} {
+		reg.Name, reg.Host = "cost-agent-1", host
+		again, created, err := e.reg.Register(context.Background(), reg)
+		if err != nil || created || again.ID != a.ID || again.Host != "agent.local" {
+			t.Errorf("re-register as %q = %s host %q created %v, %v; want %s at agent.local, not created", host, again.ID, again.Host, created, err, a.ID)
+		}
 	}
 }
 
