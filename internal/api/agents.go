@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -115,7 +116,7 @@ func heartbeatHandler(agents Agents) http.HandlerFunc {
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req request
-		if err := decodeBody(r, &req); err != nil && err.Error() != errEmptyBody.Error() {
+		if err := decodeBody(r, &req); err != nil && !errors.Is(err, errEmptyBody) {
 			writeDomainError(w, r, err)
 			return
 		}
