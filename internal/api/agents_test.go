@@ -607,15 +607,15 @@ func TestAgentAndTaskRoutesMethodNotAllowed(t *testing.T) {
 		{http.MethodPut, "/agents/x/heartbeat", "POST"},
 		{http.MethodGet, "/agents/x/unregister", "POST"},
 		{http.MethodDelete, "/agents/x/unregister", "POST"},
-		{http.MethodPut, "/agents/register", "GET, POST"}, // GET /agents/register reads the agent with id "register"
-		{http.MethodPost, "/agents", "GET"},
-		{http.MethodDelete, "/agents", "GET"},
-		{http.MethodPost, "/agents/type/cost", "GET"},
-		{http.MethodDelete, "/agents/some-id", "GET"},
-		{http.MethodPut, "/tasks", "GET, POST"},
-		{http.MethodDelete, "/tasks", "GET, POST"},
-		{http.MethodPost, "/tasks/some-id", "DELETE, GET"},
-		{http.MethodPatch, "/tasks/some-id", "DELETE, GET"},
+		{http.MethodPut, "/agents/register", "GET, HEAD, POST"}, // GET /agents/register reads the agent with id "register"
+		{http.MethodPost, "/agents", "GET, HEAD"},
+		{http.MethodDelete, "/agents", "GET, HEAD"},
+		{http.MethodPost, "/agents/type/cost", "GET, HEAD"},
+		{http.MethodDelete, "/agents/some-id", "GET, HEAD"},
+		{http.MethodPut, "/tasks", "GET, HEAD, POST"},
+		{http.MethodDelete, "/tasks", "GET, HEAD, POST"},
+		{http.MethodPost, "/tasks/some-id", "DELETE, GET, HEAD"},
+		{http.MethodPatch, "/tasks/some-id", "DELETE, GET, HEAD"},
 		{http.MethodPost, "/openapi.yaml", "GET, HEAD"},
 	} {
 		rec := f.call(tc.method, tc.path, "")

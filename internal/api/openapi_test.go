@@ -483,12 +483,17 @@ var operationOrder = []string{
 	"POST /agents/register",
 	"POST /agents/{id}/heartbeat",
 	"GET /agents/{id}",
+	"HEAD /agents/{id}",
 	"GET /agents",
+	"HEAD /agents",
 	"GET /agents/type/{type}",
+	"HEAD /agents/type/{type}",
 	"POST /agents/{id}/unregister",
 	"POST /tasks",
 	"GET /tasks/{id}",
+	"HEAD /tasks/{id}",
 	"GET /tasks",
+	"HEAD /tasks",
 	"DELETE /tasks/{id}",
 }
 

@@ -7,6 +7,11 @@ import (
 	"github.com/optiinfra/orchestrator/internal/auth"
 )
 
+// readMethods are the methods of every read: HEAD wherever GET is served
+// (RFC 9110: a HEAD answers as the GET would, without the body, which the
+// server drops).
+var readMethods = []string{http.MethodGet, http.MethodHead}
+
 // mountAgents registers the agent routes. Registration, heartbeats and
 // unregistration are the agent role's; reads are the operator role's.
 // Heartbeats are quiet in the access log: every agent sends one per
@@ -15,16 +20,16 @@ func mountAgents(rt *router, agents Agents, a *auth.Authenticator) {
 	rt.handle("/agents/register", loud, guard(a, auth.Agent, registerHandler(agents)), http.MethodPost)
 	rt.handle("/agents/{id}/heartbeat", quiet, guard(a, auth.Agent, heartbeatHandler(agents)), http.MethodPost)
 	rt.handle("/agents/{id}/unregister", loud, guard(a, auth.Agent, unregisterHandler(agents)), http.MethodPost)
-	rt.handle("/agents", loud, guard(a, auth.Operator, listAgentsHandler(agents)), http.MethodGet)
-	rt.handle("/agents/type/{type}", loud, guard(a, auth.Operator, listAgentsHandler(agents)), http.MethodGet)
-	rt.handle("/agents/{id}", loud, guard(a, auth.Operator, getAgentHandler(agents)), http.MethodGet)
+	rt.handle("/agents", loud, guard(a, auth.Operator, listAgentsHandler(agents)), readMethods...)
+	rt.handle("/agents/type/{type}", loud, guard(a, auth.Operator, listAgentsHandler(agents)), readMethods...)
+	rt.handle("/agents/{id}", loud, guard(a, auth.Operator, getAgentHandler(agents)), readMethods...)
 }
 
 // mountTasks registers the task routes, all of them the operator role's.
 func mountTasks(rt *router, tasks Tasks, a *auth.Authenticator) {
 	rt.handle("/tasks", loud, guard(a, auth.Operator, submitTaskHandler(tasks)), http.MethodPost)
-	rt.handle("/tasks", loud, guard(a, auth.Operator, listTasksHandler(tasks)), http.MethodGet)
-	rt.handle("/tasks/{id}", loud, guard(a, auth.Operator, getTaskHandler(tasks)), http.MethodGet)
+	rt.handle("/tasks", loud, guard(a, auth.Operator, listTasksHandler(tasks)), readMethods...)
+	rt.handle("/tasks/{id}", loud, guard(a, auth.Operator, getTaskHandler(tasks)), readMethods...)
 	rt.handle("/tasks/{id}", loud, guard(a, auth.Operator, cancelTaskHandler(tasks)), http.MethodDelete)
 }
 
