@@ -52,38 +52,36 @@ func (p Principal) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
-// Authenticate verifies an Authorization header value for any of roles
-// and returns who the request speaks for. A token of one of the roles
-// wins; otherwise a role that has no tokens lets the request in without
-// one (the first such role in roles). Else ErrNoToken when no bearer token
-// was sent, ErrBadToken when one was and it belongs to none of the roles.
+// Authenticate verifies an Authorization header value for role, also
+// accepting the tokens of the roles in also, and returns who the request
+// speaks for. A valid token of any of them wins. Otherwise the request is
+// let in without a token only when role has no tokens (a role in also
+// that has none opens nothing: it only adds its tokens when it has some).
+// Else ErrNoToken when no bearer token was sent, ErrBadToken when one was
+// and it is none of theirs.
 //
 // The token's digest is compared with every configured digest of a role,
 // all of them every time, so the time taken does not tell which token
 // came close.
-func (a *Authenticator) Authenticate(authorization string, roles ...Role) (Principal, error) {
+func (a *Authenticator) Authenticate(authorization string, role Role, also ...Role) (Principal, error) {
 	token, presented := bearerToken(authorization)
-	var digest [sha256.Size]byte
 	if presented {
-		digest = sha256.Sum256([]byte(token))
-	}
-	open, anyOpen := Role(0), false
-	for _, role := range roles {
-		if !a.Enabled(role) {
-			if !anyOpen {
-				open, anyOpen = role, true
+		digest := sha256.Sum256([]byte(token))
+		for i := -1; i < len(also); i++ {
+			r := role
+			if i >= 0 {
+				r = also[i]
 			}
-			continue
-		}
-		if presented && a.matches(role, &digest) {
-			p := Principal{Role: role, token: true}
-			copy(p.sum[:], digest[:fingerprintBytes])
-			return p, nil
+			if a.matches(r, &digest) {
+				p := Principal{Role: r, token: true}
+				copy(p.sum[:], digest[:fingerprintBytes])
+				return p, nil
+			}
 		}
 	}
 	switch {
-	case anyOpen:
-		return Principal{Role: open}, nil
+	case !a.Enabled(role):
+		return Principal{Role: role}, nil
 	case !presented:
 		return Principal{}, ErrNoToken
 	}

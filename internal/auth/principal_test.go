@@ -47,15 +47,18 @@ func TestAuthenticate(t *testing.T) {
 		{"open role, no token", operatorsOnly, "", []auth.Role{auth.Agent}, auth.Agent, "", nil},
 		{"open role, any token", operatorsOnly, bearer("whatever-0123456789"), []auth.Role{auth.Agent}, auth.Agent, "", nil},
 		{"nothing configured", none, "", []auth.Role{auth.Operator}, auth.Operator, "", nil},
-		// ...but a valid token of another accepted role still names its holder.
+		{"nothing configured, agent or operator", none, "", []auth.Role{auth.Agent, auth.Operator}, auth.Agent, "", nil},
+		// ...but a valid token of another accepted role still names its holder...
 		{"open agent role, operator token", operatorsOnly, bearer(operatorTok), []auth.Role{auth.Agent, auth.Operator}, auth.Operator, operatorTok, nil},
 		{"open agent role, wrong token", operatorsOnly, bearer(agentTok), []auth.Role{auth.Agent, auth.Operator}, auth.Agent, "", nil},
 		{"open operator role, agent token", agentsOnly, bearer(agentTok), []auth.Role{auth.Agent, auth.Operator}, auth.Agent, agentTok, nil},
-		{"open operator role, no token", agentsOnly, "", []auth.Role{auth.Agent, auth.Operator}, auth.Operator, "", nil},
+		// ...and an open role among the others opens nothing.
+		{"open operator role, no token", agentsOnly, "", []auth.Role{auth.Agent, auth.Operator}, 0, "", auth.ErrNoToken},
+		{"open operator role, wrong token", agentsOnly, bearer("not-a-token-at-all-0000"), []auth.Role{auth.Agent, auth.Operator}, 0, "", auth.ErrBadToken},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := tc.a.Authenticate(tc.header, tc.roles...)
+			p, err := tc.a.Authenticate(tc.header, tc.roles[0], tc.roles[1:]...)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("Authenticate = %+v, %v; want %v", p, err, tc.wantErr)
