@@ -67,23 +67,23 @@ func (m *metrics) registered(t Type, created bool) {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.agents }
 
 // Collect counts the agents by type and status at scrape time, so the
-// gauge can never drift from the store.
+// gauge can never drift from the store. The store counts: no agent is
+// copied, however many there are or however much metadata they carry.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	agents, err := m.r.List(ctx, "")
+	counts, err := m.r.store.Count(ctx, m.r.unreachableCutoff())
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(m.agents, err)
 		return
 	}
-	counts := map[[2]string]float64{}
-	for _, a := range agents {
-		counts[[2]string{string(a.Type), string(a.Status)}]++
+	table := make(map[[2]string]float64, len(counts))
+	for _, c := range counts {
+		table[[2]string{string(c.Type), string(c.Status)}] += float64(c.Agents)
 	}
 	for _, t := range Types {
 		for _, s := range Statuses {
-			ch <- prometheus.MustNewConstMetric(m.agents, prometheus.GaugeValue,
-				counts[[2]string{string(t), string(s)}], string(t), string(s))
+			ch <- prometheus.MustNewConstMetric(m.agents, prometheus.GaugeValue, table[[2]string{string(t), string(s)}], string(t), string(s))
 		}
 	}
 }

@@ -5,8 +5,11 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +32,40 @@ type Config struct {
 	// must resolve only into them): the orchestrator sends tasks there,
 	// so this keeps a registration from aiming requests anywhere else.
 	AllowedNetworks []string `env:"AGENT_ALLOWED_NETWORKS, default=127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	// MaxMetadataBytes bounds the metadata object of one registration or
+	// heartbeat, as JSON text; larger is refused (413) before it is
+	// decoded. An agent keeps at most two (its registration's and its last
+	// heartbeat's), so the registry's metadata stays within
+	// MaxAgents x 2 x MaxMetadataBytes. Zero means the default.
+	MaxMetadataBytes int `env:"AGENT_MAX_METADATA_BYTES, default=65536"`
+	// MaxMetadataDepth bounds how deep objects and arrays nest in that
+	// metadata, the metadata object itself being level 1. Zero means the
+	// default.
+	MaxMetadataDepth int `env:"AGENT_MAX_METADATA_DEPTH, default=8"`
+	// MaxAgents bounds how many agents may be registered at once. Past it
+	// a new agent is refused (507) until others unregister or are evicted;
+	// a known agent may always register again. Zero means the default.
+	MaxAgents int `env:"AGENT_MAX_AGENTS, default=50000"`
 }
+
+// The defaults of the limits, which a Config built in code (with zeros)
+// gets too.
+const (
+	// DefaultMaxMetadataBytes, 64 KiB, is far more than the labels,
+	// versions and hardware facts agents report (hundreds of bytes), and
+	// small enough that a registration costs its size once, not the tens
+	// of megabytes a 1 MiB body decoded into maps did.
+	DefaultMaxMetadataBytes = 64 << 10
+	// DefaultMaxMetadataDepth, 8, leaves room for labels of labels while
+	// keeping every reader of the metadata (this service's encoder, the
+	// operators' tools) away from deep recursion.
+	DefaultMaxMetadataDepth = 8
+	// DefaultMaxAgents, 50,000, is five times a 10,000-agent fleet: room
+	// for agents that restart under new names and are not yet evicted.
+	DefaultMaxAgents = 50_000
+	// maxMetadataDepthLimit bounds AGENT_MAX_METADATA_DEPTH.
+	maxMetadataDepthLimit = 100
+)
 
 // Validate reports every setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
@@ -48,7 +84,30 @@ func (c Config) Validate() error {
 	} else if len(networks) == 0 {
 		errs = append(errs, errors.New(`AGENT_ALLOWED_NETWORKS="": no network: no agent could register`))
 	}
+	if c.MaxMetadataBytes < 2 {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_BYTES=\"%d\": must be at least 2 (the empty object {})", c.MaxMetadataBytes))
+	}
+	if c.MaxMetadataDepth < 1 || c.MaxMetadataDepth > maxMetadataDepthLimit {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_DEPTH=\"%d\": must be from 1 (a flat object) to %d", c.MaxMetadataDepth, maxMetadataDepthLimit))
+	}
+	if c.MaxAgents < 1 {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_AGENTS=\"%d\": must be at least 1", c.MaxAgents))
+	}
 	return errors.Join(errs...)
+}
+
+// withDefaults returns c with the zero limits set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.MaxMetadataBytes == 0 {
+		c.MaxMetadataBytes = DefaultMaxMetadataBytes
+	}
+	if c.MaxMetadataDepth == 0 {
+		c.MaxMetadataDepth = DefaultMaxMetadataDepth
+	}
+	if c.MaxAgents == 0 {
+		c.MaxAgents = DefaultMaxAgents
+	}
+	return c
 }
 
 // maxMissedHeartbeats keeps MissedHeartbeats x HeartbeatInterval far from
@@ -65,6 +124,9 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt("missed_heartbeats", c.MissedHeartbeats)
 	enc.AddDuration("evict_after", c.EvictAfter)
 	enc.AddString("allowed_networks", strings.Join(c.AllowedNetworks, ","))
+	enc.AddInt("max_metadata_bytes", c.MaxMetadataBytes)
+	enc.AddInt("max_metadata_depth", c.MaxMetadataDepth)
+	enc.AddInt("max_agents", c.MaxAgents)
 	return nil
 }
 
@@ -83,6 +145,7 @@ type Options struct {
 // Registry is the service agents register with.
 type Registry struct {
 	cfg      Config
+	limits   metadataLimits
 	store    Store
 	log      *zap.Logger
 	now      func() time.Time
@@ -99,13 +162,15 @@ func New(opts Options) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg := opts.Config.withDefaults()
 	r := &Registry{
-		cfg:   opts.Config,
-		store: opts.Store,
-		log:   opts.Logger,
-		now:   opts.Now,
-		newID: opts.NewID,
-		guard: &Guard{Networks: networks, Resolver: opts.Resolver},
+		cfg:    cfg,
+		limits: metadataLimits{maxBytes: cfg.MaxMetadataBytes, maxDepth: cfg.MaxMetadataDepth},
+		store:  opts.Store,
+		log:    opts.Logger,
+		now:    opts.Now,
+		newID:  opts.NewID,
+		guard:  &Guard{Networks: networks, Resolver: opts.Resolver},
 	}
 	if r.log == nil {
 		r.log = zap.NewNop()
@@ -144,61 +209,89 @@ func (r *Registry) changed() {
 
 // Register validates reg, checks its host against the allowed networks,
 // and stores the agent healthy and seen now. Registering again with the
-// same name, host and port returns the same ID (created is false).
+// same name, host and port returns the same ID (created is false), unless
+// the agent is bound to another token than reg.Owner (an *OwnerError). A
+// new agent beyond MaxAgents is refused with ErrFull.
 func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, created bool, err error) {
-	a, err = reg.validate()
+	a, err = reg.validate(r.limits)
 	if err != nil {
 		return Agent{}, false, err
 	}
 	if err := r.guard.CheckHost(ctx, a.Host); err != nil {
 		return Agent{}, false, err
 	}
+	by := Actor{Token: reg.Owner}
 	now := r.now().UTC()
 	a.ID, a.RegisteredAt, a.LastSeen, a.Status = r.newID(), now, now, StatusHealthy
-	a, created, err = r.store.Register(ctx, a)
-	if err != nil {
+	stored, created, err := r.store.Register(ctx, a, r.cfg.MaxAgents)
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent registration refused: the agent is bound to another token",
+			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Object("by", by))
+		return Agent{}, false, &OwnerError{Agent: fmt.Sprintf("%q at %s", a.Name, net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))}
+	case errors.Is(err, ErrFull):
+		r.log.Warn("agent registration refused: AGENT_MAX_AGENTS reached",
+			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Int("max_agents", r.cfg.MaxAgents), zap.Object("by", by))
+		return Agent{}, false, fmt.Errorf("%w: it holds AGENT_MAX_AGENTS=%d agents; a new agent can register once others unregister or are evicted (a registered agent can still register again)",
+			ErrFull, r.cfg.MaxAgents)
+	case err != nil:
 		return Agent{}, false, err
 	}
-	r.metrics.registered(a.Type, created)
+	r.metrics.registered(stored.Type, created)
 	r.log.Info("agent registered",
-		zap.String("agent_id", a.ID), zap.String("name", a.Name), zap.String("type", string(a.Type)),
-		zap.String("host", a.Host), zap.Int("port", a.Port), zap.Strings("capabilities", a.Capabilities),
-		zap.Bool("new", created))
+		zap.String("agent_id", stored.ID), zap.String("name", stored.Name), zap.String("type", string(stored.Type)),
+		zap.String("host", stored.Host), zap.Int("port", stored.Port), zap.Strings("capabilities", stored.Capabilities),
+		zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
 	r.changed()
-	return a, created, nil
+	return stored, created, nil
 }
 
-// Heartbeat records a heartbeat. status is what the agent sent (empty
-// means healthy). An unreachable agent is revived: a late heartbeat never
-// gets 404 while the agent is still registered.
-func (r *Registry) Heartbeat(ctx context.Context, id, status string, metadata map[string]any) (Agent, error) {
+// Heartbeat records a heartbeat from by. status is what the agent sent
+// (empty means healthy); metadata, a JSON object as sent, replaces the
+// last heartbeat's unless it is empty or null. An unreachable agent is
+// revived: a late heartbeat never gets 404 while the agent is still
+// registered.
+func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, metadata json.RawMessage) (Agent, error) {
 	st, err := ParseReportedStatus(status)
 	if err != nil {
 		return Agent{}, &FieldError{Field: "status", Msg: err.Error()}
 	}
-	a, before, err := r.store.Heartbeat(ctx, id, st, metadata, r.now().UTC())
+	meta, err := r.limits.check("metadata", metadata)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			r.metrics.heartbeats.WithLabelValues("unknown").Inc()
-		}
+		return Agent{}, err
+	}
+	a, before, err := r.store.Heartbeat(ctx, id, by.owner(), st, meta, r.now().UTC())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		r.metrics.heartbeats.WithLabelValues("unknown").Inc()
+		return Agent{}, err
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent heartbeat refused: the agent is bound to another token", zap.String("agent_id", id), zap.Object("by", by))
+		return Agent{}, &OwnerError{Agent: id}
+	case err != nil:
 		return Agent{}, err
 	}
 	r.metrics.heartbeats.WithLabelValues(string(st)).Inc()
 	if was := r.effectiveStatus(before); was != st {
 		r.log.Info("agent status changed", zap.String("agent_id", id), zap.String("name", a.Name),
-			zap.String("from", string(was)), zap.String("to", string(st)))
+			zap.String("from", string(was)), zap.String("to", string(st)), zap.Object("by", by))
 	}
 	r.changed()
 	return a, nil
 }
 
-// Unregister removes agent id.
-func (r *Registry) Unregister(ctx context.Context, id string) (Agent, error) {
-	a, err := r.store.Delete(ctx, id)
-	if err != nil {
+// Unregister removes agent id on behalf of by.
+func (r *Registry) Unregister(ctx context.Context, by Actor, id string) (Agent, error) {
+	a, err := r.store.Delete(ctx, id, by.owner())
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent unregistration refused: the agent is bound to another token", zap.String("agent_id", id), zap.Object("by", by))
+		return Agent{}, &OwnerError{Agent: id}
+	case err != nil:
 		return Agent{}, err
 	}
-	r.log.Info("agent unregistered", zap.String("agent_id", a.ID), zap.String("name", a.Name))
+	r.log.Info("agent unregistered", zap.String("agent_id", a.ID), zap.String("name", a.Name),
+		zap.String("owner", a.Owner), zap.Object("by", by))
 	return a, nil
 }
 
@@ -265,7 +358,8 @@ func (r *Registry) Sweep(ctx context.Context) error {
 	for _, a := range evicted {
 		r.metrics.evictions.WithLabelValues(string(a.Type)).Inc()
 		r.log.Warn("agent evicted: silent past AGENT_EVICT_AFTER", zap.String("agent_id", a.ID), zap.String("name", a.Name),
-			zap.String("type", string(a.Type)), zap.Time("last_seen", a.LastSeen), zap.Duration("evict_after", r.cfg.EvictAfter))
+			zap.String("type", string(a.Type)), zap.Time("last_seen", a.LastSeen), zap.Duration("evict_after", r.cfg.EvictAfter),
+			zap.String("owner", a.Owner))
 	}
 	return err
 }
