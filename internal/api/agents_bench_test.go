@@ -25,11 +25,11 @@ func metadataOf(size int) string {
 	return b.String()
 }
 
-// registrationWith is a registration body on 127.0.0.1 with the given
-// metadata JSON.
-func registrationWith(name string, port int, metadata string) string {
-	return fmt.Sprintf(`{"name":%q,"type":"cost","host":"127.0.0.1","port":%d,"capabilities":["analyze"],"version":"1.0.0","metadata":%s}`,
-		name, port, metadata)
+// registrationWith is a registration body on 127.0.0.1:8000 with the
+// given metadata JSON.
+func registrationWith(name, metadata string) string {
+	return fmt.Sprintf(`{"name":%q,"type":"cost","host":"127.0.0.1","port":8000,"capabilities":["analyze"],"version":"1.0.0","metadata":%s}`,
+		name, metadata)
 }
 
 // BenchmarkRegisterLargeMetadata is POST /agents/register of one agent,
@@ -37,7 +37,7 @@ func registrationWith(name string, port int, metadata string) string {
 // AGENT_MAX_METADATA_BYTES): what one request costs in memory.
 func BenchmarkRegisterLargeMetadata(b *testing.B) {
 	f := newFixtureAt(b, defaultConfig, zapcore.InfoLevel)
-	body := registrationWith("big", 8000, metadataOf(64<<10))
+	body := registrationWith("big", metadataOf(64<<10))
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -57,7 +57,7 @@ func BenchmarkMetricsScrape(b *testing.B) {
 	f := newFixtureAt(b, defaultConfig, zapcore.InfoLevel)
 	meta := metadataOf(1 << 10)
 	for i := range 10_000 {
-		if rec := f.call(http.MethodPost, "/agents/register", registrationWith(fmt.Sprintf("agent-%d", i), 8000, meta)); rec.Code != http.StatusCreated {
+		if rec := f.call(http.MethodPost, "/agents/register", registrationWith(fmt.Sprintf("agent-%d", i), meta)); rec.Code != http.StatusCreated {
 			b.Fatalf("register = %d %s", rec.Code, rec.Body)
 		}
 	}

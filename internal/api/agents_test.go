@@ -709,7 +709,7 @@ func TestAgentMetadataLimits(t *testing.T) {
 		{"a level too deep", tooDeep, 400, "metadata: nests objects and arrays more than 8 levels deep"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := f.call(http.MethodPost, "/agents/register", registrationWith("limits", 8000, tc.metadata))
+			rec := f.call(http.MethodPost, "/agents/register", registrationWith("limits", tc.metadata))
 			hb := f.call(http.MethodPost, "/agents/"+id+"/heartbeat", `{"status":"degraded","metadata":`+tc.metadata+`}`)
 			if tc.code == 201 {
 				expect(t, "register", rec, http.StatusCreated)
@@ -738,7 +738,7 @@ func TestAgentMetadataLimits(t *testing.T) {
 func TestRegisterLargeMetadataAllocations(t *testing.T) {
 	f := newFixtureAt(t, defaultConfig, zapcore.InfoLevel)
 	allocs := func(metadata string) float64 {
-		body := registrationWith("big", 8000, metadata)
+		body := registrationWith("big", metadata)
 		return testing.AllocsPerRun(20, func() {
 			req := httptest.NewRequest(http.MethodPost, "/agents/register", strings.NewReader(body))
 			f.handler.ServeHTTP(&discard{h: http.Header{}}, req)

@@ -232,7 +232,7 @@ func (r Registration) validate(lim metadataLimits) (Agent, error) {
 	if len(r.Version) > maxVersionLen || strings.ContainsFunc(r.Version, isControl) {
 		return fieldErr("version", "must be at most %d printable characters", maxVersionLen)
 	}
-	meta, err := lim.check("metadata", r.Metadata)
+	meta, err := lim.check(r.Metadata)
 	if err != nil {
 		return Agent{}, err
 	}

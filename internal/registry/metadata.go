@@ -13,13 +13,15 @@ type metadataLimits struct {
 	maxBytes, maxDepth int
 }
 
-// check returns raw, a JSON value as the agent sent it, compacted; nil
-// for none (absent or null). It refuses, naming field: more than maxBytes
-// (a FieldError wrapping ErrTooLarge), anything but an object, objects and
-// arrays nested deeper than maxDepth, and text that is not valid JSON in
-// UTF-8. The size is checked first and the nesting by one pass over the
-// text, so what is refused is never decoded.
-func (lim metadataLimits) check(field string, raw json.RawMessage) (json.RawMessage, error) {
+// check returns raw, the metadata JSON value as the agent sent it,
+// compacted; nil for none (absent or null). It refuses, as a FieldError on
+// "metadata" (the field's name in registrations and heartbeats alike):
+// more than maxBytes (wrapping ErrTooLarge), anything but an object,
+// objects and arrays nested deeper than maxDepth, and text that is not
+// valid JSON in UTF-8. The size is checked first and the nesting by one
+// pass over the text, so what is refused is never decoded.
+func (lim metadataLimits) check(raw json.RawMessage) (json.RawMessage, error) {
+	const field = "metadata"
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil

@@ -256,7 +256,7 @@ func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, m
 	if err != nil {
 		return Agent{}, &FieldError{Field: "status", Msg: err.Error()}
 	}
-	meta, err := r.limits.check("metadata", metadata)
+	meta, err := r.limits.check(metadata)
 	if err != nil {
 		return Agent{}, err
 	}
