@@ -944,7 +944,7 @@ func testMaxAgentsConcurrent(t *testing.T, s registry.Store) {
 					// Registering again at the limit always works.
 					a.ID = a.ID + "-again"
 					if _, again, err := s.Register(ctx, a, maxAgent); err != nil || again {
-						errs <- fmt.Errorf("Register again of %s = created %v, %v", a.Name, again, err)
+						errs <- fmt.Errorf("registering %s again = created %v, %w", a.Name, again, err)
 					}
 				}
 			}
