@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -14,8 +16,8 @@ import (
 // Agents is what the HTTP layer needs of the registry.
 type Agents interface {
 	Register(ctx context.Context, reg registry.Registration) (registry.Agent, bool, error)
-	Heartbeat(ctx context.Context, id, status string, metadata map[string]any) (registry.Agent, error)
-	Unregister(ctx context.Context, id string) (registry.Agent, error)
+	Heartbeat(ctx context.Context, by registry.Actor, id, status string, metadata json.RawMessage) (registry.Agent, error)
+	Unregister(ctx context.Context, by registry.Actor, id string) (registry.Agent, error)
 	Get(ctx context.Context, id string) (registry.Agent, error)
 	List(ctx context.Context, typ registry.Type) ([]registry.Agent, error)
 	HeartbeatIntervalSeconds() int
@@ -33,22 +35,26 @@ type agentJSON struct {
 	Version      string          `json:"version"`
 	RegisteredAt time.Time       `json:"registered_at"`
 	LastSeen     time.Time       `json:"last_seen"`
-	Metadata     map[string]any  `json:"metadata"`
+	Metadata     json.RawMessage `json:"metadata"`
 }
 
-func toAgentJSON(a registry.Agent) agentJSON {
+func toAgentJSON(a registry.Agent) (agentJSON, error) {
+	meta, err := a.AllMetadata()
+	if err != nil {
+		return agentJSON{}, err
+	}
 	out := agentJSON{
 		ID: a.ID, Name: a.Name, Type: a.Type, Host: a.Host, Port: a.Port,
 		Capabilities: a.Capabilities, Status: a.Status, Version: a.Version,
-		RegisteredAt: a.RegisteredAt, LastSeen: a.LastSeen, Metadata: a.AllMetadata(),
+		RegisteredAt: a.RegisteredAt, LastSeen: a.LastSeen, Metadata: meta,
 	}
 	if out.Capabilities == nil {
 		out.Capabilities = []string{}
 	}
-	if out.Metadata == nil {
-		out.Metadata = map[string]any{}
+	if len(out.Metadata) == 0 {
+		out.Metadata = json.RawMessage("{}")
 	}
-	return out
+	return out, nil
 }
 
 type agentList struct {
@@ -58,14 +64,16 @@ type agentList struct {
 
 // registerHandler serves POST /agents/register.
 func registerHandler(agents Agents) http.HandlerFunc {
+	// Metadata stays JSON text: the registry checks its size and depth
+	// before anything decodes it.
 	type request struct {
-		Name         string         `json:"name"`
-		Type         string         `json:"type"`
-		Host         string         `json:"host"`
-		Port         *int           `json:"port"`
-		Capabilities []string       `json:"capabilities"`
-		Version      string         `json:"version"`
-		Metadata     map[string]any `json:"metadata"`
+		Name         string          `json:"name"`
+		Type         string          `json:"type"`
+		Host         string          `json:"host"`
+		Port         *int            `json:"port"`
+		Capabilities []string        `json:"capabilities"`
+		Version      string          `json:"version"`
+		Metadata     json.RawMessage `json:"metadata"`
 	}
 	type response struct {
 		AgentID                  string    `json:"agent_id"`
@@ -86,6 +94,7 @@ func registerHandler(agents Agents) http.HandlerFunc {
 		a, _, err := agents.Register(r.Context(), registry.Registration{
 			Name: req.Name, Type: req.Type, Host: req.Host, Port: *req.Port,
 			Capabilities: req.Capabilities, Version: req.Version, Metadata: req.Metadata,
+			Owner: actorOf(r).Token,
 		})
 		if err != nil {
 			writeDomainError(w, r, err)
@@ -105,8 +114,8 @@ func registerHandler(agents Agents) http.HandlerFunc {
 // healthy heartbeat.
 func heartbeatHandler(agents Agents) http.HandlerFunc {
 	type request struct {
-		Status   string         `json:"status"`
-		Metadata map[string]any `json:"metadata"`
+		Status   string          `json:"status"`
+		Metadata json.RawMessage `json:"metadata"`
 	}
 	type response struct {
 		Received            bool      `json:"received"`
@@ -115,12 +124,12 @@ func heartbeatHandler(agents Agents) http.HandlerFunc {
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req request
-		if err := decodeBody(r, &req); err != nil && err.Error() != errEmptyBody.Error() {
+		if err := decodeBody(r, &req); err != nil && !errors.Is(err, errEmptyBody) {
 			writeDomainError(w, r, err)
 			return
 		}
 		id := mux.Vars(r)["id"]
-		a, err := agents.Heartbeat(r.Context(), id, req.Status, req.Metadata)
+		a, err := agents.Heartbeat(r.Context(), actorOf(r), id, req.Status, req.Metadata)
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "agent", id))
 			return
@@ -133,12 +142,13 @@ func heartbeatHandler(agents Agents) http.HandlerFunc {
 	}
 }
 
-// unregisterHandler serves POST /agents/{id}/unregister. Existing agents
-// send no body and no Content-Type; neither is looked at.
+// unregisterHandler serves POST /agents/{id}/unregister, for the agent's
+// own token or an operator's. Existing agents send no body and no
+// Content-Type; neither is looked at.
 func unregisterHandler(agents Agents) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := mux.Vars(r)["id"]
-		a, err := agents.Unregister(r.Context(), id)
+		a, err := agents.Unregister(r.Context(), actorOf(r), id)
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "agent", id))
 			return
@@ -156,7 +166,12 @@ func getAgentHandler(agents Agents) http.HandlerFunc {
 			writeDomainError(w, r, notFoundAs(err, "agent", id))
 			return
 		}
-		writeJSON(w, http.StatusOK, toAgentJSON(a))
+		out, err := toAgentJSON(a)
+		if err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
 	}
 }
 
@@ -179,7 +194,10 @@ func listAgentsHandler(agents Agents) http.HandlerFunc {
 		}
 		out := agentList{Agents: make([]agentJSON, len(list)), Count: len(list)}
 		for i, a := range list {
-			out.Agents[i] = toAgentJSON(a)
+			if out.Agents[i], err = toAgentJSON(a); err != nil {
+				writeDomainError(w, r, err)
+				return
+			}
 		}
 		writeJSON(w, http.StatusOK, out)
 	}

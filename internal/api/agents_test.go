@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
@@ -607,15 +609,15 @@ func TestAgentAndTaskRoutesMethodNotAllowed(t *testing.T) {
 		{http.MethodPut, "/agents/x/heartbeat", "POST"},
 		{http.MethodGet, "/agents/x/unregister", "POST"},
 		{http.MethodDelete, "/agents/x/unregister", "POST"},
-		{http.MethodPut, "/agents/register", "GET, POST"}, // GET /agents/register reads the agent with id "register"
-		{http.MethodPost, "/agents", "GET"},
-		{http.MethodDelete, "/agents", "GET"},
-		{http.MethodPost, "/agents/type/cost", "GET"},
-		{http.MethodDelete, "/agents/some-id", "GET"},
-		{http.MethodPut, "/tasks", "GET, POST"},
-		{http.MethodDelete, "/tasks", "GET, POST"},
-		{http.MethodPost, "/tasks/some-id", "DELETE, GET"},
-		{http.MethodPatch, "/tasks/some-id", "DELETE, GET"},
+		{http.MethodPut, "/agents/register", "GET, HEAD, POST"}, // GET /agents/register reads the agent with id "register"
+		{http.MethodPost, "/agents", "GET, HEAD"},
+		{http.MethodDelete, "/agents", "GET, HEAD"},
+		{http.MethodPost, "/agents/type/cost", "GET, HEAD"},
+		{http.MethodDelete, "/agents/some-id", "GET, HEAD"},
+		{http.MethodPut, "/tasks", "GET, HEAD, POST"},
+		{http.MethodDelete, "/tasks", "GET, HEAD, POST"},
+		{http.MethodPost, "/tasks/some-id", "DELETE, GET, HEAD"},
+		{http.MethodPatch, "/tasks/some-id", "DELETE, GET, HEAD"},
 		{http.MethodPost, "/openapi.yaml", "GET, HEAD"},
 	} {
 		rec := f.call(tc.method, tc.path, "")
@@ -677,4 +679,80 @@ func TestBodyTooLargeOnDomainRoutes(t *testing.T) {
 	if n := len(f.listAgents(t, "/agents")); n != 1 {
 		t.Errorf("%d agents after oversized registrations, want 1", n)
 	}
+}
+
+// TestAgentMetadataLimits: metadata past AGENT_MAX_METADATA_BYTES is a 413
+// and past AGENT_MAX_METADATA_DEPTH a 400, each naming the field and the
+// limit, at registration and in heartbeats; nothing is stored.
+func TestAgentMetadataLimits(t *testing.T) {
+	f := newFixture(t, defaultConfig) // the default limits: 65536 bytes, depth 8
+	id := f.register(t, agentBody("limits", 8000, "x"))
+	atLimit := metadataOf(64 << 10)
+	for len(atLimit) < 64<<10 {
+		atLimit = atLimit[:len(atLimit)-1] + ` }`
+	}
+	if len(atLimit) != 64<<10 {
+		t.Fatalf("metadata of %d bytes, want 65536", len(atLimit))
+	}
+	over := atLimit[:len(atLimit)-1] + " }"
+	deep := `{"a":` + strings.Repeat("[", 7) + strings.Repeat("]", 7) + `}`    // 8 levels
+	tooDeep := `{"a":` + strings.Repeat("[", 8) + strings.Repeat("]", 8) + `}` // 9 levels
+
+	for _, tc := range []struct {
+		name, metadata string
+		code           int
+		msg            string
+	}{
+		{"at the size limit", atLimit, 201, ""},
+		{"a byte over", over, 413, "metadata: is 65537 bytes of JSON; the limit is 65536 bytes (AGENT_MAX_METADATA_BYTES)"},
+		{"at the depth limit", deep, 201, ""},
+		{"a level too deep", tooDeep, 400, "metadata: nests objects and arrays more than 8 levels deep"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := f.call(http.MethodPost, "/agents/register", registrationWith("limits", tc.metadata))
+			hb := f.call(http.MethodPost, "/agents/"+id+"/heartbeat", `{"status":"degraded","metadata":`+tc.metadata+`}`)
+			if tc.code == 201 {
+				expect(t, "register", rec, http.StatusCreated)
+				expect(t, "heartbeat", hb, http.StatusOK)
+				return
+			}
+			for what, rec := range map[string]*httptest.ResponseRecorder{"register": rec, "heartbeat": hb} {
+				if msg := expectError(t, what, rec, tc.code); !strings.HasPrefix(msg, tc.msg) {
+					t.Errorf("%s: message %q, want it to start with %q", what, msg, tc.msg)
+				}
+			}
+		})
+	}
+	// The refused heartbeats changed nothing: the last accepted one stands.
+	a := f.getAgent(t, id)
+	if a["status"] != "degraded" || fmt.Sprint(a["metadata"]) != "map[a:[[[[[[[]]]]]]]]" {
+		t.Errorf("agent after refused heartbeats = %v %v", a["status"], a["metadata"])
+	}
+}
+
+// TestRegisterLargeMetadataAllocations: a registration with 64 KiB of
+// metadata in thousands of keys is checked and kept as text, not decoded
+// into maps and deep-copied: it allocates as often as one with the same
+// 64 KiB in a single key (before, 5,500 keys cost about 17,000
+// allocations).
+func TestRegisterLargeMetadataAllocations(t *testing.T) {
+	f := newFixtureAt(t, defaultConfig, zapcore.InfoLevel)
+	allocs := func(metadata string) float64 {
+		body := registrationWith("big", metadata)
+		return testing.AllocsPerRun(20, func() {
+			req := httptest.NewRequest(http.MethodPost, "/agents/register", strings.NewReader(body))
+			f.handler.ServeHTTP(&discard{h: http.Header{}}, req)
+		})
+	}
+	manyKeys := metadataOf(64 << 10)
+	oneKey := `{"k":"` + strings.Repeat("v", len(manyKeys)-8) + `"}`
+	if len(oneKey) != len(manyKeys) {
+		t.Fatalf("%d and %d bytes of metadata, want the same", len(oneKey), len(manyKeys))
+	}
+	one, many := allocs(oneKey), allocs(manyKeys)
+	if many > one+5 {
+		t.Errorf("64 KiB of metadata in %d keys allocates %.0f times, in one key %.0f: it is decoded or copied key by key",
+			strings.Count(manyKeys, ":"), many, one)
+	}
+	t.Logf("allocations per registration with 64 KiB of metadata: %.0f in one key, %.0f in %d keys", one, many, strings.Count(manyKeys, ":"))
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +188,25 @@ func TestRoutes(t *testing.T) {
 				t.Errorf("HEAD %s = %d, want %d", tc.path, head.Code, tc.code)
 			}
 		})
+	}
+}
+
+// TestHeadWhereverGet: every route that serves GET serves HEAD too, with
+// the GET's status and headers.
+func TestHeadWhereverGet(t *testing.T) {
+	f := newFixture(t, defaultConfig)
+	agentID := f.register(t, agentBody("head", 8000, "analyze"))
+	for path, methods := range routes(t, f.handler) {
+		if slices.Contains(methods, http.MethodGet) && !slices.Contains(methods, http.MethodHead) {
+			t.Errorf("%s serves GET but not HEAD (%v)", path, methods)
+		}
+	}
+	for _, path := range []string{"/agents", "/agents/type/cost", "/agents/" + agentID, "/agents/unknown", "/tasks", "/tasks?status=bogus", "/tasks/unknown"} {
+		get := f.get(path)
+		head := f.do(httptest.NewRequest(http.MethodHead, path, nil))
+		if head.Code != get.Code || head.Header().Get("Content-Type") != get.Header().Get("Content-Type") {
+			t.Errorf("HEAD %s = %d %q, GET = %d %q: want the same", path, head.Code, head.Header().Get("Content-Type"), get.Code, get.Header().Get("Content-Type"))
+		}
 	}
 }
 

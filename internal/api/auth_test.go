@@ -1,6 +1,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -123,8 +125,11 @@ func TestAuthAgentTokensOnly(t *testing.T) {
 	rec := af.send(http.MethodPost, "/agents/register", reg, "Authorization", "bearer  "+agentToken+" ")
 	wantThrough(t, "register with the agent token (lower-case scheme, spaces)", rec, http.StatusCreated)
 	id := objectOf(t, rec)["agent_id"].(string)
+	// The agent is bound to the token it registered with (see TestAuthAgentBinding).
 	rec = af.send(http.MethodPost, "/agents/register", reg, bearer(otherToken+"x")...)
-	wantThrough(t, "register with the second agent token", rec, http.StatusCreated)
+	wantThrough(t, "register again with the second agent token", rec, http.StatusForbidden)
+	rec = af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("authed-2", af.stub.port, "analyze")), bearer(otherToken+"x")...)
+	wantThrough(t, "register another agent with the second agent token", rec, http.StatusCreated)
 
 	hb := "/agents/" + id + "/heartbeat"
 	want401(t, "heartbeat without a token", af.send(http.MethodPost, hb, `{"status":"healthy"}`))
@@ -146,6 +151,8 @@ func TestAuthAgentTokensOnly(t *testing.T) {
 
 	un := "/agents/" + id + "/unregister"
 	want401(t, "unregister without a token", af.send(http.MethodPost, un, ""))
+	// Operator tokens are not configured, so the operator "token" is just a
+	// wrong one: an open operator role does not open unregistration.
 	want401(t, "unregister with a wrong token", af.send(http.MethodPost, un, "", bearer(operatorToken)...))
 	af.getAgent(t, id)
 	wantThrough(t, "unregister with the token", af.send(http.MethodPost, un, "", bearer(agentToken)...), http.StatusOK)
@@ -232,13 +239,150 @@ func TestAuthBothRoles(t *testing.T) {
 	rec = af.send(http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost"}`, bearer(operatorToken)...)
 	wantThrough(t, "POST /tasks with the operator token", rec, http.StatusCreated)
 
-	want401(t, "unregister with the operator token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(operatorToken)...))
+	// Unregistration takes the agent's token or an operator's.
+	want401(t, "unregister without a token", af.send(http.MethodPost, "/agents/"+id+"/unregister", ""))
+	want401(t, "unregister with a wrong token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(otherToken)...))
 	wantThrough(t, "unregister with the agent token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(agentToken)...), http.StatusOK)
+	rec = af.send(http.MethodPost, "/agents/register", reg, bearer(agentToken)...)
+	wantThrough(t, "register again", rec, http.StatusCreated)
+	id = objectOf(t, rec)["agent_id"].(string)
+	wantThrough(t, "unregister with the operator token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(operatorToken)...), http.StatusOK)
+	expectError(t, "GET after the operator unregistered it", af.send(http.MethodGet, "/agents/"+id, "", bearer(operatorToken)...), http.StatusNotFound)
 
 	// Unknown paths and wrong methods answer as without auth.
 	expectError(t, "GET /nope", af.send(http.MethodGet, "/nope", ""), http.StatusNotFound)
 	expectError(t, "PUT /tasks", af.send(http.MethodPut, "/tasks", ""), http.StatusMethodNotAllowed)
 
 	af.checkOpen(t)
+	af.checkNoLeak(t)
+}
+
+// fingerprint is what the logs show of a token.
+func fingerprint(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return "sha256:" + hex.EncodeToString(sum[:])[:12]
+}
+
+// TestAuthAgentBinding: an agent is bound to the agent token that
+// registered it. Another agent token cannot register it again (taking it
+// over), heartbeat or unregister it: 403, naming the agent and nothing of
+// the token. An operator may unregister it. The logs say who did what by
+// fingerprint.
+func TestAuthAgentBinding(t *testing.T) {
+	const victimToken, attackerToken = agentToken, otherToken
+	af := newAuthFixture(t, auth.Config{AgentTokens: victimToken + "," + attackerToken, OperatorTokens: operatorToken})
+	op := bearer(operatorToken)
+	reg := agentBody("victim", af.stub.port, "analyze")
+	rec := af.send(http.MethodPost, "/agents/register", mustJSON(t, reg), bearer(victimToken)...)
+	wantThrough(t, "register", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	before := af.send(http.MethodGet, "/agents/"+id, "", op...).Body.String()
+
+	// The takeover the review found: same name, host and port, new fields.
+	takeover := agentBody("victim", af.stub.port, "exfiltrate")
+	takeover["type"], takeover["metadata"] = "performance", map[string]any{"owned": true}
+	for _, tc := range []struct {
+		what, path, body, wantIn string
+	}{
+		{"register again", "/agents/register", mustJSON(t, takeover), fmt.Sprintf(`agent "victim" at 127.0.0.1:%d is bound to another agent token`, af.stub.port)},
+		{"heartbeat", "/agents/" + id + "/heartbeat", `{"status":"unhealthy"}`, "agent " + id + " is bound to another agent token"},
+		{"unregister", "/agents/" + id + "/unregister", "", "agent " + id + " is bound to another agent token"},
+	} {
+		msg := expectError(t, tc.what+" with another agent token", af.send(http.MethodPost, tc.path, tc.body, bearer(attackerToken)...), http.StatusForbidden)
+		if !strings.Contains(msg, tc.wantIn) {
+			t.Errorf("%s: 403 message %q, want it to contain %q", tc.what, msg, tc.wantIn)
+		}
+		for _, secret := range []string{fingerprint(victimToken), fingerprint(attackerToken)} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("%s: 403 message %q shows a token's fingerprint", tc.what, msg)
+			}
+		}
+	}
+	if after := af.send(http.MethodGet, "/agents/"+id, "", op...).Body.String(); after != before {
+		t.Errorf("refused changes changed the agent:\n before %s\n after  %s", before, after)
+	}
+
+	// Its own token still does everything.
+	wantThrough(t, "heartbeat with its token", af.send(http.MethodPost, "/agents/"+id+"/heartbeat", `{"status":"degraded"}`, bearer(victimToken)...), http.StatusOK)
+	rec = af.send(http.MethodPost, "/agents/register", mustJSON(t, reg), bearer(victimToken)...)
+	wantThrough(t, "register again with its token", rec, http.StatusCreated)
+	if got := objectOf(t, rec)["agent_id"]; got != id {
+		t.Errorf("register again with its token = %v, want the same id %s", got, id)
+	}
+	// The attacker's own agents are its own.
+	rec = af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("attacker", af.stub.port, "analyze")), bearer(attackerToken)...)
+	wantThrough(t, "register its own agent", rec, http.StatusCreated)
+	attackerID := objectOf(t, rec)["agent_id"].(string)
+	expectError(t, "the victim's token on the attacker's agent", af.send(http.MethodPost, "/agents/"+attackerID+"/unregister", "", bearer(victimToken)...), http.StatusForbidden)
+
+	// An operator removes any agent.
+	wantThrough(t, "unregister by an operator", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", op...), http.StatusOK)
+	wantThrough(t, "unregister by its own token", af.send(http.MethodPost, "/agents/"+attackerID+"/unregister", "", bearer(attackerToken)...), http.StatusOK)
+
+	// Who did what, by fingerprint.
+	logged := func(msg string) []map[string]any {
+		var out []map[string]any
+		for _, e := range af.logs.FilterMessage(msg).All() {
+			out = append(out, e.ContextMap())
+		}
+		return out
+	}
+	by := func(token, role string) string { return fmt.Sprintf("map[role:%s token:%s]", role, fingerprint(token)) }
+	if regs := logged("agent registered"); len(regs) != 3 || regs[0]["owner"] != fingerprint(victimToken) || fmt.Sprint(regs[0]["by"]) != by(victimToken, "agent") {
+		t.Errorf("registrations logged as %v, want the victim's fingerprint as owner and author", regs)
+	}
+	for _, msg := range []string{
+		"agent registration refused: the agent is bound to another token",
+		"agent heartbeat refused: the agent is bound to another token",
+	} {
+		if refused := logged(msg); len(refused) != 1 || fmt.Sprint(refused[0]["by"]) != by(attackerToken, "agent") {
+			t.Errorf("%q logged as %v, want once, by the attacker's fingerprint", msg, refused)
+		}
+	}
+	if changed := logged("agent status changed"); len(changed) != 1 || fmt.Sprint(changed[0]["by"]) != by(victimToken, "agent") {
+		t.Errorf("status change logged as %v, want by the victim's fingerprint", changed)
+	}
+	if un := logged("agent unregistered"); len(un) != 2 || fmt.Sprint(un[0]["by"]) != by(operatorToken, "operator") || un[0]["owner"] != fingerprint(victimToken) {
+		t.Errorf("unregistrations logged as %v, want the operator removing the victim's agent", un)
+	}
+	af.checkNoLeak(t)
+}
+
+// TestAuthSharedAgentToken: with one token for every agent, binding cannot
+// tell agents apart. What the README says a shared token can do, it does:
+// any holder may register any agent again, heartbeat it and unregister it.
+func TestAuthSharedAgentToken(t *testing.T) {
+	af := newAuthFixture(t, auth.Config{AgentTokens: agentToken})
+	reg := mustJSON(t, agentBody("shared", af.stub.port, "analyze"))
+	rec := af.send(http.MethodPost, "/agents/register", reg, bearer(agentToken)...)
+	wantThrough(t, "register", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	rec = af.send(http.MethodPost, "/agents/register", reg, bearer(agentToken)...)
+	wantThrough(t, "register again by another holder of the token", rec, http.StatusCreated)
+	if objectOf(t, rec)["agent_id"] != id {
+		t.Error("re-registration with the shared token made another agent")
+	}
+	wantThrough(t, "heartbeat", af.send(http.MethodPost, "/agents/"+id+"/heartbeat", "", bearer(agentToken)...), http.StatusOK)
+	wantThrough(t, "unregister", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(agentToken)...), http.StatusOK)
+	af.checkNoLeak(t)
+}
+
+// TestAuthOffNoBinding: without agent tokens nothing is bound, as before.
+func TestAuthOffNoBinding(t *testing.T) {
+	af := newAuthFixture(t, auth.Config{OperatorTokens: operatorToken})
+	rec := af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("open", af.stub.port, "analyze")))
+	wantThrough(t, "register", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	// A token, any token, is ignored on an open role.
+	rec = af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("open", af.stub.port, "x")), bearer(otherToken)...)
+	wantThrough(t, "register again with some token", rec, http.StatusCreated)
+	wantThrough(t, "heartbeat without a token", af.send(http.MethodPost, "/agents/"+id+"/heartbeat", ""), http.StatusOK)
+	// An operator token unregisters too.
+	wantThrough(t, "unregister with the operator token", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(operatorToken)...), http.StatusOK)
+	for _, e := range af.logs.FilterMessage("agent registered").All() {
+		if owner := e.ContextMap()["owner"]; owner != "" {
+			t.Errorf("registration without agent auth bound to %v", owner)
+		}
+	}
 	af.checkNoLeak(t)
 }

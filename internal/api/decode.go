@@ -11,8 +11,9 @@ import (
 	"strings"
 )
 
-// errEmptyBody is returned by decodeBody for a request without a body.
-var errEmptyBody = errors.New("the request body is empty: send a JSON object")
+// errEmptyBody is returned by decodeBody for a request without a body
+// (test for it with errors.Is). It is a 400 where a body is required.
+var errEmptyBody error = &bodyError{http.StatusBadRequest, "the request body is empty: send a JSON object"}
 
 // bodyError is a request body that cannot be used; status says why.
 type bodyError struct {
@@ -36,7 +37,7 @@ func decodeBody(r *http.Request, v any) error {
 		return &bodyError{http.StatusBadRequest, "reading the request body: " + err.Error()}
 	}
 	if len(bytes.TrimSpace(data)) == 0 {
-		return &bodyError{http.StatusBadRequest, errEmptyBody.Error()}
+		return errEmptyBody
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()

@@ -142,8 +142,14 @@ func TestDecodeBodyReadErrors(t *testing.T) {
 	}
 	// The empty-body error is recognisable, as the heartbeat handler needs.
 	req = httptest.NewRequest(http.MethodPost, "/", nil)
-	if err := decodeBody(req, &v); err == nil || err.Error() != errEmptyBody.Error() {
-		t.Errorf("no body: %v, want %v", err, errEmptyBody)
+	if err := decodeBody(req, &v); !errors.Is(err, errEmptyBody) {
+		t.Errorf("no body: %v, want errors.Is(err, errEmptyBody)", err)
+	}
+	if err := decodeBody(httptest.NewRequest(http.MethodPost, "/", strings.NewReader(" \n")), &v); !errors.Is(err, errEmptyBody) {
+		t.Errorf("blank body: %v, want errors.Is(err, errEmptyBody)", err)
+	}
+	if err := decodeBody(httptest.NewRequest(http.MethodPost, "/", strings.NewReader("nope")), &v); errors.Is(err, errEmptyBody) {
+		t.Errorf("a body that is not JSON is taken for an empty one: %v", err)
 	}
 }
 

@@ -90,10 +90,26 @@ func (o operation) parameters() []*openapi3.Parameter {
 	return out
 }
 
-// tokenRole is the operation's x-token-role: "agent", "operator" or "".
-func (o operation) tokenRole() string {
-	role, _ := o.op.Extensions["x-token-role"].(string)
-	return role
+// tokenRoles are the roles of the operation's x-token-role: a role name,
+// or a list of them whose tokens are all accepted (the first role's having
+// none opens the operation); none for an open operation. A value of
+// another shape is returned as a role the callers refuse.
+func (o operation) tokenRoles() []string {
+	switch v := o.op.Extensions["x-token-role"].(type) {
+	case nil:
+		return nil
+	case string:
+		return []string{v}
+	case []any:
+		var roles []string
+		for _, r := range v {
+			s, _ := r.(string)
+			roles = append(roles, s)
+		}
+		return roles
+	default:
+		return []string{fmt.Sprint(v)}
+	}
 }
 
 // muxVariable matches a gorilla/mux template variable with its pattern.
@@ -179,24 +195,28 @@ func TestOpenAPIDocumentIsValid(t *testing.T) {
 		}
 
 		// The token role and the security requirements say the same thing.
-		switch role := o.tokenRole(); role {
-		case "":
+		roles := o.tokenRoles()
+		for _, role := range roles {
+			if role != "agent" && role != "operator" {
+				t.Errorf("%s: x-token-role %q, want agent or operator", o, role)
+			}
+		}
+		switch len(roles) {
+		case 0:
 			if o.op.Security != nil && len(*o.op.Security) > 0 {
 				t.Errorf("%s: security %v without an x-token-role", o, *o.op.Security)
 			}
 			if o.op.Responses.Status(http.StatusUnauthorized) != nil {
 				t.Errorf("%s: documents 401 but is open", o)
 			}
-		case "agent", "operator":
+		default:
 			sec := o.op.Security
 			if sec == nil || len(*sec) != 2 || len((*sec)[0]) != 0 || len((*sec)[1]) != 1 || (*sec)[1]["bearerAuth"] == nil {
 				t.Errorf("%s: security = %v, want [{}, {bearerAuth: []}] (optional bearer token)", o, sec)
 			}
 			if o.op.Responses.Status(http.StatusUnauthorized) == nil {
-				t.Errorf("%s: needs a token of the %s role but does not document 401", o, role)
+				t.Errorf("%s: needs a token of the %v role but does not document 401", o, roles)
 			}
-		default:
-			t.Errorf("%s: x-token-role %q, want agent or operator", o, role)
 		}
 	}
 }
@@ -483,12 +503,17 @@ var operationOrder = []string{
 	"POST /agents/register",
 	"POST /agents/{id}/heartbeat",
 	"GET /agents/{id}",
+	"HEAD /agents/{id}",
 	"GET /agents",
+	"HEAD /agents",
 	"GET /agents/type/{type}",
+	"HEAD /agents/type/{type}",
 	"POST /agents/{id}/unregister",
 	"POST /tasks",
 	"GET /tasks/{id}",
+	"HEAD /tasks/{id}",
 	"GET /tasks",
+	"HEAD /tasks",
 	"DELETE /tasks/{id}",
 }
 
@@ -737,25 +762,77 @@ func TestOpenAPISecurity(t *testing.T) {
 				body = b
 				break
 			}
-			role := o.tokenRole()
-			if role == "" {
+			roles := o.tokenRoles()
+			if len(roles) == 0 {
 				if rec := s.exchange(t, f, o.method, target, body, nil, true); rec.Code == http.StatusUnauthorized {
 					t.Errorf("open operation %s answered 401", o)
 				}
 				return
 			}
-			other := "agent"
-			if role == "agent" {
-				other = "operator"
+			refused := []http.Header{nil, bearer("wrong-token-0123456789")}
+			for role, token := range tokens {
+				if !slices.Contains(roles, role) {
+					refused = append(refused, bearer(token))
+				}
 			}
-			for _, h := range []http.Header{nil, bearer(tokens[other]), bearer("wrong-token-0123456789")} {
+			for _, h := range refused {
 				rec := s.exchange(t, f, o.method, target, body, h, false)
 				if rec.Code != http.StatusUnauthorized {
 					t.Errorf("%s with %v = %d, want 401", o, h, rec.Code)
 				}
 			}
-			if rec := s.exchange(t, f, o.method, target, body, bearer(tokens[role]), true); rec.Code == http.StatusUnauthorized {
-				t.Errorf("%s with a %s token = 401: %s", o, role, rec.Body)
+			for _, role := range roles {
+				if rec := s.exchange(t, f, o.method, target, body, bearer(tokens[role]), true); rec.Code == http.StatusUnauthorized {
+					t.Errorf("%s with a %s token = 401: %s", o, role, rec.Body)
+				}
+			}
+		})
+	}
+}
+
+// TestOpenAPIAgentLimits covers the registry's refusals: 403 for an agent
+// bound to another token, 413 and 400 for metadata past its limits, 507
+// past AGENT_MAX_AGENTS; each answered as documented.
+func TestOpenAPIAgentLimits(t *testing.T) {
+	s := loadSpec(t)
+	const owner, other = "agent-token-0123456789", "agent-token-other-0123"
+	cfg := testAgentsConfig
+	cfg.MaxAgents, cfg.MaxMetadataBytes, cfg.MaxMetadataDepth = 1, 256, 3
+	f := newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{
+		agents: cfg, dispatch: testDispatchConfig, auth: auth.Config{AgentTokens: owner + "," + other},
+	})
+	as := func(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }
+	reg := `{"name":"a","type":"cost","host":"10.0.0.1","port":8001}`
+	rec := s.exchange(t, f, http.MethodPost, "/agents/register", []byte(reg), as(owner), true)
+	var created struct {
+		AgentID string `json:"agent_id"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &created); err != nil || rec.Code != http.StatusCreated {
+		t.Fatalf("register = %d %s", rec.Code, rec.Body)
+	}
+	id := created.AgentID
+	big := `{"pad":"` + strings.Repeat("x", 300) + `"}`
+	for _, tc := range []struct {
+		method, target, body, token string
+		code                        int
+	}{
+		{"POST", "/agents/register", reg, other, 403},
+		{"POST", "/agents/" + id + "/heartbeat", `{"status":"unhealthy"}`, other, 403},
+		{"POST", "/agents/" + id + "/unregister", ``, other, 403},
+		{"POST", "/agents/register", `{"name":"b","type":"cost","host":"10.0.0.1","port":8002}`, other, 507},
+		{"POST", "/agents/register", `{"name":"a","type":"cost","host":"10.0.0.1","port":8001,"metadata":` + big + `}`, owner, 413},
+		{"POST", "/agents/register", `{"name":"a","type":"cost","host":"10.0.0.1","port":8001,"metadata":{"a":[[[1]]]}}`, owner, 400},
+		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":` + big + `}`, owner, 413},
+		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":{"a":{"b":{"c":{}}}}}`, owner, 400},
+		{"POST", "/agents/register", reg, owner, 201},
+	} {
+		t.Run(tc.method+" "+tc.target+" "+strconv.Itoa(tc.code), func(t *testing.T) {
+			var body []byte
+			if tc.body != "" {
+				body = []byte(tc.body)
+			}
+			if rec := s.exchange(t, f, tc.method, tc.target, body, as(tc.token), false); rec.Code != tc.code {
+				t.Errorf("%s %s %s = %d, want %d: %s", tc.method, tc.target, tc.body, rec.Code, tc.code, rec.Body)
 			}
 		})
 	}

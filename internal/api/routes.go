@@ -1,44 +1,59 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
 	"github.com/optiinfra/orchestrator/internal/auth"
+	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
-// mountAgents registers the agent routes. Registration, heartbeats and
-// unregistration are the agent role's; reads are the operator role's.
-// Heartbeats are quiet in the access log: every agent sends one per
-// interval.
+// readMethods are the methods of every read: HEAD wherever GET is served
+// (RFC 9110: a HEAD answers as the GET would, without the body, which the
+// server drops).
+var readMethods = []string{http.MethodGet, http.MethodHead}
+
+// mountAgents registers the agent routes. Registration and heartbeats are
+// the agent role's, unregistration the agent role's or an operator's;
+// reads are the operator role's. Heartbeats are quiet in the access log:
+// every agent sends one per interval.
 func mountAgents(rt *router, agents Agents, a *auth.Authenticator) {
-	rt.handle("/agents/register", loud, guard(a, auth.Agent, registerHandler(agents)), http.MethodPost)
-	rt.handle("/agents/{id}/heartbeat", quiet, guard(a, auth.Agent, heartbeatHandler(agents)), http.MethodPost)
-	rt.handle("/agents/{id}/unregister", loud, guard(a, auth.Agent, unregisterHandler(agents)), http.MethodPost)
-	rt.handle("/agents", loud, guard(a, auth.Operator, listAgentsHandler(agents)), http.MethodGet)
-	rt.handle("/agents/type/{type}", loud, guard(a, auth.Operator, listAgentsHandler(agents)), http.MethodGet)
-	rt.handle("/agents/{id}", loud, guard(a, auth.Operator, getAgentHandler(agents)), http.MethodGet)
+	rt.handle("/agents/register", loud, requireRole(a, registerHandler(agents), auth.Agent), http.MethodPost)
+	rt.handle("/agents/{id}/heartbeat", quiet, requireRole(a, heartbeatHandler(agents), auth.Agent), http.MethodPost)
+	rt.handle("/agents/{id}/unregister", loud, requireRole(a, unregisterHandler(agents), auth.Agent, auth.Operator), http.MethodPost)
+	rt.handle("/agents", loud, requireRole(a, listAgentsHandler(agents), auth.Operator), readMethods...)
+	rt.handle("/agents/type/{type}", loud, requireRole(a, listAgentsHandler(agents), auth.Operator), readMethods...)
+	rt.handle("/agents/{id}", loud, requireRole(a, getAgentHandler(agents), auth.Operator), readMethods...)
 }
 
 // mountTasks registers the task routes, all of them the operator role's.
 func mountTasks(rt *router, tasks Tasks, a *auth.Authenticator) {
-	rt.handle("/tasks", loud, guard(a, auth.Operator, submitTaskHandler(tasks)), http.MethodPost)
-	rt.handle("/tasks", loud, guard(a, auth.Operator, listTasksHandler(tasks)), http.MethodGet)
-	rt.handle("/tasks/{id}", loud, guard(a, auth.Operator, getTaskHandler(tasks)), http.MethodGet)
-	rt.handle("/tasks/{id}", loud, guard(a, auth.Operator, cancelTaskHandler(tasks)), http.MethodDelete)
+	rt.handle("/tasks", loud, requireRole(a, submitTaskHandler(tasks), auth.Operator), http.MethodPost)
+	rt.handle("/tasks", loud, requireRole(a, listTasksHandler(tasks), auth.Operator), readMethods...)
+	rt.handle("/tasks/{id}", loud, requireRole(a, getTaskHandler(tasks), auth.Operator), readMethods...)
+	rt.handle("/tasks/{id}", loud, requireRole(a, cancelTaskHandler(tasks), auth.Operator), http.MethodDelete)
 }
 
-// guard lets a request through when it carries a token of role, or when
-// that role has no tokens configured. Otherwise: 401 with a
+// requireRole lets a request through when it carries a token of role (or
+// of one of also), or when role has no tokens configured; the handler
+// finds who it speaks for with actorOf. Otherwise: 401 with a
 // WWW-Authenticate challenge (RFC 6750).
-func guard(a *auth.Authenticator, role auth.Role, next http.Handler) http.Handler {
+//
+// (Not to be confused with registry.Guard, which decides which network
+// addresses agents may register.)
+func requireRole(a *auth.Authenticator, next http.Handler, role auth.Role, also ...auth.Role) http.Handler {
 	if a == nil {
 		return next
 	}
+	roles := role.String()
+	for _, r := range also {
+		roles += " or " + r.String()
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := a.Check(role, r.Header.Get("Authorization"))
+		p, err := a.Authenticate(r.Header.Get("Authorization"), role, also...)
 		if err == nil {
-			next.ServeHTTP(w, r)
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 			return
 		}
 		challenge := `Bearer realm="orchestrator"`
@@ -46,6 +61,19 @@ func guard(a *auth.Authenticator, role auth.Role, next http.Handler) http.Handle
 			challenge += `, error="invalid_token"`
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
-		writeError(w, http.StatusUnauthorized, err.Error()+" ("+role.String()+" role)")
+		writeError(w, http.StatusUnauthorized, err.Error()+" ("+roles+" role)")
 	})
+}
+
+// principalKey is the request context key of the auth.Principal that
+// requireRole let in.
+type principalKey struct{}
+
+// actorOf is who the request speaks for, as the registry knows callers:
+// the token's fingerprint, and whether it is an operator's. Without
+// authentication (no Authenticator, or a role without tokens) it is the
+// zero Actor: a caller without a token.
+func actorOf(r *http.Request) registry.Actor {
+	p, _ := r.Context().Value(principalKey{}).(auth.Principal)
+	return registry.Actor{Token: p.Fingerprint(), Operator: p.HasToken() && p.Role == auth.Operator}
 }

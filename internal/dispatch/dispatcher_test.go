@@ -709,7 +709,7 @@ func TestRouting(t *testing.T) {
 	}
 	t.Run("degraded and unhealthy agents get nothing", func(t *testing.T) {
 		for _, st := range []string{"degraded", "unhealthy"} {
-			if _, err := h.agents.Heartbeat(context.Background(), b.id, st, nil); err != nil {
+			if _, err := h.agents.Heartbeat(context.Background(), registry.Actor{}, b.id, st, nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "rightsize"}); !errors.Is(err, dispatch.ErrNoCapableAgent) {
@@ -719,7 +719,7 @@ func TestRouting(t *testing.T) {
 				t.Fatalf("pinned to %s b: Submit error = %v, want ErrNoCapableAgent", st, err)
 			}
 		}
-		if _, err := h.agents.Heartbeat(context.Background(), b.id, "", nil); err != nil {
+		if _, err := h.agents.Heartbeat(context.Background(), registry.Actor{}, b.id, "", nil); err != nil {
 			t.Fatal(err)
 		}
 		if done := h.wait(h.submit(dispatch.Request{TaskType: "rightsize"}).ID); done.Status != dispatch.StatusCompleted {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -48,15 +49,18 @@ const (
 // Statuses lists every status, in the order metrics show them.
 var Statuses = []Status{StatusHealthy, StatusDegraded, StatusUnhealthy, StatusUnreachable}
 
+// ReportedStatuses are the statuses an agent may report in a heartbeat.
+var ReportedStatuses = []Status{StatusHealthy, StatusDegraded, StatusUnhealthy}
+
 // ParseReportedStatus returns the status an agent reported in a heartbeat.
 // Empty means healthy (agents that send no status); unreachable is the
 // orchestrator's to set, not the agent's.
 func ParseReportedStatus(s string) (Status, error) {
-	switch Status(s) {
-	case "":
+	if s == "" {
 		return StatusHealthy, nil
-	case StatusHealthy, StatusDegraded, StatusUnhealthy:
-		return Status(s), nil
+	}
+	if st := Status(s); slices.Contains(ReportedStatuses, st) {
+		return st, nil
 	}
 	return "", fmt.Errorf("%q is not a heartbeat status; use healthy, degraded or unhealthy", s)
 }
@@ -73,25 +77,44 @@ type Agent struct {
 	Version      string
 	RegisteredAt time.Time
 	LastSeen     time.Time
-	// Metadata is what the agent sent when it registered; HeartbeatMetadata
-	// what it sent in its last heartbeat. Keeping them apart bounds memory:
-	// a heartbeat replaces the latter rather than growing one map forever.
-	Metadata          map[string]any
-	HeartbeatMetadata map[string]any
+	// Owner is the fingerprint of the agent token the agent registered
+	// with (see Actor); empty when it registered without one. Only that
+	// token may register the agent again, heartbeat or unregister it.
+	Owner string
+	// Metadata is the JSON object the agent sent when it registered;
+	// HeartbeatMetadata the one it sent in its last heartbeat. Both are
+	// kept as JSON text, compact, within AGENT_MAX_METADATA_BYTES: never
+	// decoded into maps, which cost many times their size, and copied as
+	// one block. Keeping them apart bounds memory: a heartbeat replaces
+	// the latter rather than growing one object forever.
+	Metadata          json.RawMessage
+	HeartbeatMetadata json.RawMessage
 }
 
-// AllMetadata is the registration metadata overlaid with the last
-// heartbeat's: what GET /agents shows.
-func (a Agent) AllMetadata() map[string]any {
-	if len(a.HeartbeatMetadata) == 0 {
-		return a.Metadata
+// AllMetadata is the registration metadata with the last heartbeat's laid
+// over it, key by key: what GET /agents shows. Nil when neither has any.
+func (a Agent) AllMetadata() (json.RawMessage, error) {
+	if isEmptyObject(a.HeartbeatMetadata) {
+		return a.Metadata, nil
 	}
-	all := maps.Clone(a.Metadata)
-	if all == nil {
-		all = make(map[string]any, len(a.HeartbeatMetadata))
+	if isEmptyObject(a.Metadata) {
+		return a.HeartbeatMetadata, nil
 	}
-	maps.Copy(all, a.HeartbeatMetadata)
-	return all
+	// Only the top level is decoded: the values stay JSON text.
+	var all, overlay map[string]json.RawMessage
+	if err := json.Unmarshal(a.Metadata, &all); err != nil {
+		return nil, fmt.Errorf("agent %s: stored metadata: %w", a.ID, err)
+	}
+	if err := json.Unmarshal(a.HeartbeatMetadata, &overlay); err != nil {
+		return nil, fmt.Errorf("agent %s: stored heartbeat metadata: %w", a.ID, err)
+	}
+	maps.Copy(all, overlay)
+	return json.Marshal(all)
+}
+
+// isEmptyObject is true for no metadata and for {}.
+func isEmptyObject(m json.RawMessage) bool {
+	return len(m) == 0 || string(m) == "{}" || string(m) == "null"
 }
 
 // HasCapability reports whether the agent can run tasks of taskType.
@@ -107,11 +130,15 @@ type Registration struct {
 	Port         int
 	Capabilities []string
 	Version      string
-	Metadata     map[string]any
+	// Metadata is a JSON object as the agent sent it; nil (or null) for none.
+	Metadata json.RawMessage
+	// Owner is the fingerprint of the agent token the request carried,
+	// empty without one (agent authentication off): see Agent.Owner.
+	Owner string
 }
 
-// Limits on registration fields. They keep one agent's record small; the
-// request body limit bounds metadata.
+// Limits on registration fields. They keep one agent's record small;
+// Config bounds the metadata.
 const (
 	maxNameLen       = 128
 	maxHostLen       = 253 // a DNS name
@@ -139,6 +166,8 @@ func ValidTaskType(s string) error {
 type FieldError struct {
 	Field string
 	Msg   string
+	// Err, when set, says more about why: ErrTooLarge.
+	Err error
 }
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
@@ -146,12 +175,19 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
 // ErrInvalid is wrapped by every FieldError check failure.
 var ErrInvalid = errors.New("invalid")
 
+// ErrTooLarge is wrapped by a FieldError for a field over its size limit.
+var ErrTooLarge = errors.New("too large")
+
 // Is makes errors.Is(err, ErrInvalid) true for every FieldError.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // validate checks r and returns the agent it describes (without ID, times
-// and status), with capabilities de-duplicated in their given order.
-func (r Registration) validate() (Agent, error) {
+// and status), with capabilities de-duplicated in their given order and
+// the metadata checked against lim and compacted.
+func (r Registration) validate(lim metadataLimits) (Agent, error) {
 	fieldErr := func(field, format string, args ...any) (Agent, error) {
 		return Agent{}, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -169,7 +205,9 @@ func (r Registration) validate() (Agent, error) {
 	if err != nil {
 		return fieldErr("type", "%s", err)
 	}
-	host := strings.TrimSpace(r.Host)
+	// A fully qualified name's trailing dot is dropped: "localhost." and
+	// "localhost" are one host, stored (and so dialled) without the dot.
+	host := strings.TrimSuffix(strings.TrimSpace(r.Host), ".")
 	if host == "" {
 		return fieldErr("host", "is required")
 	}
@@ -194,6 +232,10 @@ func (r Registration) validate() (Agent, error) {
 	if len(r.Version) > maxVersionLen || strings.ContainsFunc(r.Version, isControl) {
 		return fieldErr("version", "must be at most %d printable characters", maxVersionLen)
 	}
+	meta, err := lim.check(r.Metadata)
+	if err != nil {
+		return Agent{}, err
+	}
 	return Agent{
 		Name:         name,
 		Type:         typ,
@@ -201,14 +243,16 @@ func (r Registration) validate() (Agent, error) {
 		Port:         r.Port,
 		Capabilities: caps,
 		Version:      r.Version,
-		Metadata:     r.Metadata,
+		Metadata:     meta,
+		Owner:        r.Owner,
 	}, nil
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
-// dnsName is a host name as RFC 1123 allows it.
-var dnsName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$`)
+// dnsName is a host name as RFC 1123 allows it, without the trailing dot
+// of a fully qualified name (validate drops it).
+var dnsName = regexp.MustCompile(`^(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
 // validHost accepts an IP address or a DNS name; never a URL, a port or
 // user information, which would let a registration steer deliveries.

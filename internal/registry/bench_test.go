@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func newBenchRegistry(b *testing.B, n int) (*Registry, []string) {
 			Port:         8000,
 			Capabilities: []string{"analyze", "recommend", "report"},
 			Version:      "1.0.0",
-			Metadata:     map[string]any{"region": "eu-west-1"},
+			Metadata:     json.RawMessage(`{"region":"eu-west-1"}`),
 		})
 		if err != nil {
 			b.Fatal(err)
@@ -75,7 +76,7 @@ func (s *benchScaling) report(b *testing.B, n int) {
 // /agents/{id}/heartbeat, cycling over every registered agent.
 func BenchmarkHeartbeat(b *testing.B) {
 	var s benchScaling
-	meta := map[string]any{"cpu_percent": 12.5, "tasks_running": 1}
+	meta := json.RawMessage(`{"cpu_percent":12.5,"tasks_running":1}`)
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
 			r, ids := newBenchRegistry(b, n)
@@ -83,7 +84,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				if _, err := r.Heartbeat(ctx, ids[i], "healthy", meta); err != nil {
+				if _, err := r.Heartbeat(ctx, Actor{}, ids[i], "healthy", meta); err != nil {
 					b.Fatal(err)
 				}
 				if i++; i == n {

@@ -5,10 +5,11 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,7 +32,40 @@ type Config struct {
 	// must resolve only into them): the orchestrator sends tasks there,
 	// so this keeps a registration from aiming requests anywhere else.
 	AllowedNetworks []string `env:"AGENT_ALLOWED_NETWORKS, default=127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	// MaxMetadataBytes bounds the metadata object of one registration or
+	// heartbeat, as JSON text; larger is refused (413) before it is
+	// decoded. An agent keeps at most two (its registration's and its last
+	// heartbeat's), so the registry's metadata stays within
+	// MaxAgents x 2 x MaxMetadataBytes. Zero means the default.
+	MaxMetadataBytes int `env:"AGENT_MAX_METADATA_BYTES, default=65536"`
+	// MaxMetadataDepth bounds how deep objects and arrays nest in that
+	// metadata, the metadata object itself being level 1. Zero means the
+	// default.
+	MaxMetadataDepth int `env:"AGENT_MAX_METADATA_DEPTH, default=8"`
+	// MaxAgents bounds how many agents may be registered at once. Past it
+	// a new agent is refused (507) until others unregister or are evicted;
+	// a known agent may always register again. Zero means the default.
+	MaxAgents int `env:"AGENT_MAX_AGENTS, default=50000"`
 }
+
+// The defaults of the limits, which a Config built in code (with zeros)
+// gets too.
+const (
+	// DefaultMaxMetadataBytes, 64 KiB, is far more than the labels,
+	// versions and hardware facts agents report (hundreds of bytes), and
+	// small enough that a registration costs its size once, not the tens
+	// of megabytes a 1 MiB body decoded into maps did.
+	DefaultMaxMetadataBytes = 64 << 10
+	// DefaultMaxMetadataDepth, 8, leaves room for labels of labels while
+	// keeping every reader of the metadata (this service's encoder, the
+	// operators' tools) away from deep recursion.
+	DefaultMaxMetadataDepth = 8
+	// DefaultMaxAgents, 50,000, is five times a 10,000-agent fleet: room
+	// for agents that restart under new names and are not yet evicted.
+	DefaultMaxAgents = 50_000
+	// maxMetadataDepthLimit bounds AGENT_MAX_METADATA_DEPTH.
+	maxMetadataDepthLimit = 100
+)
 
 // Validate reports every setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
@@ -50,7 +84,30 @@ func (c Config) Validate() error {
 	} else if len(networks) == 0 {
 		errs = append(errs, errors.New(`AGENT_ALLOWED_NETWORKS="": no network: no agent could register`))
 	}
+	if c.MaxMetadataBytes < 2 {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_BYTES=\"%d\": must be at least 2 (the empty object {})", c.MaxMetadataBytes))
+	}
+	if c.MaxMetadataDepth < 1 || c.MaxMetadataDepth > maxMetadataDepthLimit {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_DEPTH=\"%d\": must be from 1 (a flat object) to %d", c.MaxMetadataDepth, maxMetadataDepthLimit))
+	}
+	if c.MaxAgents < 1 {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_AGENTS=\"%d\": must be at least 1", c.MaxAgents))
+	}
 	return errors.Join(errs...)
+}
+
+// withDefaults returns c with the zero limits set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.MaxMetadataBytes == 0 {
+		c.MaxMetadataBytes = DefaultMaxMetadataBytes
+	}
+	if c.MaxMetadataDepth == 0 {
+		c.MaxMetadataDepth = DefaultMaxMetadataDepth
+	}
+	if c.MaxAgents == 0 {
+		c.MaxAgents = DefaultMaxAgents
+	}
+	return c
 }
 
 // maxMissedHeartbeats keeps MissedHeartbeats x HeartbeatInterval far from
@@ -67,6 +124,9 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt("missed_heartbeats", c.MissedHeartbeats)
 	enc.AddDuration("evict_after", c.EvictAfter)
 	enc.AddString("allowed_networks", strings.Join(c.AllowedNetworks, ","))
+	enc.AddInt("max_metadata_bytes", c.MaxMetadataBytes)
+	enc.AddInt("max_metadata_depth", c.MaxMetadataDepth)
+	enc.AddInt("max_agents", c.MaxAgents)
 	return nil
 }
 
@@ -85,6 +145,7 @@ type Options struct {
 // Registry is the service agents register with.
 type Registry struct {
 	cfg      Config
+	limits   metadataLimits
 	store    Store
 	log      *zap.Logger
 	now      func() time.Time
@@ -101,13 +162,15 @@ func New(opts Options) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg := opts.Config.withDefaults()
 	r := &Registry{
-		cfg:   opts.Config,
-		store: opts.Store,
-		log:   opts.Logger,
-		now:   opts.Now,
-		newID: opts.NewID,
-		guard: &Guard{Networks: networks, Resolver: opts.Resolver},
+		cfg:    cfg,
+		limits: metadataLimits{maxBytes: cfg.MaxMetadataBytes, maxDepth: cfg.MaxMetadataDepth},
+		store:  opts.Store,
+		log:    opts.Logger,
+		now:    opts.Now,
+		newID:  opts.NewID,
+		guard:  &Guard{Networks: networks, Resolver: opts.Resolver},
 	}
 	if r.log == nil {
 		r.log = zap.NewNop()
@@ -146,61 +209,89 @@ func (r *Registry) changed() {
 
 // Register validates reg, checks its host against the allowed networks,
 // and stores the agent healthy and seen now. Registering again with the
-// same name, host and port returns the same ID (created is false).
+// same name, host and port returns the same ID (created is false), unless
+// the agent is bound to another token than reg.Owner (an *OwnerError). A
+// new agent beyond MaxAgents is refused with ErrFull.
 func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, created bool, err error) {
-	a, err = reg.validate()
+	a, err = reg.validate(r.limits)
 	if err != nil {
 		return Agent{}, false, err
 	}
 	if err := r.guard.CheckHost(ctx, a.Host); err != nil {
 		return Agent{}, false, err
 	}
+	by := Actor{Token: reg.Owner}
 	now := r.now().UTC()
 	a.ID, a.RegisteredAt, a.LastSeen, a.Status = r.newID(), now, now, StatusHealthy
-	a, created, err = r.store.Register(ctx, a)
-	if err != nil {
+	stored, created, err := r.store.Register(ctx, a, r.cfg.MaxAgents)
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent registration refused: the agent is bound to another token",
+			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Object("by", by))
+		return Agent{}, false, &OwnerError{Agent: fmt.Sprintf("%q at %s", a.Name, net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))}
+	case errors.Is(err, ErrFull):
+		r.log.Warn("agent registration refused: AGENT_MAX_AGENTS reached",
+			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Int("max_agents", r.cfg.MaxAgents), zap.Object("by", by))
+		return Agent{}, false, fmt.Errorf("%w: it holds AGENT_MAX_AGENTS=%d agents; a new agent can register once others unregister or are evicted (a registered agent can still register again)",
+			ErrFull, r.cfg.MaxAgents)
+	case err != nil:
 		return Agent{}, false, err
 	}
-	r.metrics.registered(a.Type, created)
+	r.metrics.registered(stored.Type, created)
 	r.log.Info("agent registered",
-		zap.String("agent_id", a.ID), zap.String("name", a.Name), zap.String("type", string(a.Type)),
-		zap.String("host", a.Host), zap.Int("port", a.Port), zap.Strings("capabilities", a.Capabilities),
-		zap.Bool("new", created))
+		zap.String("agent_id", stored.ID), zap.String("name", stored.Name), zap.String("type", string(stored.Type)),
+		zap.String("host", stored.Host), zap.Int("port", stored.Port), zap.Strings("capabilities", stored.Capabilities),
+		zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
 	r.changed()
-	return a, created, nil
+	return stored, created, nil
 }
 
-// Heartbeat records a heartbeat. status is what the agent sent (empty
-// means healthy). An unreachable agent is revived: a late heartbeat never
-// gets 404 while the agent is still registered.
-func (r *Registry) Heartbeat(ctx context.Context, id, status string, metadata map[string]any) (Agent, error) {
+// Heartbeat records a heartbeat from by. status is what the agent sent
+// (empty means healthy); metadata, a JSON object as sent, replaces the
+// last heartbeat's unless it is empty or null. An unreachable agent is
+// revived: a late heartbeat never gets 404 while the agent is still
+// registered.
+func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, metadata json.RawMessage) (Agent, error) {
 	st, err := ParseReportedStatus(status)
 	if err != nil {
 		return Agent{}, &FieldError{Field: "status", Msg: err.Error()}
 	}
-	a, before, err := r.store.Heartbeat(ctx, id, st, metadata, r.now().UTC())
+	meta, err := r.limits.check(metadata)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			r.metrics.heartbeats.WithLabelValues("unknown").Inc()
-		}
+		return Agent{}, err
+	}
+	a, before, err := r.store.Heartbeat(ctx, id, by.owner(), st, meta, r.now().UTC())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		r.metrics.heartbeats.WithLabelValues("unknown").Inc()
+		return Agent{}, err
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent heartbeat refused: the agent is bound to another token", zap.String("agent_id", id), zap.Object("by", by))
+		return Agent{}, &OwnerError{Agent: id}
+	case err != nil:
 		return Agent{}, err
 	}
 	r.metrics.heartbeats.WithLabelValues(string(st)).Inc()
 	if was := r.effectiveStatus(before); was != st {
 		r.log.Info("agent status changed", zap.String("agent_id", id), zap.String("name", a.Name),
-			zap.String("from", string(was)), zap.String("to", string(st)))
+			zap.String("from", string(was)), zap.String("to", string(st)), zap.Object("by", by))
 	}
 	r.changed()
 	return a, nil
 }
 
-// Unregister removes agent id.
-func (r *Registry) Unregister(ctx context.Context, id string) (Agent, error) {
-	a, err := r.store.Delete(ctx, id)
-	if err != nil {
+// Unregister removes agent id on behalf of by.
+func (r *Registry) Unregister(ctx context.Context, by Actor, id string) (Agent, error) {
+	a, err := r.store.Delete(ctx, id, by.owner())
+	switch {
+	case errors.Is(err, ErrNotOwner):
+		r.log.Warn("agent unregistration refused: the agent is bound to another token", zap.String("agent_id", id), zap.Object("by", by))
+		return Agent{}, &OwnerError{Agent: id}
+	case err != nil:
 		return Agent{}, err
 	}
-	r.log.Info("agent unregistered", zap.String("agent_id", a.ID), zap.String("name", a.Name))
+	r.log.Info("agent unregistered", zap.String("agent_id", a.ID), zap.String("name", a.Name),
+		zap.String("owner", a.Owner), zap.Object("by", by))
 	return a, nil
 }
 
@@ -267,7 +358,8 @@ func (r *Registry) Sweep(ctx context.Context) error {
 	for _, a := range evicted {
 		r.metrics.evictions.WithLabelValues(string(a.Type)).Inc()
 		r.log.Warn("agent evicted: silent past AGENT_EVICT_AFTER", zap.String("agent_id", a.ID), zap.String("name", a.Name),
-			zap.String("type", string(a.Type)), zap.Time("last_seen", a.LastSeen), zap.Duration("evict_after", r.cfg.EvictAfter))
+			zap.String("type", string(a.Type)), zap.Time("last_seen", a.LastSeen), zap.Duration("evict_after", r.cfg.EvictAfter),
+			zap.String("owner", a.Owner))
 	}
 	return err
 }
@@ -284,176 +376,6 @@ func (r *Registry) Run(ctx context.Context) {
 			if err := r.Sweep(ctx); err != nil && ctx.Err() == nil {
 				r.log.Error("sweeping agents", zap.Error(err))
 			}
-		}
-	}
-}
-
-// Guard admits agent hosts that are, or resolve only to, addresses inside
-// the allowed networks.
-type Guard struct {
-	Networks []netip.Prefix
-	Resolver Resolver
-}
-
-// Resolver looks up a host name's addresses; *net.Resolver is one.
-type Resolver interface {
-	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
-}
-
-// ErrHostNotAllowed is returned for a host outside the allowed networks.
-var ErrHostNotAllowed = errors.New("host not allowed")
-
-// hostLookupTimeout bounds the DNS lookup of a registering agent's host.
-const hostLookupTimeout = 2 * time.Second
-
-// CheckHost returns nil when host is an allowed address or a name that
-// resolves only to allowed addresses.
-func (g *Guard) CheckHost(ctx context.Context, host string) error {
-	if addr, err := netip.ParseAddr(host); err == nil {
-		return g.CheckAddr(addr)
-	}
-	ctx, cancel := context.WithTimeout(ctx, hostLookupTimeout)
-	defer cancel()
-	resolver := g.Resolver
-	if resolver == nil {
-		resolver = net.DefaultResolver
-	}
-	addrs, err := resolver.LookupNetIP(ctx, "ip", host)
-	if err != nil || len(addrs) == 0 {
-		return &FieldError{Field: "host", Msg: fmt.Sprintf("%q does not resolve", host)}
-	}
-	for _, addr := range addrs {
-		if err := g.CheckAddr(addr); err != nil {
-			return fmt.Errorf("%q resolves to %s: %w", host, addr, err)
-		}
-	}
-	return nil
-}
-
-// CheckAddr returns nil when addr is inside an allowed network.
-func (g *Guard) CheckAddr(addr netip.Addr) error {
-	addr = addr.Unmap()
-	if neverAgent(addr) {
-		return fmt.Errorf("%w: %s is unspecified, multicast, link-local or a cloud metadata address, which AGENT_ALLOWED_NETWORKS can never admit", ErrHostNotAllowed, addr)
-	}
-	for _, p := range g.Networks {
-		if p.Contains(addr) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%w: %s is outside AGENT_ALLOWED_NETWORKS", ErrHostNotAllowed, addr)
-}
-
-// awsIPv6Metadata is EC2's instance metadata service over IPv6, which sits
-// inside fc00::/7, one of the default private ranges.
-var awsIPv6Metadata = netip.MustParseAddr("fd00:ec2::254")
-
-// neverAgent is true for addresses no configuration may admit: unspecified,
-// multicast, and link-local, where cloud metadata services live
-// (169.254.169.254), and EC2's IPv6 metadata address.
-func neverAgent(addr netip.Addr) bool {
-	return addr.IsUnspecified() || addr.IsMulticast() || addr.IsLinkLocalUnicast() ||
-		addr.IsLinkLocalMulticast() || addr == awsIPv6Metadata
-}
-
-// ParseNetworks parses CIDRs such as 10.0.0.0/8 (a bare address means
-// just that address).
-func ParseNetworks(cidrs []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range cidrs {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		addr, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", s)
-		}
-		out = append(out, netip.PrefixFrom(addr, addr.BitLen()))
-	}
-	return out, nil
-}
-
-// metrics are the registry's Prometheus series.
-type metrics struct {
-	registrations *prometheus.CounterVec
-	heartbeats    *prometheus.CounterVec
-	evictions     *prometheus.CounterVec
-	agents        *prometheus.Desc
-	r             *Registry
-}
-
-func newMetrics(reg prometheus.Registerer, r *Registry) (*metrics, error) {
-	m := &metrics{
-		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "orchestrator_agent_registrations_total",
-			Help: "Agent registrations, by agent type and whether the agent was new or re-registered.",
-		}, []string{"type", "result"}),
-		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "orchestrator_agent_heartbeats_total",
-			Help: "Agent heartbeats received, by reported status (unknown: no such agent).",
-		}, []string{"status"}),
-		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "orchestrator_agent_evictions_total",
-			Help: "Agents removed after staying silent past AGENT_EVICT_AFTER, by agent type.",
-		}, []string{"type"}),
-		agents: prometheus.NewDesc("orchestrator_agents",
-			"Registered agents, by type and status.", []string{"type", "status"}, nil),
-		r: r,
-	}
-	for _, t := range Types {
-		m.evictions.WithLabelValues(string(t))
-		for _, res := range []string{"created", "updated"} {
-			m.registrations.WithLabelValues(string(t), res)
-		}
-	}
-	for _, s := range append([]Status{"unknown"}, Statuses[:3]...) {
-		m.heartbeats.WithLabelValues(string(s))
-	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.registrations, m.heartbeats, m.evictions, m} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering agent metrics: %w", err)
-		}
-	}
-	return m, nil
-}
-
-func (m *metrics) registered(t Type, created bool) {
-	result := "updated"
-	if created {
-		result = "created"
-	}
-	m.registrations.WithLabelValues(string(t), result).Inc()
-}
-
-// Describe implements prometheus.Collector for the agents gauge.
-func (m *metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.agents }
-
-// Collect counts the agents by type and status at scrape time, so the
-// gauge can never drift from the store.
-func (m *metrics) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	agents, err := m.r.List(ctx, "")
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(m.agents, err)
-		return
-	}
-	counts := map[[2]string]float64{}
-	for _, a := range agents {
-		counts[[2]string{string(a.Type), string(a.Status)}]++
-	}
-	for _, t := range Types {
-		for _, s := range Statuses {
-			ch <- prometheus.MustNewConstMetric(m.agents, prometheus.GaugeValue,
-				counts[[2]string{string(t), string(s)}], string(t), string(s))
 		}
 	}
 }

@@ -2,10 +2,12 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -159,7 +161,7 @@ func validRegistration() registry.Registration {
 		Port:         8001,
 		Capabilities: []string{"analyze_costs"},
 		Version:      "1.0.0",
-		Metadata:     map[string]any{"region": "eu"},
+		Metadata:     json.RawMessage(`{"region":"eu"}`),
 	}
 }
 
@@ -216,6 +218,11 @@ func TestRegistrationValidation(t *testing.T) {
 		{"host 253", func(r *registry.Registration) { r.Host = host253 }, "", ""},
 		{"host 254", func(r *registry.Registration) { r.Host = host254 }, "host", "DNS name"},
 		{"host name", func(r *registry.Registration) { r.Host = "agent.local" }, "", ""},
+		{"host fully qualified", func(r *registry.Registration) { r.Host = "agent.local." }, "", ""},
+		{"host 253 fully qualified", func(r *registry.Registration) { r.Host = host253 + "." }, "", ""},
+		{"host two trailing dots", func(r *registry.Registration) { r.Host = "agent.local.." }, "host", "DNS name"},
+		{"host only a dot", func(r *registry.Registration) { r.Host = "." }, "host", "is required"},
+		{"host empty label", func(r *registry.Registration) { r.Host = "agent..local" }, "host", "DNS name"},
 		{"host IPv6", func(r *registry.Registration) { r.Host = "::1" }, "", ""},
 		{"host does not resolve", func(r *registry.Registration) { r.Host = "nowhere.local" }, "host", "does not resolve"},
 		{"port missing", func(r *registry.Registration) { r.Port = 0 }, "port", "must be an integer from 1 to 65535"},
@@ -282,11 +289,15 @@ func TestRegistrationNormalized(t *testing.T) {
 	if got := strings.Join(a.Capabilities, ","); got != "b,a,c" {
 		t.Errorf("capabilities %s, want b,a,c (duplicates dropped, order kept)", got)
 	}
-	// The same agent, spelled differently, is the same agent.
-	reg.Name, reg.Host = "cost-agent-1", "agent.local"
-	again, created, err := e.reg.Register(context.Background(), reg)
-	if err != nil || created || again.ID != a.ID {
-		t.Errorf("re-register = %s created %v, %v; want %s, not created", again.ID, created, err, a.ID)
+	// The same agent, spelled differently, is the same agent: a fully
+	// qualified name's trailing dot is dropped (and the fake resolver
+	// knows only the name without it).
+	for _, host := range []string{"agent.local", "agent.local.", " Agent.Local. "} {
+		reg.Name, reg.Host = "cost-agent-1", host
+		again, created, err := e.reg.Register(context.Background(), reg)
+		if err != nil || created || again.ID != a.ID || again.Host != "agent.local" {
+			t.Errorf("re-register as %q = %s host %q created %v, %v; want %s at agent.local, not created", host, again.ID, again.Host, created, err, a.ID)
+		}
 	}
 }
 
@@ -313,6 +324,21 @@ func TestParseReportedStatus(t *testing.T) {
 	}
 }
 
+// TestReportedStatuses: the statuses heartbeats may carry, which the
+// heartbeat counter pre-creates, are named, not a prefix of Statuses.
+func TestReportedStatuses(t *testing.T) {
+	want := []registry.Status{registry.StatusHealthy, registry.StatusDegraded, registry.StatusUnhealthy}
+	if !slices.Equal(registry.ReportedStatuses, want) {
+		t.Errorf("ReportedStatuses = %v, want %v", registry.ReportedStatuses, want)
+	}
+	for _, st := range registry.Statuses {
+		_, err := registry.ParseReportedStatus(string(st))
+		if reported := slices.Contains(registry.ReportedStatuses, st); reported != (err == nil) {
+			t.Errorf("ParseReportedStatus(%s) = %v, but listed in ReportedStatuses: %v", st, err, reported)
+		}
+	}
+}
+
 func TestParseType(t *testing.T) {
 	for _, typ := range registry.Types {
 		if got, err := registry.ParseType(string(typ)); err != nil || got != typ {
@@ -327,7 +353,7 @@ func TestParseType(t *testing.T) {
 func TestHeartbeatBadStatus(t *testing.T) {
 	e := newEnv(t, defaultConfig(t))
 	a := e.register(t, validRegistration())
-	_, err := e.reg.Heartbeat(context.Background(), a.ID, "unreachable", nil)
+	_, err := e.reg.Heartbeat(context.Background(), registry.Actor{}, a.ID, "unreachable", nil)
 	var fe *registry.FieldError
 	if !errors.As(err, &fe) || fe.Field != "status" || !strings.HasPrefix(err.Error(), "status: ") {
 		t.Fatalf("Heartbeat(unreachable) = %v, want a FieldError on status", err)
@@ -336,7 +362,7 @@ func TestHeartbeatBadStatus(t *testing.T) {
 	if got.Status != registry.StatusHealthy {
 		t.Errorf("status after a refused heartbeat = %s", got.Status)
 	}
-	if _, err := e.reg.Heartbeat(context.Background(), "nope", "", nil); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := e.reg.Heartbeat(context.Background(), registry.Actor{}, "nope", "", nil); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Heartbeat(unknown) = %v, want ErrNotFound", err)
 	}
 }
@@ -344,13 +370,16 @@ func TestHeartbeatBadStatus(t *testing.T) {
 func TestHeartbeatMetadataOverlay(t *testing.T) {
 	e := newEnv(t, defaultConfig(t))
 	a := e.register(t, validRegistration())
-	got, err := e.reg.Heartbeat(context.Background(), a.ID, "", map[string]any{"load": 0.5, "region": "us"})
+	got, err := e.reg.Heartbeat(context.Background(), registry.Actor{}, a.ID, "", json.RawMessage(`{"load": 0.5, "region": "us"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := got.AllMetadata()
-	if all["region"] != "us" || all["load"] != 0.5 || got.Metadata["region"] != "eu" {
-		t.Errorf("AllMetadata = %v, registration metadata %v; want the heartbeat's overlaid, the registration's kept", all, got.Metadata)
+	all, err := got.AllMetadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(all) != `{"load":0.5,"region":"us"}` || string(got.Metadata) != `{"region":"eu"}` {
+		t.Errorf("AllMetadata = %s, registration metadata %s; want the heartbeat's overlaid, the registration's kept", all, got.Metadata)
 	}
 }
 
@@ -444,7 +473,7 @@ func TestLiveness(t *testing.T) {
 
 	// A late heartbeat revives it.
 	e.clock.Advance(time.Hour)
-	got, err := e.reg.Heartbeat(ctx, a.ID, "", nil)
+	got, err := e.reg.Heartbeat(ctx, registry.Actor{}, a.ID, "", nil)
 	if err != nil {
 		t.Fatalf("late heartbeat: %v, want it accepted", err)
 	}
@@ -507,7 +536,7 @@ orchestrator_agent_heartbeats_total{status="unknown"} 0
 		t.Errorf("a second sweep counted the eviction again: %v", err)
 	}
 	// Only now does a heartbeat get 404.
-	if _, err := e.reg.Heartbeat(ctx, a.ID, "", nil); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, a.ID, "", nil); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("heartbeat after eviction = %v, want ErrNotFound", err)
 	}
 	if err := testutil.GatherAndCompare(e.metrics, strings.NewReader(agentsGauge(nil)), "orchestrator_agents"); err != nil {
@@ -553,7 +582,7 @@ func TestRoutableOnlyHealthy(t *testing.T) {
 	reg("other-capability", "cost", "y")
 	reg("other-type", "performance", "x")
 	for id, st := range map[string]string{degraded.ID: "degraded", unhealthy.ID: "unhealthy", healthy.ID: "healthy"} {
-		if _, err := e.reg.Heartbeat(ctx, id, st, nil); err != nil {
+		if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, id, st, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -567,20 +596,20 @@ func TestRoutableOnlyHealthy(t *testing.T) {
 		t.Errorf("Routable(buf) = %+v, %v; want keep then %s", out, err, healthy.ID)
 	}
 	// Degraded comes back once healthy again.
-	if _, err := e.reg.Heartbeat(ctx, degraded.ID, "healthy", nil); err != nil {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, degraded.ID, "healthy", nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := routableIDs(t, e.reg, "x"); len(got) != 2 {
 		t.Errorf("routable after recovery = %v, want 2", got)
 	}
 	// After unregistering, not routable and 404.
-	if _, err := e.reg.Unregister(ctx, healthy.ID); err != nil {
+	if _, err := e.reg.Unregister(ctx, registry.Actor{}, healthy.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got := routableIDs(t, e.reg, "x"); len(got) != 1 || got[0] != degraded.ID {
 		t.Errorf("routable after unregister = %v, want [%s]", got, degraded.ID)
 	}
-	if _, err := e.reg.Unregister(ctx, healthy.ID); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := e.reg.Unregister(ctx, registry.Actor{}, healthy.ID); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("second Unregister = %v, want ErrNotFound", err)
 	}
 	if n := e.logs.FilterMessage("agent unregistered").Len(); n != 1 {
@@ -602,10 +631,10 @@ func TestAgentsGauge(t *testing.T) {
 	reg("c2", "cost")
 	p := reg("p1", "performance")
 	u := reg("a1", "application")
-	if _, err := e.reg.Heartbeat(ctx, p.ID, "degraded", nil); err != nil {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, p.ID, "degraded", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.reg.Heartbeat(ctx, u.ID, "unhealthy", nil); err != nil {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, u.ID, "unhealthy", nil); err != nil {
 		t.Fatal(err)
 	}
 	want := agentsGauge(map[string]int{
@@ -778,6 +807,14 @@ func TestConfigValidate(t *testing.T) {
 		{"networks empty", func(c *registry.Config) { c.AllowedNetworks = []string{" "} }, []string{`AGENT_ALLOWED_NETWORKS="": no network`}},
 		{"missed too many", func(c *registry.Config) { c.MissedHeartbeats = 1 << 40 }, []string{"AGENT_MISSED_HEARTBEATS=\"1099511627776\": must be from 1 to 1000"}},
 		{"several", func(c *registry.Config) { c.HeartbeatInterval, c.MissedHeartbeats = 0, 0 }, []string{"AGENT_HEARTBEAT_INTERVAL", "AGENT_MISSED_HEARTBEATS"}},
+		{"metadata bytes 2", func(c *registry.Config) { c.MaxMetadataBytes = 2 }, nil},
+		{"metadata bytes 1", func(c *registry.Config) { c.MaxMetadataBytes = 1 }, []string{`AGENT_MAX_METADATA_BYTES="1": must be at least 2`}},
+		{"metadata bytes negative", func(c *registry.Config) { c.MaxMetadataBytes = -1 }, []string{`AGENT_MAX_METADATA_BYTES="-1"`}},
+		{"metadata depth 1", func(c *registry.Config) { c.MaxMetadataDepth = 1 }, nil},
+		{"metadata depth 0", func(c *registry.Config) { c.MaxMetadataDepth = 0 }, []string{`AGENT_MAX_METADATA_DEPTH="0": must be from 1`}},
+		{"metadata depth 101", func(c *registry.Config) { c.MaxMetadataDepth = 101 }, []string{`AGENT_MAX_METADATA_DEPTH="101": must be from 1 (a flat object) to 100`}},
+		{"max agents 1", func(c *registry.Config) { c.MaxAgents = 1 }, nil},
+		{"max agents 0", func(c *registry.Config) { c.MaxAgents = 0 }, []string{`AGENT_MAX_AGENTS="0": must be at least 1`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -811,7 +848,8 @@ func TestConfigValidate(t *testing.T) {
 	if err := defaultConfig(t).MarshalLogObject(enc); err != nil {
 		t.Fatal(err)
 	}
-	if enc.Fields["missed_heartbeats"] != 3 || enc.Fields["heartbeat_interval"] != 30*time.Second || !strings.Contains(enc.Fields["allowed_networks"].(string), "fc00::/7") {
+	if enc.Fields["missed_heartbeats"] != 3 || enc.Fields["heartbeat_interval"] != 30*time.Second || !strings.Contains(enc.Fields["allowed_networks"].(string), "fc00::/7") ||
+		enc.Fields["max_metadata_bytes"] != 65536 || enc.Fields["max_metadata_depth"] != 8 || enc.Fields["max_agents"] != 50000 {
 		t.Errorf("MarshalLogObject = %v", enc.Fields)
 	}
 }
@@ -829,10 +867,10 @@ func TestOnChange(t *testing.T) {
 	calls := 0
 	e.reg.OnChange(func() { calls++ })
 	a := e.register(t, validRegistration())
-	if _, err := e.reg.Heartbeat(ctx, a.ID, "", nil); err != nil {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, a.ID, "", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.reg.Heartbeat(ctx, "nope", "", nil); err == nil {
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, "nope", "", nil); err == nil {
 		t.Fatal("heartbeat of unknown agent succeeded")
 	}
 	if calls != 2 {
@@ -909,9 +947,9 @@ func TestRegistryConcurrent(t *testing.T) {
 				}
 				switch i % 5 {
 				case 0:
-					_, _ = e.reg.Unregister(ctx, a.ID)
+					_, _ = e.reg.Unregister(ctx, registry.Actor{}, a.ID)
 				case 1:
-					_, _ = e.reg.Heartbeat(ctx, a.ID, "degraded", map[string]any{"i": i})
+					_, _ = e.reg.Heartbeat(ctx, registry.Actor{}, a.ID, "degraded", json.RawMessage(fmt.Sprintf(`{"i":%d}`, i)))
 				case 2:
 					e.clock.Advance(time.Second)
 					if err := e.reg.Sweep(ctx); err != nil {
@@ -931,4 +969,248 @@ func TestRegistryConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	registrytest.CheckConsistent(t, e.store, registry.Types, []string{"analyze_costs"})
+}
+
+// objectOf returns a JSON object of exactly size bytes.
+func objectOf(size int) json.RawMessage {
+	const head, tail = `{"pad":"`, `"}`
+	return json.RawMessage(head + strings.Repeat("x", size-len(head)-len(tail)) + tail)
+}
+
+// nested returns an object whose arrays and objects nest depth levels.
+func nested(depth int) json.RawMessage {
+	js := "1"
+	for i := 1; i < depth; i++ {
+		if i%2 == 0 {
+			js = `{"a":` + js + `}`
+		} else {
+			js = `[` + js + `]`
+		}
+	}
+	return json.RawMessage(`{"n":` + js + `}`)
+}
+
+func TestMetadataLimits(t *testing.T) {
+	cfg := defaultConfig(t)
+	cfg.MaxMetadataBytes, cfg.MaxMetadataDepth = 256, 4
+	if got := len(objectOf(256)); got != 256 {
+		t.Fatalf("objectOf(256) is %d bytes", got)
+	}
+	tests := []struct {
+		name     string
+		metadata string
+		want     string // the stored metadata; "" for none
+		errMsg   string // part of the FieldError's message; "" when accepted
+		tooLarge bool
+	}{
+		{"absent", "", "", "", false},
+		{"null", "null", "", "", false},
+		{"empty object", "{}", "{}", "", false},
+		{"spaces are dropped", ` { "a" : [ 1, 2 ] , "b" : "x y" } `, `{"a":[1,2],"b":"x y"}`, "", false},
+		{"numbers stay exact", `{"big":12345678901234567890,"f":1.50}`, `{"big":12345678901234567890,"f":1.50}`, "", false},
+		{"at the size limit", string(objectOf(256)), string(objectOf(256)), "", false},
+		{"a byte over", string(objectOf(257)), "", "is 257 bytes of JSON; the limit is 256 bytes (AGENT_MAX_METADATA_BYTES)", true},
+		{"far over", string(objectOf(1 << 20)), "", "the limit is 256 bytes", true},
+		{"at the depth limit", string(nested(4)), string(nested(4)), "", false},
+		{"a level too deep", string(nested(5)), "", "more than 4 levels deep", false},
+		{"brackets in strings do not nest", `{"s":"[[[[[[{{{{{{\"]]]"}`, `{"s":"[[[[[[{{{{{{\"]]]"}`, "", false},
+		{"an array", `[1]`, "", "must be an object, not an array", false},
+		{"a string", `"x"`, "", "must be an object, not a string", false},
+		{"a number", `-1`, "", "must be an object, not a number", false},
+		{"a boolean", `true`, "", "must be an object, not true or false", false},
+		{"not UTF-8", "{\"a\":\"\xff\"}", "", "not valid UTF-8", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			check := func(what string, stored json.RawMessage, err error) {
+				t.Helper()
+				if tc.errMsg == "" {
+					if err != nil {
+						t.Fatalf("%s: %v, want accepted", what, err)
+					}
+					if string(stored) != tc.want {
+						t.Errorf("%s stored metadata %q, want %q", what, stored, tc.want)
+					}
+					return
+				}
+				var fe *registry.FieldError
+				if !errors.As(err, &fe) || fe.Field != "metadata" || !strings.Contains(err.Error(), tc.errMsg) {
+					t.Fatalf("%s = %v, want a metadata FieldError saying %q", what, err, tc.errMsg)
+				}
+				if errors.Is(err, registry.ErrTooLarge) != tc.tooLarge {
+					t.Errorf("%s: errors.Is(ErrTooLarge) = %v, want %v", what, !tc.tooLarge, tc.tooLarge)
+				}
+			}
+			e := newEnv(t, cfg)
+			reg := validRegistration()
+			reg.Metadata = json.RawMessage(tc.metadata)
+			a, _, err := e.reg.Register(context.Background(), reg)
+			check("Register", a.Metadata, err)
+			if err != nil {
+				if agents, _ := e.reg.List(context.Background(), ""); len(agents) != 0 {
+					t.Errorf("a refused registration was stored")
+				}
+				reg.Metadata = nil
+				a = e.register(t, reg)
+			}
+			e.clock.Advance(time.Second)
+			hb, err := e.reg.Heartbeat(context.Background(), registry.Actor{}, a.ID, "degraded", json.RawMessage(tc.metadata))
+			check("Heartbeat", hb.HeartbeatMetadata, err)
+			if err != nil {
+				if got, _ := e.reg.Get(context.Background(), a.ID); got.Status != registry.StatusHealthy || !got.LastSeen.Equal(t0) {
+					t.Errorf("a refused heartbeat changed the agent: %s seen %v", got.Status, got.LastSeen)
+				}
+			}
+		})
+	}
+}
+
+func TestMaxAgents(t *testing.T) {
+	cfg := defaultConfig(t)
+	cfg.MaxAgents = 2
+	e := newEnv(t, cfg)
+	reg := func(name string) (registry.Agent, bool, error) {
+		r := validRegistration()
+		r.Name = name
+		return e.reg.Register(context.Background(), r)
+	}
+	for _, name := range []string{"a", "b"} {
+		if _, _, err := reg(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err := reg("c")
+	if !errors.Is(err, registry.ErrFull) || !strings.Contains(err.Error(), "AGENT_MAX_AGENTS=2") {
+		t.Fatalf("a third agent with AGENT_MAX_AGENTS=2: %v, want ErrFull naming the setting", err)
+	}
+	if n := e.logs.FilterMessage("agent registration refused: AGENT_MAX_AGENTS reached").Len(); n != 1 {
+		t.Errorf("the refusal was logged %d times, want once", n)
+	}
+	if _, created, err := reg("a"); err != nil || created {
+		t.Errorf("registering a known agent again at the limit = created %v, %v; want it updated", created, err)
+	}
+}
+
+// TestLimitDefaults: a Config built in code without the limits gets their
+// defaults, as the environment gives them.
+func TestLimitDefaults(t *testing.T) {
+	cfg := defaultConfig(t)
+	if cfg.MaxMetadataBytes != registry.DefaultMaxMetadataBytes || cfg.MaxMetadataDepth != registry.DefaultMaxMetadataDepth || cfg.MaxAgents != registry.DefaultMaxAgents {
+		t.Errorf("environment defaults %d bytes, depth %d, %d agents; want the Default constants", cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxAgents)
+	}
+	if registry.DefaultMaxMetadataBytes != 64<<10 || registry.DefaultMaxMetadataDepth != 8 || registry.DefaultMaxAgents != 50_000 {
+		t.Errorf("defaults changed: %d bytes, depth %d, %d agents", registry.DefaultMaxMetadataBytes, registry.DefaultMaxMetadataDepth, registry.DefaultMaxAgents)
+	}
+	cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxAgents = 0, 0, 0
+	e := newEnv(t, cfg)
+	r := validRegistration()
+	r.Metadata = objectOf(registry.DefaultMaxMetadataBytes + 1)
+	if _, _, err := e.reg.Register(context.Background(), r); !errors.Is(err, registry.ErrTooLarge) {
+		t.Errorf("with a zero limit, metadata over the default = %v, want ErrTooLarge", err)
+	}
+	r.Metadata = nested(registry.DefaultMaxMetadataDepth + 1)
+	if _, _, err := e.reg.Register(context.Background(), r); err == nil {
+		t.Error("with a zero limit, metadata deeper than the default was accepted")
+	}
+	r.Metadata = nested(registry.DefaultMaxMetadataDepth)
+	e.register(t, r)
+}
+
+// TestOwnership: an agent is bound to the token it registered with; the
+// registry refuses the others, names the agent and logs who asked.
+func TestOwnership(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, defaultConfig(t))
+	alice := registry.Actor{Token: "sha256:aaaaaaaaaaaa"}
+	mallory := registry.Actor{Token: "sha256:bbbbbbbbbbbb"}
+	operator := registry.Actor{Token: "sha256:cccccccccccc", Operator: true}
+
+	r := validRegistration()
+	r.Owner = alice.Token
+	a := e.register(t, r)
+	if a.Owner != alice.Token {
+		t.Fatalf("owner = %q, want %s", a.Owner, alice.Token)
+	}
+
+	takeover := validRegistration()
+	takeover.Owner, takeover.Type, takeover.Capabilities = mallory.Token, "performance", []string{"steal"}
+	_, _, err := e.reg.Register(ctx, takeover)
+	var oe *registry.OwnerError
+	if !errors.As(err, &oe) || !errors.Is(err, registry.ErrNotOwner) {
+		t.Fatalf("takeover Register = %v, want an OwnerError", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, `"cost-agent-1" at 10.0.0.5:8001`) || !strings.Contains(msg, "bound to another agent token") ||
+		strings.Contains(msg, alice.Token) || strings.Contains(msg, "agent "+a.ID) {
+		t.Errorf("takeover message %q: want the agent as named (not its id) and nothing of the owner's token", msg)
+	}
+	for _, err := range []error{
+		func() error { _, err := e.reg.Heartbeat(ctx, mallory, a.ID, "unhealthy", nil); return err }(),
+		func() error { _, err := e.reg.Unregister(ctx, mallory, a.ID); return err }(),
+	} {
+		if !errors.As(err, &oe) || oe.Agent != a.ID || strings.Contains(err.Error(), alice.Token) {
+			t.Errorf("change by another token = %v, want an OwnerError naming %s", err, a.ID)
+		}
+	}
+	if got, _ := e.reg.Get(ctx, a.ID); got.Status != registry.StatusHealthy || got.Type != registry.TypeCost || got.Owner != alice.Token {
+		t.Errorf("after refused changes: %s %s owner %q", got.Type, got.Status, got.Owner)
+	}
+	for _, msg := range []string{
+		"agent registration refused: the agent is bound to another token",
+		"agent heartbeat refused: the agent is bound to another token",
+		"agent unregistration refused: the agent is bound to another token",
+	} {
+		entries := e.logs.FilterMessage(msg).All()
+		if len(entries) != 1 {
+			t.Errorf("%q logged %d times, want once", msg, len(entries))
+			continue
+		}
+		if by := entries[0].ContextMap()["by"]; fmt.Sprint(by) != "map[role:agent token:sha256:bbbbbbbbbbbb]" {
+			t.Errorf("%q by = %v, want the refused token's fingerprint", msg, by)
+		}
+	}
+
+	// Its own token changes it, and the log says who.
+	if _, err := e.reg.Heartbeat(ctx, alice, a.ID, "degraded", nil); err != nil {
+		t.Fatal(err)
+	}
+	changed := e.logs.FilterMessage("agent status changed").All()
+	if len(changed) != 1 || fmt.Sprint(changed[0].ContextMap()["by"]) != "map[role:agent token:sha256:aaaaaaaaaaaa]" {
+		t.Errorf("status change logged as %v, want by alice's fingerprint", changed)
+	}
+	registered := e.logs.FilterMessage("agent registered").All()
+	if len(registered) != 1 || registered[0].ContextMap()["owner"] != alice.Token {
+		t.Errorf("registration logged as %v, want the owner", registered)
+	}
+
+	// An operator may remove it.
+	if _, err := e.reg.Unregister(ctx, operator, a.ID); err != nil {
+		t.Fatalf("operator Unregister: %v", err)
+	}
+	un := e.logs.FilterMessage("agent unregistered").All()
+	if len(un) != 1 || fmt.Sprint(un[0].ContextMap()["by"]) != "map[role:operator token:sha256:cccccccccccc]" || un[0].ContextMap()["owner"] != alice.Token {
+		t.Errorf("unregistration logged as %v, want by the operator, owner alice", un)
+	}
+}
+
+// TestAgentsGaugeCopiesNoAgent: a scrape counts the agents in the store;
+// what it allocates does not grow with the agents or their metadata.
+func TestAgentsGaugeCopiesNoAgent(t *testing.T) {
+	allocs := func(n int) float64 {
+		e := newEnv(t, defaultConfig(t))
+		for i := range n {
+			r := validRegistration()
+			r.Name, r.Metadata = fmt.Sprintf("agent-%d", i), objectOf(4<<10)
+			e.register(t, r)
+		}
+		return testing.AllocsPerRun(20, func() {
+			if _, err := e.metrics.Gather(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	few, many := allocs(10), allocs(1000)
+	if many > few+20 {
+		t.Errorf("a scrape allocates %.0f times with 10 agents and %.0f with 1,000: it copies agents", few, many)
+	}
+	t.Logf("allocations per scrape: %.0f with 10 agents, %.0f with 1,000", few, many)
 }

@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -12,29 +14,50 @@ import (
 // ErrNotFound is returned for an agent ID the store does not hold.
 var ErrNotFound = errors.New("agent not found")
 
+// ErrFull is returned for a new agent when the store holds as many agents
+// as it may.
+var ErrFull = errors.New("the agent registry is full")
+
 // Store keeps the registered agents. Every method is safe for concurrent
 // use and atomic: a reader never sees half an update. The contract every
 // implementation must meet is the suite in package registrytest; the
-// in-memory store below passes it, and a shared store (Redis) must too.
+// in-memory store below passes it, and a shared store (PostgreSQL) must
+// too.
+//
+// Changes take the caller's owner: the fingerprint of its agent token, or
+// "" for a caller that may change any agent. A change to an agent whose
+// Owner is set, by a caller whose owner is set and differs, is refused
+// with ErrNotOwner and changes nothing; the check and the change are one
+// atomic step.
 type Store interface {
 	// Register stores a, unless an agent with the same name, host and port
 	// is stored: then that agent takes a's type, capabilities, version,
 	// metadata, status and last-seen time, keeps its ID and RegisteredAt,
 	// and created is false. An agent that restarts thus keeps its ID.
-	Register(ctx context.Context, a Agent) (stored Agent, created bool, err error)
+	// a.Owner is the caller's owner: a known agent with no owner takes
+	// it, one with an owner keeps it. A new agent is refused with ErrFull
+	// when the store already holds maxAgents agents (a known one never
+	// is), in the same atomic step as the insert.
+	Register(ctx context.Context, a Agent, maxAgents int) (stored Agent, created bool, err error)
 	// Heartbeat records that agent id reported status at the given time,
-	// and replaces its heartbeat metadata when metadata is not nil. It
+	// and replaces its heartbeat metadata when metadata is not empty. It
 	// returns the agent as updated, and its liveness just before, so the
 	// caller sees a status change without reading the agent first.
-	// ErrNotFound when id is unknown.
-	Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (updated Agent, previous Liveness, err error)
-	// Delete removes agent id and returns it. ErrNotFound when unknown.
-	Delete(ctx context.Context, id string) (Agent, error)
+	// ErrNotFound when id is unknown; ErrNotOwner as above.
+	Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time) (updated Agent, previous Liveness, err error)
+	// Delete removes agent id and returns it. ErrNotFound when unknown;
+	// ErrNotOwner as above.
+	Delete(ctx context.Context, id, owner string) (Agent, error)
 	// Get returns agent id. ErrNotFound when unknown.
 	Get(ctx context.Context, id string) (Agent, error)
 	// List returns the agents of typ (every type when empty), oldest
 	// registration first.
 	List(ctx context.Context, typ Type) ([]Agent, error)
+	// Count returns how many agents there are of each type and status,
+	// an agent last seen before silentSince counting as unreachable
+	// whatever its stored status. Pairs without agents may be left out;
+	// no pair is listed twice. It copies no agent.
+	Count(ctx context.Context, silentSince time.Time) ([]AgentCount, error)
 	// Candidates appends to buf the agents of typ that list capability,
 	// in an order that is stable while the set does not change.
 	Candidates(ctx context.Context, typ Type, capability string, buf []Candidate) ([]Candidate, error)
@@ -43,6 +66,19 @@ type Store interface {
 	MarkUnreachable(ctx context.Context, cutoff time.Time) ([]Agent, error)
 	// Evict deletes every agent last seen before cutoff and returns them.
 	Evict(ctx context.Context, cutoff time.Time) ([]Agent, error)
+}
+
+// AgentCount is how many agents have one type and status.
+type AgentCount struct {
+	Type   Type
+	Status Status
+	Agents int
+}
+
+// conflicts reports whether a change by owner must be refused on an agent
+// whose owner is stored: both set, and different.
+func conflicts(stored, owner string) bool {
+	return stored != "" && owner != "" && stored != owner
 }
 
 // Liveness is an agent's stored status and when it was last heard from.
@@ -120,19 +156,28 @@ var _ Store = (*MemoryStore)(nil)
 func identityOf(a *Agent) identity { return identity{name: a.Name, host: a.Host, port: a.Port} }
 
 // Register implements Store.
-func (s *MemoryStore) Register(ctx context.Context, a Agent) (Agent, bool, error) {
+func (s *MemoryStore) Register(ctx context.Context, a Agent, maxAgents int) (Agent, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return Agent{}, false, err
 	}
-	a = a.clone() // the store's own copy: the caller may change its slices and maps
+	a = a.clone() // the store's own copy: the caller may change its slices
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.byIdentity[identityOf(&a)]; ok {
+		if conflicts(old.Owner, a.Owner) {
+			return Agent{}, false, ErrNotOwner
+		}
+		if old.Owner != "" {
+			a.Owner = old.Owner
+		}
 		s.unindex(old)
 		a.ID, a.RegisteredAt = old.ID, old.RegisteredAt
 		stored := a
 		s.index(&stored)
 		return stored.clone(), false, nil
+	}
+	if len(s.byID) >= maxAgents {
+		return Agent{}, false, ErrFull
 	}
 	if _, taken := s.byID[a.ID]; taken || a.ID == "" {
 		return Agent{}, false, errors.New("registry: agent ID empty or already taken")
@@ -142,46 +187,16 @@ func (s *MemoryStore) Register(ctx context.Context, a Agent) (Agent, bool, error
 	return stored.clone(), true, nil
 }
 
-// clone returns a copy of a that shares no slice or map with it, so that
-// neither what a caller passed nor what it got back aliases a stored
-// agent: a caller changing a capability in place would otherwise corrupt
-// the capability index.
+// clone returns a copy of a that shares no slice with it, so that neither
+// what a caller passed nor what it got back aliases a stored agent: a
+// caller changing a capability in place would otherwise corrupt the
+// capability index. Metadata is one block of JSON text each, so this
+// copies three slices, however the metadata nests.
 func (a Agent) clone() Agent {
 	a.Capabilities = slices.Clone(a.Capabilities)
-	a.Metadata = cloneJSONObject(a.Metadata)
-	a.HeartbeatMetadata = cloneJSONObject(a.HeartbeatMetadata)
+	a.Metadata = bytes.Clone(a.Metadata)
+	a.HeartbeatMetadata = bytes.Clone(a.HeartbeatMetadata)
 	return a
-}
-
-// cloneJSONObject deep-copies a decoded JSON object: nested objects and
-// arrays are copied too; the other values (strings, numbers, booleans,
-// nil) are immutable.
-func cloneJSONObject(m map[string]any) map[string]any {
-	if m == nil {
-		return nil
-	}
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = cloneJSONValue(v)
-	}
-	return out
-}
-
-func cloneJSONValue(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		return cloneJSONObject(v)
-	case []any:
-		if v == nil {
-			return v
-		}
-		out := make([]any, len(v))
-		for i, e := range v {
-			out[i] = cloneJSONValue(e)
-		}
-		return out
-	}
-	return v
 }
 
 // index adds a to every map; unindex removes it. Stored agents are never
@@ -216,9 +231,12 @@ func (s *MemoryStore) unindex(a *Agent) {
 }
 
 // Heartbeat implements Store.
-func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, metadata map[string]any, at time.Time) (Agent, Liveness, error) {
+func (s *MemoryStore) Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time) (Agent, Liveness, error) {
 	if err := ctx.Err(); err != nil {
 		return Agent{}, Liveness{}, err
+	}
+	if len(metadata) > 0 {
+		metadata = bytes.Clone(metadata) // copied before the lock is taken
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -226,10 +244,13 @@ func (s *MemoryStore) Heartbeat(ctx context.Context, id string, status Status, m
 	if !ok {
 		return Agent{}, Liveness{}, ErrNotFound
 	}
+	if conflicts(old.Owner, owner) {
+		return Agent{}, Liveness{}, ErrNotOwner
+	}
 	updated := *old
 	updated.Status, updated.LastSeen = status, at
-	if metadata != nil {
-		updated.HeartbeatMetadata = cloneJSONObject(metadata)
+	if len(metadata) > 0 {
+		updated.HeartbeatMetadata = metadata
 	}
 	// Only the status and times change: the capability index holds the
 	// same pointer position, so swap in place rather than re-indexing.
@@ -251,7 +272,7 @@ func (s *MemoryStore) swap(updated Agent) Agent {
 }
 
 // Delete implements Store.
-func (s *MemoryStore) Delete(ctx context.Context, id string) (Agent, error) {
+func (s *MemoryStore) Delete(ctx context.Context, id, owner string) (Agent, error) {
 	if err := ctx.Err(); err != nil {
 		return Agent{}, err
 	}
@@ -260,6 +281,9 @@ func (s *MemoryStore) Delete(ctx context.Context, id string) (Agent, error) {
 	a, ok := s.byID[id]
 	if !ok {
 		return Agent{}, ErrNotFound
+	}
+	if conflicts(a.Owner, owner) {
+		return Agent{}, ErrNotOwner
 	}
 	s.unindex(a)
 	return *a, nil
@@ -298,6 +322,33 @@ func (s *MemoryStore) List(ctx context.Context, typ Type) ([]Agent, error) {
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
+	return out, nil
+}
+
+// Count implements Store. It reads each agent's type, status and last-seen
+// time under the read lock, and allocates only the result.
+func (s *MemoryStore) Count(ctx context.Context, silentSince time.Time) ([]AgentCount, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	type key struct {
+		typ    Type
+		status Status
+	}
+	counts := make(map[key]int, len(Types)*len(Statuses))
+	s.mu.RLock()
+	for _, a := range s.byID {
+		st := a.Status
+		if a.LastSeen.Before(silentSince) {
+			st = StatusUnreachable
+		}
+		counts[key{a.Type, st}]++
+	}
+	s.mu.RUnlock()
+	out := make([]AgentCount, 0, len(counts))
+	for k, n := range counts {
+		out = append(out, AgentCount{Type: k.typ, Status: k.status, Agents: n})
+	}
 	return out, nil
 }
 

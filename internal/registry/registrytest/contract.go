@@ -13,8 +13,10 @@ package registrytest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -26,6 +28,9 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
+
+// unlimited is a maxAgents that never refuses an agent.
+const unlimited = math.MaxInt
 
 // t0 is the time the suite's agents register at.
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -49,6 +54,10 @@ func TestStore(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"MarkUnreachable", testMarkUnreachable},
 		{"Evict", testEvict},
 		{"ReturnedAgentsDoNotAlias", testNoAliasing},
+		{"OwnerBindsChanges", testOwner},
+		{"MaxAgents", testMaxAgents},
+		{"MaxAgentsConcurrent", testMaxAgentsConcurrent},
+		{"Count", testCount},
 		{"CancelledContext", testCancelledContext},
 		{"Concurrent", testConcurrent},
 	}
@@ -73,13 +82,13 @@ func newAgent(id, name string, typ registry.Type, port, second int, caps ...stri
 		Version:      "1.0.0",
 		RegisteredAt: at(second),
 		LastSeen:     at(second),
-		Metadata:     map[string]any{"zone": "a", "gpus": float64(2)},
+		Metadata:     raw(`{"zone":"a","gpus":2}`),
 	}
 }
 
 func mustRegister(t *testing.T, s registry.Store, a registry.Agent) registry.Agent {
 	t.Helper()
-	stored, created, err := s.Register(context.Background(), a)
+	stored, created, err := s.Register(context.Background(), a, unlimited)
 	if err != nil {
 		t.Fatalf("Register(%s): %v", a.ID, err)
 	}
@@ -134,11 +143,14 @@ func diffAgent(got, want registry.Agent) string {
 	if !got.LastSeen.Equal(want.LastSeen) {
 		field("LastSeen", got.LastSeen, want.LastSeen)
 	}
-	if !equalMaps(got.Metadata, want.Metadata) {
-		field("Metadata", got.Metadata, want.Metadata)
+	if got.Owner != want.Owner {
+		field("Owner", got.Owner, want.Owner)
 	}
-	if !equalMaps(got.HeartbeatMetadata, want.HeartbeatMetadata) {
-		field("HeartbeatMetadata", got.HeartbeatMetadata, want.HeartbeatMetadata)
+	if !equalJSON(got.Metadata, want.Metadata) {
+		field("Metadata", string(got.Metadata), string(want.Metadata))
+	}
+	if !equalJSON(got.HeartbeatMetadata, want.HeartbeatMetadata) {
+		field("HeartbeatMetadata", string(got.HeartbeatMetadata), string(want.HeartbeatMetadata))
 	}
 	if len(d) == 0 {
 		return ""
@@ -146,11 +158,22 @@ func diffAgent(got, want registry.Agent) string {
 	return fmt.Sprint(d)
 }
 
-func equalMaps(a, b map[string]any) bool {
-	if len(a) == 0 && len(b) == 0 {
-		return true
+// raw is JSON text as metadata.
+func raw(js string) json.RawMessage { return json.RawMessage(js) }
+
+// equalJSON reports whether two metadata objects hold the same JSON: a
+// store may reorder keys or drop spaces. Nil and {} count as equal.
+func equalJSON(a, b json.RawMessage) bool {
+	decode := func(js json.RawMessage) (any, bool) {
+		if len(js) == 0 {
+			return map[string]any{}, true
+		}
+		var v any
+		return v, json.Unmarshal(js, &v) == nil
 	}
-	return reflect.DeepEqual(a, b)
+	va, okA := decode(a)
+	vb, okB := decode(b)
+	return okA && okB && reflect.DeepEqual(va, vb)
 }
 
 func checkAgent(t *testing.T, what string, got, want registry.Agent) {
@@ -214,7 +237,7 @@ func list(t *testing.T, s registry.Store, typ registry.Type) []registry.Agent {
 
 func testRegisterNew(t *testing.T, s registry.Store) {
 	a := newAgent("a1", "cost-1", registry.TypeCost, 8001, 0, "analyze", "report")
-	stored, created, err := s.Register(context.Background(), a)
+	stored, created, err := s.Register(context.Background(), a, unlimited)
 	if err != nil || !created {
 		t.Fatalf("Register = created %v, err %v; want created, nil", created, err)
 	}
@@ -240,7 +263,7 @@ func testReRegister(t *testing.T, s registry.Store) {
 	// An unrelated agent, so the index is not just one agent.
 	other := newAgent("o1", "other", registry.TypeCost, 9000, 1, "x", "y", "z")
 	mustRegister(t, s, other)
-	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": float64(1)}, at(5)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":1}`), at(5)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -257,9 +280,9 @@ func testReRegister(t *testing.T, s registry.Store) {
 		Version:      "2.0.0",
 		RegisteredAt: at(10),
 		LastSeen:     at(10),
-		Metadata:     map[string]any{"zone": "b"},
+		Metadata:     raw(`{"zone":"b"}`),
 	}
-	stored, created, err := s.Register(ctx, again)
+	stored, created, err := s.Register(ctx, again, unlimited)
 	if err != nil {
 		t.Fatalf("Register again: %v", err)
 	}
@@ -284,7 +307,7 @@ func testReRegister(t *testing.T, s registry.Store) {
 	// (old type, capability) bucket.
 	moved := again
 	moved.ID, moved.Type, moved.Capabilities, moved.LastSeen = "a3", registry.TypePerformance, []string{"z", "w"}, at(20)
-	stored, created, err = s.Register(ctx, moved)
+	stored, created, err = s.Register(ctx, moved, unlimited)
 	if err != nil || created {
 		t.Fatalf("Register with another type = created %v, err %v; want false, nil", created, err)
 	}
@@ -304,12 +327,12 @@ func testReRegister(t *testing.T, s registry.Store) {
 	}
 
 	// Deleting it leaves nothing behind: registering once more is new.
-	if _, err := s.Delete(ctx, "a1"); err != nil {
+	if _, err := s.Delete(ctx, "a1", ""); err != nil {
 		t.Fatal(err)
 	}
 	checkCandidates(t, s, registry.TypePerformance, "z")
 	fresh := newAgent("a4", "agent", registry.TypeCost, 8001, 30, "x")
-	if _, created, err := s.Register(ctx, fresh); err != nil || !created {
+	if _, created, err := s.Register(ctx, fresh, unlimited); err != nil || !created {
 		t.Errorf("Register after Delete = created %v, err %v; want a new agent", created, err)
 	}
 }
@@ -336,7 +359,7 @@ func testTakenID(t *testing.T, s registry.Store) {
 	a := newAgent("a1", "agent", registry.TypeCost, 8001, 0, "x")
 	mustRegister(t, s, a)
 	clash := newAgent("a1", "another", registry.TypePerformance, 9001, 1, "y")
-	if _, _, err := s.Register(context.Background(), clash); err == nil {
+	if _, _, err := s.Register(context.Background(), clash, unlimited); err == nil {
 		t.Error("Register of another agent with a taken ID succeeded")
 	}
 	checkAgent(t, "agent whose ID was proposed again", mustGet(t, s, "a1"), a)
@@ -354,24 +377,24 @@ func testNotFound(t *testing.T, s registry.Store) {
 		if _, err := s.Get(ctx, id); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
 		}
-		if _, _, err := s.Heartbeat(ctx, id, registry.StatusHealthy, nil, at(1)); !errors.Is(err, registry.ErrNotFound) {
+		if _, _, err := s.Heartbeat(ctx, id, "", registry.StatusHealthy, nil, at(1)); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Heartbeat(%q) = %v, want ErrNotFound", id, err)
 		}
-		if _, err := s.Delete(ctx, id); !errors.Is(err, registry.ErrNotFound) {
+		if _, err := s.Delete(ctx, id, ""); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Delete(%q) = %v, want ErrNotFound", id, err)
 		}
 	}
-	deleted, err := s.Delete(ctx, "a1")
+	deleted, err := s.Delete(ctx, "a1", "")
 	if err != nil || deleted.ID != "a1" || deleted.Name != "agent" {
 		t.Fatalf("Delete(a1) = %s %q, %v; want the agent", deleted.ID, deleted.Name, err)
 	}
 	if _, err := s.Get(ctx, "a1"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Get after Delete = %v, want ErrNotFound", err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(2)); !errors.Is(err, registry.ErrNotFound) {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(2)); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Heartbeat after Delete = %v, want ErrNotFound", err)
 	}
-	if _, err := s.Delete(ctx, "a1"); !errors.Is(err, registry.ErrNotFound) {
+	if _, err := s.Delete(ctx, "a1", ""); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
 	if agents := list(t, s, ""); len(agents) != 0 {
@@ -387,8 +410,8 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 	mustRegister(t, s, newAgent("b1", "bystander", registry.TypeCost, 8002, 0, "x"))
 
 	want := a
-	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(30), map[string]any{"load": 0.5}
-	got, previous, err := s.Heartbeat(ctx, "a1", registry.StatusDegraded, map[string]any{"load": 0.5}, at(30))
+	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(30), raw(`{"load":0.5}`)
+	got, previous, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":0.5}`), at(30))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,9 +421,9 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 	checkAgent(t, "Heartbeat's result", got, want)
 	checkAgent(t, "Get after Heartbeat", mustGet(t, s, "a1"), want)
 
-	// nil metadata keeps the last heartbeat's.
+	// Empty (nil) metadata keeps the last heartbeat's.
 	want.Status, want.LastSeen = registry.StatusHealthy, at(60)
-	got, previous, err = s.Heartbeat(ctx, "a1", registry.StatusHealthy, nil, at(60))
+	got, previous, err = s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(60))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,14 +433,14 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 	checkAgent(t, "Heartbeat with nil metadata", got, want)
 	checkAgent(t, "Get after Heartbeat with nil metadata", mustGet(t, s, "a1"), want)
 
-	// Non-nil metadata replaces it, even when empty.
-	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusUnhealthy, at(90), map[string]any{"queue": float64(3)}
-	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusUnhealthy, map[string]any{"queue": float64(3)}, at(90)); err != nil {
+	// Metadata replaces it, even the empty object.
+	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusUnhealthy, at(90), raw(`{"queue":3}`)
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusUnhealthy, raw(`{"queue":3}`), at(90)); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with new metadata", mustGet(t, s, "a1"), want)
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusHealthy, at(120), nil
-	if _, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, map[string]any{}, at(120)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, raw(`{}`), at(120)); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with empty metadata", mustGet(t, s, "a1"), want)
@@ -481,13 +504,13 @@ func testList(t *testing.T, s registry.Store) {
 	// Re-registering the first and heartbeating others keeps the order.
 	again := regs[0]
 	again.ID, again.LastSeen, again.Version = "new-id", at(100), "2.0.0"
-	if _, created, err := s.Register(ctx, again); err != nil || created {
+	if _, created, err := s.Register(ctx, again, unlimited); err != nil || created {
 		t.Fatalf("Register again = %v, %v", created, err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "x", registry.StatusHealthy, nil, at(101)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "x", "", registry.StatusHealthy, nil, at(101)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Delete(ctx, "y"); err != nil {
+	if _, err := s.Delete(ctx, "y", ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := ids(list(t, s, "")); !slices.Equal(got, []string{"z", "x", "w", "v"}) {
@@ -548,7 +571,7 @@ func testCandidates(t *testing.T, s registry.Store) {
 		t.Errorf("Candidates with none = %+v, %v; want buf unchanged", none, err)
 	}
 
-	if _, err := s.Delete(ctx, "a"); err != nil {
+	if _, err := s.Delete(ctx, "a", ""); err != nil {
 		t.Fatal(err)
 	}
 	checkCandidates(t, s, registry.TypeCost, "x", "b")
@@ -569,7 +592,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 	for _, ag := range []registry.Agent{a, b, c} {
 		mustRegister(t, s, ag)
 	}
-	if _, _, err := s.Heartbeat(ctx, "b", registry.StatusDegraded, nil, at(10)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "b", "", registry.StatusDegraded, nil, at(10)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -609,7 +632,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 		t.Errorf("second MarkUnreachable = %v, %v; want none", ids(again), err)
 	}
 	// A heartbeat revives; later marking sees the new last-seen time.
-	if _, _, err := s.Heartbeat(ctx, "a", registry.StatusHealthy, nil, at(25)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a", "", registry.StatusHealthy, nil, at(25)); err != nil {
 		t.Fatal(err)
 	}
 	if got := mustGet(t, s, "a").Status; got != registry.StatusHealthy {
@@ -668,7 +691,7 @@ func testEvict(t *testing.T, s registry.Store) {
 	}
 	// An evicted agent that comes back is a new agent.
 	back := newAgent("a-new", "a", registry.TypeCost, 8001, 30, "x")
-	stored, created, err := s.Register(ctx, back)
+	stored, created, err := s.Register(ctx, back, unlimited)
 	if err != nil || !created || stored.ID != "a-new" {
 		t.Errorf("Register after eviction = %s created %v, %v; want a new agent a-new", stored.ID, created, err)
 	}
@@ -676,42 +699,38 @@ func testEvict(t *testing.T, s registry.Store) {
 }
 
 // testNoAliasing: what a caller holds, passed in or returned, is its own.
-// Changing it, down to a capability or a metadata entry, changes nothing
+// Changing it, down to a capability or a byte of metadata, changes nothing
 // in the store.
 func testNoAliasing(t *testing.T, s registry.Store) {
 	ctx := context.Background()
 	caps := []string{"x", "y"}
-	labels := map[string]any{"team": "infra"}
-	tags := []any{"a", "b"}
-	meta := map[string]any{"zone": "a", "labels": labels, "tags": tags}
+	meta := raw(`{"zone":"a","labels":{"team":"infra"},"tags":["a","b"]}`)
 	a := newAgent("a1", "agent", registry.TypeCost, 8001, 0)
 	a.Capabilities, a.Metadata = caps, meta
 	want := a
 	want.Capabilities = []string{"x", "y"}
-	want.Metadata = map[string]any{"zone": "a", "labels": map[string]any{"team": "infra"}, "tags": []any{"a", "b"}}
+	want.Metadata = raw(`{"zone":"a","labels":{"team":"infra"},"tags":["a","b"]}`)
 
+	// overwrite changes every letter of js in place, keeping it JSON.
+	overwrite := func(js json.RawMessage) {
+		for i, c := range js {
+			if c >= 'a' && c <= 'z' {
+				js[i] = 'q'
+			}
+		}
+	}
 	stored := mustRegister(t, s, a)
-	caps[0], meta["zone"], labels["team"], tags[0] = "changed", "changed", "changed", "changed"
+	caps[0] = "changed"
+	overwrite(meta)
 	checkAgent(t, "after changing the registered slices", mustGet(t, s, "a1"), want)
 
 	scribble := func(a *registry.Agent) {
-		a.Name, a.Status, a.Port = "scribbled", registry.StatusUnhealthy, 1
+		a.Name, a.Status, a.Port, a.Owner = "scribbled", registry.StatusUnhealthy, 1, "scribbled"
 		if len(a.Capabilities) > 0 {
 			a.Capabilities[0] = "scribbled"
 		}
-		if a.Metadata != nil {
-			if labels, ok := a.Metadata["labels"].(map[string]any); ok {
-				labels["team"] = "scribbled"
-			}
-			if tags, ok := a.Metadata["tags"].([]any); ok && len(tags) > 0 {
-				tags[0] = "scribbled"
-			}
-			a.Metadata["zone"] = "scribbled"
-			a.Metadata["new"] = "scribbled"
-		}
-		if a.HeartbeatMetadata != nil {
-			a.HeartbeatMetadata["load"] = "scribbled"
-		}
+		overwrite(a.Metadata)
+		overwrite(a.HeartbeatMetadata)
 	}
 	scribble(&stored)
 	checkAgent(t, "after changing Register's result", mustGet(t, s, "a1"), want)
@@ -726,13 +745,13 @@ func testNoAliasing(t *testing.T, s registry.Store) {
 	}
 	checkAgent(t, "after changing List's result", mustGet(t, s, "a1"), want)
 
-	hbMeta := map[string]any{"load": 0.5}
-	hb, _, err := s.Heartbeat(ctx, "a1", registry.StatusHealthy, hbMeta, at(1))
+	hbMeta := raw(`{"load":"high"}`)
+	hb, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, hbMeta, at(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want.LastSeen, want.HeartbeatMetadata = at(1), map[string]any{"load": 0.5}
-	hbMeta["load"] = "changed"
+	want.LastSeen, want.HeartbeatMetadata = at(1), raw(`{"load":"high"}`)
+	overwrite(hbMeta)
 	scribble(&hb)
 	checkAgent(t, "after changing the heartbeat's metadata and result", mustGet(t, s, "a1"), want)
 
@@ -754,14 +773,278 @@ func testNoAliasing(t *testing.T, s registry.Store) {
 	checkCandidates(t, s, registry.TypeCost, "scribbled")
 }
 
+// Owners of the ownership test: two agent tokens' fingerprints.
+const (
+	ownerA = "sha256:aaaaaaaaaaaa"
+	ownerB = "sha256:bbbbbbbbbbbb"
+)
+
+// testOwner: an agent with an owner is changed only by that owner or by a
+// caller without one (an operator, or no authentication); a refused change
+// changes nothing. An agent without an owner takes the first registration's.
+func testOwner(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	a := newAgent("a1", "agent", registry.TypeCost, 8001, 0, "x")
+	a.Owner = ownerA
+	checkAgent(t, "Register's result", mustRegister(t, s, a), a)
+	checkAgent(t, "Get of a bound agent", mustGet(t, s, "a1"), a)
+
+	// Another token can neither take it over nor touch it.
+	thief := newAgent("t1", "agent", registry.TypePerformance, 8001, 1, "steal")
+	thief.Owner, thief.Metadata = ownerB, raw(`{"owned":true}`)
+	if _, _, err := s.Register(ctx, thief, unlimited); !errors.Is(err, registry.ErrNotOwner) {
+		t.Errorf("Register by another owner = %v, want ErrNotOwner", err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "a1", ownerB, registry.StatusUnhealthy, raw(`{"owned":true}`), at(2)); !errors.Is(err, registry.ErrNotOwner) {
+		t.Errorf("Heartbeat by another owner = %v, want ErrNotOwner", err)
+	}
+	if _, err := s.Delete(ctx, "a1", ownerB); !errors.Is(err, registry.ErrNotOwner) {
+		t.Errorf("Delete by another owner = %v, want ErrNotOwner", err)
+	}
+	checkAgent(t, "after refused changes", mustGet(t, s, "a1"), a)
+	if _, err := s.Get(ctx, "t1"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("Get(t1) = %v: a refused registration was stored", err)
+	}
+	checkCandidates(t, s, registry.TypeCost, "x", "a1")
+	checkCandidates(t, s, registry.TypePerformance, "steal")
+
+	// Its owner may.
+	want := a
+	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(3), raw(`{"load":1}`)
+	if _, _, err := s.Heartbeat(ctx, "a1", ownerA, registry.StatusDegraded, raw(`{"load":1}`), at(3)); err != nil {
+		t.Fatalf("Heartbeat by the owner: %v", err)
+	}
+	checkAgent(t, "after the owner's heartbeat", mustGet(t, s, "a1"), want)
+	again := a
+	again.ID, again.Version, again.LastSeen = "a2", "2.0.0", at(4)
+	stored, created, err := s.Register(ctx, again, unlimited)
+	if err != nil || created {
+		t.Fatalf("Register again by the owner = created %v, %v; want the same agent", created, err)
+	}
+	want = again
+	want.ID, want.RegisteredAt = "a1", at(0)
+	checkAgent(t, "Register again by the owner", stored, want)
+
+	// A caller without an owner may too, and the owner stays.
+	anonymous := again
+	anonymous.ID, anonymous.Owner, anonymous.Version = "a3", "", "3.0.0"
+	if stored, _, err = s.Register(ctx, anonymous, unlimited); err != nil || stored.Owner != ownerA {
+		t.Fatalf("Register again without an owner = owner %q, %v; want allowed, owner %s kept", stored.Owner, err, ownerA)
+	}
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(5)); err != nil {
+		t.Errorf("Heartbeat without an owner: %v", err)
+	}
+	if got := mustGet(t, s, "a1"); got.Owner != ownerA || got.Version != "3.0.0" {
+		t.Errorf("agent = owner %q version %s, want owner %s version 3.0.0", got.Owner, got.Version, ownerA)
+	}
+
+	// An agent without an owner: anyone may change it, a heartbeat binds
+	// nothing, and the first registration with an owner binds it.
+	free := newAgent("f1", "free", registry.TypeCost, 8002, 0, "x")
+	mustRegister(t, s, free)
+	if _, _, err := s.Heartbeat(ctx, "f1", ownerB, registry.StatusHealthy, nil, at(1)); err != nil {
+		t.Errorf("Heartbeat of an agent without an owner: %v", err)
+	}
+	if got := mustGet(t, s, "f1"); got.Owner != "" {
+		t.Errorf("a heartbeat bound the agent to %q", got.Owner)
+	}
+	claim := free
+	claim.ID, claim.Owner = "f2", ownerB
+	if stored, created, err := s.Register(ctx, claim, unlimited); err != nil || created || stored.ID != "f1" || stored.Owner != ownerB {
+		t.Fatalf("Register of an agent without an owner = %s owner %q created %v, %v; want f1 bound to %s", stored.ID, stored.Owner, created, err, ownerB)
+	}
+	claim.ID, claim.Owner = "f3", ownerA
+	if _, _, err := s.Register(ctx, claim, unlimited); !errors.Is(err, registry.ErrNotOwner) {
+		t.Errorf("Register by another owner once bound = %v, want ErrNotOwner", err)
+	}
+
+	// Deleting: by a caller without an owner, or by the owner.
+	if _, err := s.Delete(ctx, "a1", ""); err != nil {
+		t.Errorf("Delete without an owner: %v", err)
+	}
+	if deleted, err := s.Delete(ctx, "f1", ownerB); err != nil || deleted.Owner != ownerB {
+		t.Errorf("Delete by the owner = owner %q, %v", deleted.Owner, err)
+	}
+	if n := len(list(t, s, "")); n != 0 {
+		t.Errorf("%d agents left, want none", n)
+	}
+}
+
+// testMaxAgents: past maxAgents a new agent is refused and nothing is
+// stored; a known agent may always register again.
+func testMaxAgents(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	for i := range 3 {
+		a := newAgent(fmt.Sprintf("a%d", i), fmt.Sprintf("agent-%d", i), registry.TypeCost, 8000+i, i, "x")
+		if _, created, err := s.Register(ctx, a, 3); err != nil || !created {
+			t.Fatalf("Register %d of 3 = created %v, %v", i+1, created, err)
+		}
+	}
+	extra := newAgent("a3", "agent-3", registry.TypePerformance, 8003, 3, "y")
+	if _, _, err := s.Register(ctx, extra, 3); !errors.Is(err, registry.ErrFull) {
+		t.Fatalf("Register of a 4th agent with maxAgents 3 = %v, want ErrFull", err)
+	}
+	if _, err := s.Get(ctx, "a3"); !errors.Is(err, registry.ErrNotFound) {
+		t.Errorf("Get of the refused agent = %v, want ErrNotFound", err)
+	}
+	checkCandidates(t, s, registry.TypePerformance, "y")
+	if n := len(list(t, s, "")); n != 3 {
+		t.Errorf("%d agents after a refused registration, want 3", n)
+	}
+
+	// A known agent registers again at the limit, and even below it.
+	again := newAgent("again", "agent-0", registry.TypeCost, 8000, 10, "x", "z")
+	for _, max := range []int{3, 1} {
+		stored, created, err := s.Register(ctx, again, max)
+		if err != nil || created || stored.ID != "a0" {
+			t.Errorf("Register again of a0 with maxAgents %d = %s created %v, %v; want a0 updated", max, stored.ID, created, err)
+		}
+	}
+	if _, _, err := s.Register(ctx, extra, 1); !errors.Is(err, registry.ErrFull) {
+		t.Errorf("Register of a new agent with maxAgents below the count = %v, want ErrFull", err)
+	}
+
+	// Room again once an agent leaves.
+	if _, err := s.Delete(ctx, "a1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := s.Register(ctx, extra, 3); err != nil || !created {
+		t.Errorf("Register after a Delete = created %v, %v; want a new agent", created, err)
+	}
+	if _, _, err := s.Register(ctx, newAgent("a4", "agent-4", registry.TypeCost, 8004, 4), 3); !errors.Is(err, registry.ErrFull) {
+		t.Errorf("Register past the limit again = %v, want ErrFull", err)
+	}
+}
+
+// testMaxAgentsConcurrent: many new agents at once never pass the limit
+// (run it with the race detector); known agents keep registering again.
+func testMaxAgentsConcurrent(t *testing.T, s registry.Store) {
+	const (
+		workers  = 16
+		perEach  = 20
+		maxAgent = 50
+	)
+	ctx := context.Background()
+	var created, full atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*perEach)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range perEach {
+				n := w*perEach + i
+				a := newAgent(fmt.Sprintf("id-%d", n), fmt.Sprintf("agent-%d", n), registry.TypeCost, 8000, 0, "x")
+				_, isNew, err := s.Register(ctx, a, maxAgent)
+				switch {
+				case errors.Is(err, registry.ErrFull):
+					full.Add(1)
+				case err != nil:
+					errs <- err
+				case isNew:
+					created.Add(1)
+					// Registering again at the limit always works.
+					a.ID = a.ID + "-again"
+					if _, again, err := s.Register(ctx, a, maxAgent); err != nil || again {
+						errs <- fmt.Errorf("registering %s again = created %v, %w", a.Name, again, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if created.Load() != maxAgent || full.Load() != workers*perEach-maxAgent {
+		t.Errorf("%d created and %d refused as full, want %d and %d", created.Load(), full.Load(), maxAgent, workers*perEach-maxAgent)
+	}
+	if n := len(list(t, s, "")); n != maxAgent {
+		t.Errorf("%d agents stored, want %d", n, maxAgent)
+	}
+}
+
+// counts returns Count's answer as "type/status" -> agents, failing on a
+// pair listed twice.
+func counts(t *testing.T, s registry.Store, silentSince time.Time) map[string]int {
+	t.Helper()
+	cs, err := s.Count(context.Background(), silentSince)
+	if err != nil {
+		t.Fatalf("Count: %v", err)
+	}
+	out := map[string]int{}
+	for _, c := range cs {
+		key := string(c.Type) + "/" + string(c.Status)
+		if _, dup := out[key]; dup {
+			t.Errorf("Count lists %s twice", key)
+		}
+		if c.Agents != 0 {
+			out[key] = c.Agents
+		}
+	}
+	return out
+}
+
+func testCount(t *testing.T, s registry.Store) {
+	ctx := context.Background()
+	if got := counts(t, s, at(0)); len(got) != 0 {
+		t.Errorf("Count of an empty store = %v, want nothing", got)
+	}
+	for _, a := range []registry.Agent{
+		newAgent("c1", "c1", registry.TypeCost, 8001, 100, "x"),
+		newAgent("c2", "c2", registry.TypeCost, 8002, 100),
+		newAgent("c3", "c3", registry.TypeCost, 8003, 100),
+		newAgent("p1", "p1", registry.TypePerformance, 8004, 10), // silent since 10s
+		newAgent("r1", "r1", registry.TypeResource, 8005, 100),
+		newAgent("r2", "r2", registry.TypeResource, 8006, 20), // marked unreachable below
+	} {
+		mustRegister(t, s, a)
+	}
+	if _, _, err := s.Heartbeat(ctx, "c3", "", registry.StatusDegraded, nil, at(100)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "r1", "", registry.StatusUnhealthy, nil, at(100)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MarkUnreachable(ctx, at(30)); err != nil { // p1 and r2
+		t.Fatal(err)
+	}
+	if _, _, err := s.Heartbeat(ctx, "p1", "", registry.StatusHealthy, nil, at(40)); err != nil { // p1 back
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		silentSince int
+		want        map[string]int
+	}{
+		// Nobody silent: the stored statuses.
+		{0, map[string]int{"cost/healthy": 2, "cost/degraded": 1, "performance/healthy": 1, "resource/unhealthy": 1, "resource/unreachable": 1}},
+		// Seen at exactly the cutoff: not silent.
+		{40, map[string]int{"cost/healthy": 2, "cost/degraded": 1, "performance/healthy": 1, "resource/unhealthy": 1, "resource/unreachable": 1}},
+		// p1 silent since 40s counts as unreachable, whatever is stored.
+		{41, map[string]int{"cost/healthy": 2, "cost/degraded": 1, "performance/unreachable": 1, "resource/unhealthy": 1, "resource/unreachable": 1}},
+		// Everyone silent.
+		{101, map[string]int{"cost/unreachable": 3, "performance/unreachable": 1, "resource/unreachable": 2}},
+	} {
+		if got := counts(t, s, at(tc.silentSince)); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Count(silent since %ds) = %v, want %v", tc.silentSince, got, tc.want)
+		}
+	}
+	if _, err := s.Delete(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := counts(t, s, at(0))["cost/healthy"]; got != 1 {
+		t.Errorf("Count after a Delete: cost/healthy = %d, want 1", got)
+	}
+}
+
 func testCancelledContext(t *testing.T, s registry.Store) {
 	mustRegister(t, s, newAgent("a1", "agent", registry.TypeCost, 8001, 0, "x"))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	checks := map[string]error{}
-	_, _, checks["Register"] = s.Register(ctx, newAgent("b1", "b", registry.TypeCost, 8002, 1, "x"))
-	_, _, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", registry.StatusDegraded, nil, at(1))
-	_, checks["Delete"] = s.Delete(ctx, "a1")
+	_, _, checks["Register"] = s.Register(ctx, newAgent("b1", "b", registry.TypeCost, 8002, 1, "x"), unlimited)
+	_, checks["Count"] = s.Count(ctx, at(0))
+	_, _, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, nil, at(1))
+	_, checks["Delete"] = s.Delete(ctx, "a1", "")
 	_, checks["Get"] = s.Get(ctx, "a1")
 	_, checks["List"] = s.List(ctx, "")
 	_, checks["Candidates"] = s.Candidates(ctx, registry.TypeCost, "x", nil)
@@ -835,9 +1118,9 @@ func testConcurrent(t *testing.T, s registry.Store) {
 						Status:       registry.StatusHealthy,
 						RegisteredAt: now,
 						LastSeen:     now,
-						Metadata:     map[string]any{"worker": float64(w)},
+						Metadata:     raw(fmt.Sprintf(`{"worker":%d}`, w)),
 					}
-					stored, _, err := s.Register(ctx, a)
+					stored, _, err := s.Register(ctx, a, unlimited)
 					if err != nil {
 						fail("Register: %v", err)
 						continue
@@ -849,15 +1132,15 @@ func testConcurrent(t *testing.T, s registry.Store) {
 					known = append(known, stored.ID)
 					mu.Unlock()
 				case 3, 4:
-					status := registry.Statuses[rng.IntN(3)]
-					a, _, err := s.Heartbeat(ctx, pickKnown(), status, map[string]any{"i": float64(i)}, now)
+					status := registry.ReportedStatuses[rng.IntN(len(registry.ReportedStatuses))]
+					a, _, err := s.Heartbeat(ctx, pickKnown(), "", status, raw(fmt.Sprintf(`{"i":%d}`, i)), now)
 					if err == nil && (a.Status != status || !a.LastSeen.Equal(now)) {
 						fail("Heartbeat returned %s seen %v, want %s seen %v", a.Status, a.LastSeen, status, now)
 					} else if err != nil && !errors.Is(err, registry.ErrNotFound) {
 						fail("Heartbeat: %v", err)
 					}
 				case 5:
-					if _, err := s.Delete(ctx, pickKnown()); err != nil && !errors.Is(err, registry.ErrNotFound) {
+					if _, err := s.Delete(ctx, pickKnown(), ""); err != nil && !errors.Is(err, registry.ErrNotFound) {
 						fail("Delete: %v", err)
 					}
 				case 6:
@@ -942,6 +1225,13 @@ func CheckConsistent(t *testing.T, s registry.Store, types []registry.Type, capa
 	}
 	if perType != len(all) {
 		t.Errorf("List by type finds %d agents, List finds %d", perType, len(all))
+	}
+	listed := map[string]int{}
+	for _, a := range all {
+		listed[string(a.Type)+"/"+string(a.Status)]++
+	}
+	if got := counts(t, s, time.Time{}); !reflect.DeepEqual(got, listed) {
+		t.Errorf("Count = %v, but List shows %v", got, listed)
 	}
 	for _, typ := range types {
 		for _, c := range capabilities {
