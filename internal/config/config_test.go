@@ -96,16 +96,18 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"PORT": "70000"}, `PORT="70000": must be a TCP port`},
 		{map[string]string{"PORT": "99999999999999999999"}, `PORT (or ORCHESTRATOR_PORT)="99999999999999999999": number out of range`},
 		{map[string]string{"SHUTDOWN_DELAY": "5"}, `SHUTDOWN_DELAY="5": must be a duration`},
-		{map[string]string{"SHUTDOWN_DELAY": "-1s"}, `SHUTDOWN_DELAY="-1s": must not be negative`},
-		{map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, `SHUTDOWN_TIMEOUT="0s": must be greater than 0`},
+		{map[string]string{"SHUTDOWN_DELAY": "-1s"}, `SHUTDOWN_DELAY="-1s": must be from 0s to 1h`},
+		{map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, `SHUTDOWN_TIMEOUT="0s": must be from 100ms to 1h`},
 		{map[string]string{"HTTP_READ_HEADER_TIMEOUT": "soon"}, `HTTP_READ_HEADER_TIMEOUT="soon": must be a duration`},
 		{map[string]string{"HTTP_MAX_HEADER_BYTES": "10"}, `HTTP_MAX_HEADER_BYTES="10": must be between`},
-		{map[string]string{"HTTP_MAX_BODY_BYTES": "0"}, `HTTP_MAX_BODY_BYTES="0": must be at least 1`},
+		{map[string]string{"HTTP_MAX_BODY_BYTES": "0"}, `HTTP_MAX_BODY_BYTES="0": must be from 1 to 1073741824`},
 		{map[string]string{"LOG_LEVEL": "verbose"}, `LOG_LEVEL="verbose": must be one of debug, info, warn, error`},
 		{map[string]string{"LOG_FORMAT": "xml"}, `LOG_FORMAT="xml": must be json or console`},
 		{map[string]string{"FAULTS_ENABLED": "yes please"}, `FAULTS_ENABLED="yes please": must be true or false`},
 		{map[string]string{"ENVIRONMENT": "prod env"}, `ENVIRONMENT="prod env": must be`},
-		{map[string]string{"HEALTH_CHECK_TIMEOUT": "1m"}, `HEALTH_CHECK_TIMEOUT="1m0s": must be greater than 0 and at most`},
+		{map[string]string{"TASK_RETENTION": "1ns"}, `TASK_RETENTION="1ns": must be from 1s to 8760h`},
+		{map[string]string{"HTTP_MAX_BODY_BYTES": "9223372036854775807"}, `HTTP_MAX_BODY_BYTES="9223372036854775807": must be from 1 to 1073741824`},
+		{map[string]string{"HEALTH_CHECK_TIMEOUT": "1m"}, `HEALTH_CHECK_TIMEOUT="1m0s": must be from 10ms to HEALTH_CHECK_INTERVAL (10s)`},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			_, err := Load(context.Background(), tc.env)

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 )
 
 // Config sets agent liveness and which hosts agents may register.
@@ -33,17 +35,36 @@ type Config struct {
 	AllowedNetworks []string `env:"AGENT_ALLOWED_NETWORKS, default=127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
 }
 
+// Limits of the settings. The interval is told to agents in whole
+// seconds; more than an hour between heartbeats is no liveness at all.
+// maxMissedHeartbeats x maxHeartbeatInterval (1000h) stays far from
+// overflowing a time.Duration, and below maxEvictAfter.
+const (
+	maxHeartbeatInterval = time.Hour
+	maxMissedHeartbeats  = 1000
+	maxEvictAfter        = 365 * 24 * time.Hour
+)
+
 // Validate reports every setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
 	var errs []error
-	if c.HeartbeatInterval < time.Second || c.HeartbeatInterval%time.Second != 0 {
-		errs = append(errs, fmt.Errorf("AGENT_HEARTBEAT_INTERVAL=%q: must be a whole number of seconds, at least 1s (agents are told it in seconds)", c.HeartbeatInterval))
+	intervalOK := c.HeartbeatInterval >= time.Second && c.HeartbeatInterval <= maxHeartbeatInterval &&
+		c.HeartbeatInterval%time.Second == 0
+	if !intervalOK {
+		errs = append(errs, fmt.Errorf("AGENT_HEARTBEAT_INTERVAL=%q: must be a whole number of seconds from 1s to %s (agents are told it in seconds)",
+			c.HeartbeatInterval, bound.Short(maxHeartbeatInterval)))
 	}
-	if c.MissedHeartbeats < 1 || c.MissedHeartbeats > maxMissedHeartbeats {
+	missedOK := c.MissedHeartbeats >= 1 && c.MissedHeartbeats <= maxMissedHeartbeats
+	if !missedOK {
 		errs = append(errs, fmt.Errorf("AGENT_MISSED_HEARTBEATS=\"%d\": must be from 1 to %d", c.MissedHeartbeats, maxMissedHeartbeats))
 	}
-	if c.EvictAfter <= c.unreachableAfter() {
+	switch {
+	case c.EvictAfter > maxEvictAfter:
+		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be at most %s", c.EvictAfter, bound.Short(maxEvictAfter)))
+	case intervalOK && missedOK && c.EvictAfter <= c.unreachableAfter():
 		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be longer than AGENT_MISSED_HEARTBEATS x AGENT_HEARTBEAT_INTERVAL (%s)", c.EvictAfter, c.unreachableAfter()))
+	case c.EvictAfter <= 0:
+		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be greater than 0", c.EvictAfter))
 	}
 	if networks, err := ParseNetworks(c.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("AGENT_ALLOWED_NETWORKS=%q: %w", strings.Join(c.AllowedNetworks, ","), err))
@@ -52,10 +73,6 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// maxMissedHeartbeats keeps MissedHeartbeats x HeartbeatInterval far from
-// overflowing a time.Duration.
-const maxMissedHeartbeats = 1000
 
 func (c Config) unreachableAfter() time.Duration {
 	return time.Duration(c.MissedHeartbeats) * c.HeartbeatInterval

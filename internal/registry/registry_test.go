@@ -778,6 +778,15 @@ func TestConfigValidate(t *testing.T) {
 		{"networks empty", func(c *registry.Config) { c.AllowedNetworks = []string{" "} }, []string{`AGENT_ALLOWED_NETWORKS="": no network`}},
 		{"missed too many", func(c *registry.Config) { c.MissedHeartbeats = 1 << 40 }, []string{"AGENT_MISSED_HEARTBEATS=\"1099511627776\": must be from 1 to 1000"}},
 		{"several", func(c *registry.Config) { c.HeartbeatInterval, c.MissedHeartbeats = 0, 0 }, []string{"AGENT_HEARTBEAT_INTERVAL", "AGENT_MISSED_HEARTBEATS"}},
+		{"interval an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour }, nil},
+		{"interval over an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour + time.Second }, []string{"AGENT_HEARTBEAT_INTERVAL=\"1h0m1s\": must be a whole number of seconds from 1s to 1h"}},
+		// Whole seconds, but 3 of them overflow a Duration: the product went
+		// negative, so any AGENT_EVICT_AFTER passed and every agent was
+		// unreachable at once.
+		{"interval that overflows", func(c *registry.Config) { c.HeartbeatInterval = 2562047 * time.Hour }, []string{"AGENT_HEARTBEAT_INTERVAL"}},
+		{"evict a year", func(c *registry.Config) { c.EvictAfter = 365 * 24 * time.Hour }, nil},
+		{"evict over a year", func(c *registry.Config) { c.EvictAfter = 365*24*time.Hour + 1 }, []string{"AGENT_EVICT_AFTER", "must be at most 8760h"}},
+		{"evict negative with a bad interval", func(c *registry.Config) { c.HeartbeatInterval, c.EvictAfter = 0, -1 }, []string{"AGENT_HEARTBEAT_INTERVAL", "AGENT_EVICT_AFTER=\"-1ns\": must be greater than 0"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/inflight"
 )
 
@@ -60,30 +61,32 @@ type Config struct {
 // Address is the host:port to listen on.
 func (c Config) Address() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
 
+// Limits of the durations. An HTTP timeout under 100ms fails ordinary
+// requests (1ns fails every one); hours are as patient as a server gets.
+// The drain bounds keep a shutdown finite: the kubelet's grace period must
+// cover SHUTDOWN_DELAY + SHUTDOWN_TIMEOUT anyway.
+const (
+	minHTTPTimeout     = 100 * time.Millisecond
+	maxHTTPTimeout     = 24 * time.Hour
+	maxShutdownDelay   = time.Hour
+	minShutdownTimeout = 100 * time.Millisecond
+	maxShutdownTimeout = time.Hour
+)
+
 // Validate reports the settings that cannot be used, naming their variables.
 func (c Config) Validate() error {
 	var errs []error
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("PORT=%q: must be a TCP port, 0 to 65535", strconv.Itoa(c.Port)))
 	}
-	positive := []struct {
-		name string
-		d    time.Duration
-	}{
-		{"HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout},
-		{"HTTP_READ_TIMEOUT", c.ReadTimeout},
-		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout},
-		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
-	}
-	for _, p := range positive {
-		if p.d <= 0 {
-			errs = append(errs, fmt.Errorf("%s=%q: must be greater than 0", p.name, p.d))
-		}
-	}
-	if c.ShutdownDelay < 0 {
-		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY=%q: must not be negative", c.ShutdownDelay))
-	}
+	errs = append(errs,
+		bound.Duration("HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_READ_TIMEOUT", c.ReadTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_WRITE_TIMEOUT", c.WriteTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_IDLE_TIMEOUT", c.IdleTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("SHUTDOWN_DELAY", c.ShutdownDelay, 0, maxShutdownDelay),
+		bound.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, minShutdownTimeout, maxShutdownTimeout),
+	)
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("HTTP_MAX_HEADER_BYTES=%q: must be between 1024 and 1048576",
 			strconv.Itoa(c.MaxHeaderBytes)))

@@ -1,0 +1,93 @@
+// Package configtest lists the environment variables of config.Config from
+// its struct tags, so tests can cover every setting, including ones added
+// later, without a hand-kept list.
+package configtest
+
+import (
+	"reflect"
+	"strings"
+
+	"github.com/optiinfra/orchestrator/internal/config"
+)
+
+// Variable is one environment variable of config.Config.
+type Variable struct {
+	// Name is the variable, with any prefix= of the structs it sits in.
+	Name string
+	// Field is the Go path of the field, such as "Dispatch.Retention".
+	Field string
+	// Owner is the struct the field belongs to, such as dispatch.Config
+	// (config.Config for a top-level field).
+	Owner reflect.Type
+	// Type is the field's type (time.Duration, int, string, ...).
+	Type reflect.Type
+	// Default is the default= of the tag; HasDefault tells "" from none.
+	Default    string
+	HasDefault bool
+}
+
+// IsDuration reports whether the variable is a time.Duration.
+func (v Variable) IsDuration() bool {
+	return v.Type.PkgPath() == "time" && v.Type.Name() == "Duration"
+}
+
+// IsNumber reports whether the variable is an integer that is not a
+// duration.
+func (v Variable) IsNumber() bool {
+	switch v.Type.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return !v.IsDuration()
+	default:
+		return false
+	}
+}
+
+// Variables returns every variable config.Config reads, in field order.
+func Variables() []Variable {
+	return walk(reflect.TypeFor[config.Config](), "", "")
+}
+
+func walk(t reflect.Type, prefix, path string) []Variable {
+	var out []Variable
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts := parseTag(f.Tag.Get("env"))
+		field := strings.TrimPrefix(path+"."+f.Name, ".")
+		if f.Type.Kind() == reflect.Struct {
+			out = append(out, walk(f.Type, prefix+opts["prefix"], field)...)
+			continue
+		}
+		if name == "" {
+			continue
+		}
+		def, hasDefault := opts["default"]
+		out = append(out, Variable{
+			Name: prefix + name, Field: field, Owner: t, Type: f.Type,
+			Default: def, HasDefault: hasDefault,
+		})
+	}
+	return out
+}
+
+// parseTag splits an env tag as go-envconfig does: the name, then options;
+// default= takes the rest of the tag, commas included.
+func parseTag(tag string) (string, map[string]string) {
+	name, rest, _ := strings.Cut(tag, ",")
+	opts := map[string]string{}
+	for rest != "" {
+		rest = strings.TrimLeft(rest, " ")
+		if v, ok := strings.CutPrefix(rest, "default="); ok {
+			opts["default"] = v
+			break
+		}
+		var opt string
+		opt, rest, _ = strings.Cut(rest, ",")
+		k, v, _ := strings.Cut(strings.TrimSpace(opt), "=")
+		opts[k] = v
+	}
+	return strings.TrimSpace(name), opts
+}
