@@ -72,6 +72,7 @@ func Load(ctx context.Context, env map[string]string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
 	}
+	cfg.Auth.MarkSet(func(name string) bool { _, ok := env[name]; return ok })
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, oneLine(err))
 	}

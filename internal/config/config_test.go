@@ -121,6 +121,18 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 	}
 }
 
+// TestEmptyTokenVariablesFailClosed: envconfig reads an empty variable as
+// an unset one; Load must tell them apart, since only an unset role is open.
+func TestEmptyTokenVariablesFailClosed(t *testing.T) {
+	if _, err := Load(context.Background(), map[string]string{}); err != nil {
+		t.Fatalf("no token variables: %v, want both roles open", err)
+	}
+	_, err := Load(context.Background(), map[string]string{"AUTH_OPERATOR_TOKENS": ""})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "AUTH_OPERATOR_TOKENS is set but holds no token") {
+		t.Fatalf("AUTH_OPERATOR_TOKENS set to \"\": %v, want ErrInvalid naming it", err)
+	}
+}
+
 func TestSeveralInvalidValuesOnOneLine(t *testing.T) {
 	_, err := Load(context.Background(), map[string]string{"LOG_LEVEL": "loud", "SHUTDOWN_TIMEOUT": "0s"})
 	if err == nil || strings.Contains(err.Error(), "\n") ||
