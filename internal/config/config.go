@@ -80,6 +80,28 @@ func Load(ctx context.Context, env map[string]string) (*Config, error) {
 	return &cfg, nil
 }
 
+// LoadListen reads from env only where the server listens: HTTP_HOST and
+// PORT (or ORCHESTRATOR_PORT, resolved as Load resolves it), validated as
+// Load validates them. The probe command needs nothing more, and must not
+// fail on a setting it does not use, such as an unreadable token file.
+func LoadListen(ctx context.Context, env map[string]string) (server.Listen, error) {
+	env, _ = resolveAliases(env)
+	var last lastLookup
+	var listen server.Listen
+	err := envconfig.ProcessWith(ctx, &envconfig.Config{
+		Target:   &listen,
+		Lookuper: envconfig.MapLookuper(env),
+		Mutators: []envconfig.Mutator{&last},
+	})
+	if err != nil {
+		return server.Listen{}, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
+	}
+	if err := listen.Validate(); err != nil {
+		return server.Listen{}, fmt.Errorf("%w: %s", ErrInvalid, err)
+	}
+	return listen, nil
+}
+
 // Validate checks every concern's settings and reports all problems.
 func (c *Config) Validate() error {
 	var errs []error
