@@ -5,6 +5,7 @@ package configtest
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/optiinfra/orchestrator/internal/config"
@@ -16,9 +17,13 @@ type Variable struct {
 	Name string
 	// Field is the Go path of the field, such as "Dispatch.Retention".
 	Field string
-	// Owner is the struct the field belongs to, such as dispatch.Config
-	// (config.Config for a top-level field).
-	Owner reflect.Type
+	// Index is the field's index sequence in config.Config, for
+	// reflect.Value.FieldByIndex.
+	Index []int
+	// Structs are the struct types from config.Config down to the one the
+	// field belongs to, such as [config.Config, server.Config,
+	// server.Listen].
+	Structs []reflect.Type
 	// Type is the field's type (time.Duration, int, string, ...).
 	Type reflect.Type
 	// Default is the default= of the tag; HasDefault tells "" from none.
@@ -45,10 +50,11 @@ func (v Variable) IsNumber() bool {
 
 // Variables returns every variable config.Config reads, in field order.
 func Variables() []Variable {
-	return walk(reflect.TypeFor[config.Config](), "", "")
+	return walk(reflect.TypeFor[config.Config](), "", "", nil, nil)
 }
 
-func walk(t reflect.Type, prefix, path string) []Variable {
+func walk(t reflect.Type, prefix, path string, index []int, structs []reflect.Type) []Variable {
+	structs = append(slices.Clip(structs), t)
 	var out []Variable
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -57,8 +63,9 @@ func walk(t reflect.Type, prefix, path string) []Variable {
 		}
 		name, opts := parseTag(f.Tag.Get("env"))
 		field := strings.TrimPrefix(path+"."+f.Name, ".")
+		at := append(slices.Clip(index), i)
 		if f.Type.Kind() == reflect.Struct {
-			out = append(out, walk(f.Type, prefix+opts["prefix"], field)...)
+			out = append(out, walk(f.Type, prefix+opts["prefix"], field, at, structs)...)
 			continue
 		}
 		if name == "" {
@@ -66,7 +73,7 @@ func walk(t reflect.Type, prefix, path string) []Variable {
 		}
 		def, hasDefault := opts["default"]
 		out = append(out, Variable{
-			Name: prefix + name, Field: field, Owner: t, Type: f.Type,
+			Name: prefix + name, Field: field, Index: at, Structs: structs, Type: f.Type,
 			Default: def, HasDefault: hasDefault,
 		})
 	}
