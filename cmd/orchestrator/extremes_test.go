@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/optiinfra/orchestrator/internal/config"
-	"github.com/optiinfra/orchestrator/internal/config/configtest"
 )
 
 // TestEveryDurationAtItsExtremes starts the whole service with each
@@ -27,7 +26,7 @@ func TestEveryDurationAtItsExtremes(t *testing.T) {
 		time.Duration(math.MinInt64).String(),
 	}
 	var durations int
-	for _, v := range configtest.Variables() {
+	for _, v := range config.Variables() {
 		if !v.IsDuration() {
 			continue
 		}

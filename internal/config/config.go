@@ -73,6 +73,9 @@ func Load(ctx context.Context, env map[string]string) (*Config, error) {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
 	}
 	cfg.Auth.MarkSet(func(name string) bool { _, ok := env[name]; return ok })
+	if errs := refuseEmpty(env); len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, oneLine(errors.Join(errs...)))
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, oneLine(err))
 	}

@@ -133,6 +133,28 @@ func TestEmptyTokenVariablesFailClosed(t *testing.T) {
 	}
 }
 
+// TestEmptyValuesAreRefused: envconfig decodes an empty number, duration
+// or boolean as zero, so PORT= listened on a random port and
+// SHUTDOWN_DELAY= dropped the drain, silently.
+func TestEmptyValuesAreRefused(t *testing.T) {
+	for name, want := range map[string]string{
+		"PORT":             `PORT="": must be a whole number (unset it for the default)`,
+		"SHUTDOWN_DELAY":   `SHUTDOWN_DELAY="": must be a duration`,
+		"TASK_MAX_PENDING": `TASK_MAX_PENDING="": must be a whole number`,
+		"FAULTS_ENABLED":   `FAULTS_ENABLED="": must be true or false`,
+	} {
+		_, err := Load(context.Background(), map[string]string{name: ""})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s set empty: Load = %v, want ErrInvalid saying %q", name, err, want)
+		}
+	}
+	// An empty string setting means what its own Validate says: here,
+	// every interface.
+	if cfg, err := Load(context.Background(), map[string]string{"HTTP_HOST": ""}); err != nil || cfg.Server.Host != "" {
+		t.Errorf("HTTP_HOST set empty: %v, want every interface", err)
+	}
+}
+
 func TestSeveralInvalidValuesOnOneLine(t *testing.T) {
 	_, err := Load(context.Background(), map[string]string{"LOG_LEVEL": "loud", "SHUTDOWN_TIMEOUT": "0s"})
 	if err == nil || strings.Contains(err.Error(), "\n") ||

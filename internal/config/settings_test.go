@@ -28,7 +28,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/optiinfra/orchestrator/internal/config"
-	"github.com/optiinfra/orchestrator/internal/config/configtest"
 )
 
 // root is the repository, from this package's directory.
@@ -53,9 +52,9 @@ var secrets = []string{"AUTH_AGENT_TOKENS", "AUTH_OPERATOR_TOKENS"}
 // aliases are README rows for names that are not fields of Config.
 var aliases = []string{"ORCHESTRATOR_PORT"}
 
-func variables(t *testing.T) []configtest.Variable {
+func variables(t *testing.T) []config.Variable {
 	t.Helper()
-	vars := configtest.Variables()
+	vars := config.Variables()
 	if len(vars) < 20 {
 		t.Fatalf("found %d variables by reflection; the walk over config.Config is broken", len(vars))
 	}

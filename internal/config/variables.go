@@ -1,27 +1,25 @@
-// Package configtest lists the environment variables of config.Config from
-// its struct tags, so tests can cover every setting, including ones added
-// later, without a hand-kept list.
-package configtest
+package config
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
-
-	"github.com/optiinfra/orchestrator/internal/config"
 )
 
-// Variable is one environment variable of config.Config.
+// Variable is one environment variable of Config, as its struct tag
+// declares it. Variables lists them, so Load and the tests can cover every
+// setting, including ones added later, without a hand-kept list.
 type Variable struct {
 	// Name is the variable, with any prefix= of the structs it sits in.
 	Name string
 	// Field is the Go path of the field, such as "Dispatch.Retention".
 	Field string
-	// Index is the field's index sequence in config.Config, for
+	// Index is the field's index sequence in Config, for
 	// reflect.Value.FieldByIndex.
 	Index []int
-	// Structs are the struct types from config.Config down to the one the
-	// field belongs to, such as [config.Config, server.Config,
+	// Structs are the struct types from Config down to the one the
+	// field belongs to, such as [Config, server.Config,
 	// server.Listen].
 	Structs []reflect.Type
 	// Type is the field's type (time.Duration, int, string, ...).
@@ -48,9 +46,9 @@ func (v Variable) IsNumber() bool {
 	}
 }
 
-// Variables returns every variable config.Config reads, in field order.
+// Variables returns every variable Config reads, in field order.
 func Variables() []Variable {
-	return walk(reflect.TypeFor[config.Config](), "", "", nil, nil)
+	return walk(reflect.TypeFor[Config](), "", "", nil, nil)
 }
 
 func walk(t reflect.Type, prefix, path string, index []int, structs []reflect.Type) []Variable {
@@ -97,4 +95,26 @@ func parseTag(tag string) (string, map[string]string) {
 		opts[k] = v
 	}
 	return strings.TrimSpace(name), opts
+}
+
+// refuseEmpty reports the numbers, durations and booleans set to an empty
+// value. envconfig leaves those at zero, so PORT= would listen on a random
+// port and SHUTDOWN_DELAY= would not drain, without a word; an empty
+// string setting means what its own Validate says.
+func refuseEmpty(env map[string]string) []error {
+	var errs []error
+	for _, v := range Variables() {
+		if value, ok := env[v.Name]; !ok || value != "" {
+			continue
+		}
+		switch {
+		case v.IsDuration():
+			errs = append(errs, fmt.Errorf("%s=\"\": must be a duration such as 500ms, 5s or 1m (unset it for the default)", v.Name))
+		case v.IsNumber():
+			errs = append(errs, fmt.Errorf("%s=\"\": must be a whole number (unset it for the default)", v.Name))
+		case v.Type.Kind() == reflect.Bool:
+			errs = append(errs, fmt.Errorf("%s=\"\": must be true or false (unset it for the default)", v.Name))
+		}
+	}
+	return errs
 }
