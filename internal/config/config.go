@@ -100,7 +100,7 @@ func LoadListen(ctx context.Context, env map[string]string) (server.Listen, erro
 		return server.Listen{}, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
 	}
 	if err := listen.Validate(); err != nil {
-		return server.Listen{}, fmt.Errorf("%w: %s", ErrInvalid, err)
+		return server.Listen{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return listen, nil
 }
