@@ -53,6 +53,7 @@ USER 65532:65532
 EXPOSE 8080
 # skaffold debug recognises Go images by GOTRACEBACK.
 ENV GOTRACEBACK=single
-# The image has no shell: the binary probes itself (GET :$PORT/ready).
+# The image has no shell: the binary probes itself: GET /ready at HTTP_HOST
+# (its loopback when unset) and PORT, from the environment and ./.env only.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/orchestrator", "probe"]
 ENTRYPOINT ["/orchestrator"]

@@ -114,7 +114,8 @@ const usage = `Usage:
   orchestrator [serve]                      run the service; settings come from the
                                             environment and from ./.env (see README)
   orchestrator probe [--url URL]... [--timeout D]
-                                            GET each URL (default: this host's /ready)
-                                            and exit 0 only if every answer is 2xx
+                                            GET each URL (default: this server's /ready at
+                                            HTTP_HOST and PORT, from the environment and
+                                            ./.env) and exit 0 only if every answer is 2xx
   orchestrator version                      print version, commit, build date, Go version
 `

@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -28,7 +31,7 @@ func probe(ctx context.Context, args []string, env map[string]string, stdout, st
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var urls urlList
-	fs.Var(&urls, "url", "URL to GET; repeat for several (default http://127.0.0.1:$PORT/ready)")
+	fs.Var(&urls, "url", "URL to GET; repeat for several (default: this server's /ready, at HTTP_HOST and PORT)")
 	timeout := fs.Duration("timeout", 2*time.Second, "time limit for each request")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -40,11 +43,11 @@ func probe(ctx context.Context, args []string, env map[string]string, stdout, st
 		return fmt.Errorf("%w: probe: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	if len(urls) == 0 {
-		cfg, err := config.Load(ctx, env)
+		ready, err := readyURL(ctx, env)
 		if err != nil {
 			return err
 		}
-		urls = urlList{"http://127.0.0.1:" + strconv.Itoa(cfg.Server.Port) + "/ready"}
+		urls = urlList{ready}
 	}
 	// No proxy: a probe checks this service, never what a proxy says of it.
 	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{Proxy: nil}}
@@ -55,6 +58,41 @@ func probe(ctx context.Context, args []string, env map[string]string, stdout, st
 		fmt.Fprintf(stdout, "ok: %s\n", u)
 	}
 	return nil
+}
+
+// readyURL is the /ready of the server this environment configures, with
+// ./.env applied as serve applies it. Only HTTP_HOST and PORT are read: a
+// HEALTHCHECK must not call a healthy server unhealthy over a setting the
+// probe does not use (a token file it cannot read, say).
+func readyURL(ctx context.Context, env map[string]string) (string, error) {
+	env, err := config.WithDotEnv(env, dotEnvFile)
+	if err != nil {
+		return "", err
+	}
+	listen, err := config.LoadListen(ctx, env)
+	if err != nil {
+		return "", err
+	}
+	if listen.Port == 0 {
+		return "", fmt.Errorf("%w: probe: PORT=0 makes the server pick a free port the probe cannot know; pass --url", errUsage)
+	}
+	u := url.URL{Scheme: "http", Host: net.JoinHostPort(dialHost(listen.Host), strconv.Itoa(listen.Port)), Path: "/ready"}
+	return u.String(), nil
+}
+
+// dialHost is the address that reaches a server bound to host: host
+// itself, or the loopback of its family when host means every interface.
+func dialHost(host string) string {
+	if host == "" {
+		return "127.0.0.1"
+	}
+	if addr, err := netip.ParseAddr(host); err == nil && addr.IsUnspecified() {
+		if addr.Is4() {
+			return "127.0.0.1"
+		}
+		return "::1"
+	}
+	return host
 }
 
 func probeOne(ctx context.Context, client *http.Client, url string) error {

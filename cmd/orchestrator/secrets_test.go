@@ -92,3 +92,54 @@ func TestBadTokensAreRefusedWithoutQuotingThem(t *testing.T) {
 		t.Fatalf("error %q must name AUTH_OPERATOR_TOKENS and not quote the token", err)
 	}
 }
+
+// TestSetButEmptyTokensRefuseToStart checks that auth fails closed: a
+// token variable that is present but yields no token (an empty value from
+// a template or a Secret) stops the service with exit 2, where it used to
+// leave the role open.
+func TestSetButEmptyTokensRefuseToStart(t *testing.T) {
+	for _, tc := range []struct{ env, variable string }{
+		{"AUTH_OPERATOR_TOKENS=", "AUTH_OPERATOR_TOKENS"},
+		{"AUTH_AGENT_TOKENS= , ,", "AUTH_AGENT_TOKENS"},
+		{"AUTH_AGENT_TOKENS_FILE=", "AUTH_AGENT_TOKENS_FILE"},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			var stdout strings.Builder
+			err := run(context.Background(), nil, []string{"PORT=0", "HTTP_HOST=127.0.0.1", tc.env}, &stdout, io.Discard)
+			if err == nil || exitCode(err) != exitUsage {
+				t.Fatalf("run = %v, want a configuration error (exit 2)", err)
+			}
+			if !strings.Contains(err.Error(), tc.variable+" is set but holds no token") {
+				t.Fatalf("error %q does not say that %s holds no token", err, tc.variable)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("run logged before refusing: %s", stdout.String())
+			}
+		})
+	}
+}
+
+// TestTokenFileWithAByteOrderMark runs the service with an agent token file
+// saved by a Windows editor: the agent holding the token gets in.
+func TestTokenFileWithAByteOrderMark(t *testing.T) {
+	const agentToken = "agent-secret-bom-0123456789"
+	file := filepath.Join(t.TempDir(), "agent-tokens")
+	if err := os.WriteFile(file, []byte("\uFEFF"+agentToken+"\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	svc := runInProcess(t, "AUTH_AGENT_TOKENS_FILE="+file)
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, svc.base+"/agents/register",
+		strings.NewReader(`{"name":"a","type":"cost","host":"127.0.0.1","port":9,"capabilities":["analyze"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+agentToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("register with the token of a file with a byte-order mark = %d, want 201", resp.StatusCode)
+	}
+}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
 )
@@ -32,12 +33,13 @@ type Config struct {
 	FaultsEnabled bool `env:"FAULTS_ENABLED, default=false"`
 }
 
+// maxBodyBytes is the largest HTTP_MAX_BODY_BYTES: a body is decoded in
+// memory, and a gibibyte of JSON is no request this API takes.
+const maxBodyBytes = 1 << 30
+
 // Validate reports the first setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
-	if c.MaxBodyBytes < 1 {
-		return fmt.Errorf("HTTP_MAX_BODY_BYTES=\"%d\": must be at least 1", c.MaxBodyBytes)
-	}
-	return nil
+	return bound.Int("HTTP_MAX_BODY_BYTES", c.MaxBodyBytes, 1, maxBodyBytes)
 }
 
 // MarshalLogObject lets the startup line show the effective settings.

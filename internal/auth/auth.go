@@ -1,7 +1,8 @@
 // Package auth checks the optional bearer tokens of the two roles: agents
 // (registration and heartbeats) and operators (tasks and reads). A role
-// with no tokens configured is open, so existing agents, which send no
-// token, keep working until agent tokens are set.
+// whose variables are unset is open, so existing agents, which send no
+// token, keep working until agent tokens are set. A role whose variable is
+// set but yields no token refuses to start: auth fails closed.
 //
 // Tokens are kept only as SHA-256 digests and compared in constant time;
 // no token, and no part of one, is ever logged or put in an error.
@@ -27,6 +28,33 @@ type Config struct {
 	AgentTokensFile    string `env:"AUTH_AGENT_TOKENS_FILE"`
 	OperatorTokens     string `env:"AUTH_OPERATOR_TOKENS"`
 	OperatorTokensFile string `env:"AUTH_OPERATOR_TOKENS_FILE"`
+
+	// set holds the variables above that are present in the environment,
+	// even empty (see MarkSet).
+	set map[string]bool
+}
+
+// variables are each role's two variables: the list, then the file.
+var variables = [...][2]string{
+	Agent:    {"AUTH_AGENT_TOKENS", "AUTH_AGENT_TOKENS_FILE"},
+	Operator: {"AUTH_OPERATOR_TOKENS", "AUTH_OPERATOR_TOKENS_FILE"},
+}
+
+// MarkSet records which of the variables are present in the environment,
+// as present reports them, even with an empty value. envconfig reads an
+// empty variable as an unset one, but only a role whose variables are all
+// unset may stay open: a role with a variable set and no token refuses to
+// start (fail closed), so an empty value from a template, a Secret or a
+// typo never switches auth off. config.Load calls it.
+func (c *Config) MarkSet(present func(name string) bool) {
+	c.set = map[string]bool{}
+	for _, role := range variables {
+		for _, name := range role {
+			if present(name) {
+				c.set[name] = true
+			}
+		}
+	}
 }
 
 // MinTokenLength refuses tokens short enough to guess.
@@ -69,7 +97,9 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 		return fmt.Sprintf("on (%d tokens from the environment, and the file %s)", n, file)
 	}
 	enc.AddString("agent_tokens", describe(c.AgentTokens, c.AgentTokensFile))
+	enc.AddString("agent_tokens_file", c.AgentTokensFile)
 	enc.AddString("operator_tokens", describe(c.OperatorTokens, c.OperatorTokensFile))
+	enc.AddString("operator_tokens_file", c.OperatorTokensFile)
 	return nil
 }
 
@@ -87,9 +117,7 @@ func New(c Config) (*Authenticator, error) {
 		Agent:    {c.AgentTokens, c.AgentTokensFile},
 		Operator: {c.OperatorTokens, c.OperatorTokensFile},
 	} {
-		role := Role(role)
-		prefix := "AUTH_" + strings.ToUpper(role.String()) + "_TOKENS"
-		tokens, err := load(prefix, src[0], src[1])
+		tokens, err := c.load(Role(role), src[0], src[1])
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -101,22 +129,58 @@ func New(c Config) (*Authenticator, error) {
 	return a, errors.Join(errs...)
 }
 
-func load(prefix, list, file string) ([]string, error) {
+// byteOrderMark is what Windows editors put at the start of a UTF-8 file.
+const byteOrderMark = "\uFEFF"
+
+// load reads role's tokens from list and file. A role with a variable set
+// must end up with a token; only a role with both unset stays open.
+func (c Config) load(role Role, list, file string) ([]string, error) {
+	listVar, fileVar := variables[role][0], variables[role][1]
 	tokens := splitTokens(list)
 	for i, t := range tokens {
 		if err := checkToken(t); err != nil {
-			return nil, fmt.Errorf("%s: token %d of the list %w", prefix, i+1, err)
+			return nil, fmt.Errorf("%s: token %d of the list %w", listVar, i+1, err)
 		}
 	}
-	if file == "" {
-		return tokens, nil
+	if file != "" {
+		fromFile, err := readFile(fileVar, file)
+		if err != nil {
+			return nil, err
+		}
+		tokens = append(tokens, fromFile...)
 	}
+	if len(tokens) == 0 {
+		var set []string
+		if list != "" || c.set[listVar] {
+			set = append(set, listVar)
+		}
+		if c.set[fileVar] {
+			set = append(set, fileVar)
+		}
+		switch len(set) {
+		case 1:
+			return nil, fmt.Errorf("%s is set but holds no token: give the %s role a token, or unset the variable to leave the role open",
+				set[0], role)
+		case 2:
+			return nil, fmt.Errorf("%s and %s are set but hold no token: give the %s role a token, or unset both to leave the role open",
+				set[0], set[1], role)
+		}
+	}
+	return tokens, nil
+}
+
+// readFile reads the tokens of a file, one per line, with # comments.
+func readFile(variable, file string) ([]string, error) {
 	data, err := os.ReadFile(file) //nolint:gosec // G304: reading the file the operator configured is the point
 	if err != nil {
-		return nil, fmt.Errorf("%s_FILE=%q: %w", prefix, file, unwrapPathError(err))
+		return nil, fmt.Errorf("%s=%q: %w", variable, file, unwrapPathError(err))
 	}
+	// A byte-order mark would otherwise glue itself to the first token,
+	// and the agent holding the real token would be locked out.
+	data = bytes.TrimPrefix(data, []byte(byteOrderMark))
+	var tokens []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	line, found := 0, 0
+	line := 0
 	for sc.Scan() {
 		line++
 		t := strings.TrimSpace(sc.Text())
@@ -124,16 +188,15 @@ func load(prefix, list, file string) ([]string, error) {
 			continue
 		}
 		if err := checkToken(t); err != nil {
-			return nil, fmt.Errorf("%s_FILE=%q: line %d: the token %w", prefix, file, line, err)
+			return nil, fmt.Errorf("%s=%q: line %d: the token %w", variable, file, line, err)
 		}
 		tokens = append(tokens, t)
-		found++
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s_FILE=%q: %w", prefix, file, err)
+		return nil, fmt.Errorf("%s=%q: %w", variable, file, err)
 	}
-	if found == 0 {
-		return nil, fmt.Errorf("%s_FILE=%q: no token in the file (one per line)", prefix, file)
+	if len(tokens) == 0 {
+		return nil, fmt.Errorf("%s=%q: no token in the file (one per line)", variable, file)
 	}
 	return tokens, nil
 }
@@ -157,14 +220,20 @@ func splitTokens(list string) []string {
 	return out
 }
 
-// checkToken says what is wrong with a token without quoting it.
+// checkToken says what is wrong with a token without quoting it. Bearer
+// tokens are printable ASCII (RFC 6750's b64token is a subset); anything
+// else, such as a byte-order mark or a non-breaking space, means a broken
+// file or list, not a token.
 func checkToken(t string) error {
 	if len(t) < MinTokenLength {
 		return fmt.Errorf("is too short: tokens need at least %d characters", MinTokenLength)
 	}
 	for _, r := range t {
-		if r <= ' ' || r == 0x7f {
+		switch {
+		case r <= ' ' || r == 0x7f:
 			return errors.New("has a space or control character")
+		case r > '~':
+			return errors.New("has a character outside printable ASCII (a byte-order mark, a non-breaking space, a letter with an accent?): tokens are ASCII")
 		}
 	}
 	return nil

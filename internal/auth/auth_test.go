@@ -264,6 +264,12 @@ func TestLogObjectShowsNoToken(t *testing.T) {
 	if got := enc.Fields["operator_tokens"]; got != "on (1 tokens from the environment)" {
 		t.Errorf("operator_tokens = %v", got)
 	}
+	if got := enc.Fields["agent_tokens_file"]; got != path {
+		t.Errorf("agent_tokens_file = %v, want the path", got)
+	}
+	if got, ok := enc.Fields["operator_tokens_file"]; !ok || got != "" {
+		t.Errorf("operator_tokens_file = %v, want empty", got)
+	}
 	off := zapcore.NewMapObjectEncoder()
 	if err := (auth.Config{}).MarshalLogObject(off); err != nil {
 		t.Fatal(err)
@@ -322,6 +328,103 @@ func TestCheck(t *testing.T) {
 				if err != nil && strings.Contains(err.Error(), s) {
 					t.Errorf("Check error %q contains a token", err)
 				}
+			}
+		})
+	}
+}
+
+// setVars returns a present function for MarkSet: the named variables are
+// in the environment.
+func setVars(names ...string) func(string) bool {
+	return func(name string) bool {
+		for _, n := range names {
+			if n == name {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func TestByteOrderMarkAtTheStartOfAFileIsDropped(t *testing.T) {
+	// What Notepad writes: a BOM, then the token, with Windows line ends.
+	path := writeFile(t, "\uFEFF"+fileTok+"\r\n"+fileTok2+"\r\n")
+	a := mustNew(t, auth.Config{AgentTokensFile: path})
+	for _, tok := range []string{fileTok, fileTok2} {
+		if err := a.Check(auth.Agent, bearer(tok)); err != nil {
+			t.Errorf("token %s of a file with a byte-order mark refused: %v", tok, err)
+		}
+	}
+	// Also when the first line is a comment.
+	b := mustNew(t, auth.Config{OperatorTokensFile: writeFile(t, "\uFEFF# operators\n"+operatorTok+"\n")})
+	if err := b.Check(auth.Operator, bearer(operatorTok)); err != nil {
+		t.Errorf("operator token after a byte-order mark and a comment refused: %v", err)
+	}
+}
+
+func TestTokensMustBePrintableASCII(t *testing.T) {
+	const secret = "s3cr3tU-unicode"
+	for _, tc := range []struct {
+		name     string
+		c        auth.Config
+		variable string
+		where    string
+	}{
+		{"a byte-order mark on a later line", auth.Config{AgentTokensFile: writeFile(t, fileTok+"\n\uFEFF"+secret+"-0123\n")},
+			"AUTH_AGENT_TOKENS_FILE", "line 2"},
+		{"a byte-order mark in the list", auth.Config{OperatorTokens: "\uFEFF" + secret + "-0123"},
+			"AUTH_OPERATOR_TOKENS", "token 1 of the list"},
+		{"a non-breaking space", auth.Config{AgentTokens: agentTok + "," + secret + "\u00a0tail"},
+			"AUTH_AGENT_TOKENS", "token 2 of the list"},
+		{"a zero-width space", auth.Config{AgentTokensFile: writeFile(t, "# x\n"+secret+"\u200b-0123\n")},
+			"AUTH_AGENT_TOKENS_FILE", "line 2"},
+		{"an accented letter", auth.Config{OperatorTokens: secret + "-caf\u00e9"},
+			"AUTH_OPERATOR_TOKENS", "token 1 of the list"},
+		{"a byte that is not UTF-8", auth.Config{OperatorTokensFile: writeFile(t, secret+"-\xff\xfe-0123\n")},
+			"AUTH_OPERATOR_TOKENS_FILE", "line 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkRefused(t, tc.c, tc.variable, []string{tc.where, "outside printable ASCII"}, secret)
+		})
+	}
+}
+
+func TestASetRoleWithoutATokenFailsClosed(t *testing.T) {
+	file := writeFile(t, fileTok+"\n")
+	for _, tc := range []struct {
+		name  string
+		c     auth.Config
+		set   []string
+		wants []string // empty: the configuration is valid
+		open  bool     // for a valid one: whether the agent role stays open
+	}{
+		{"unset: open", auth.Config{}, nil, nil, true},
+		{"set but empty", auth.Config{}, []string{"AUTH_AGENT_TOKENS"},
+			[]string{"AUTH_AGENT_TOKENS is set but holds no token", "agent role", "unset the variable"}, false},
+		{"only commas", auth.Config{AgentTokens: ","}, []string{"AUTH_AGENT_TOKENS"},
+			[]string{"AUTH_AGENT_TOKENS is set but holds no token"}, false},
+		// Without MarkSet (a Config built in code): a non-empty value is set anyway.
+		{"only blanks, not marked", auth.Config{AgentTokens: " ,\t, "}, nil,
+			[]string{"AUTH_AGENT_TOKENS is set but holds no token"}, false},
+		{"file variable set but empty", auth.Config{}, []string{"AUTH_AGENT_TOKENS_FILE"},
+			[]string{"AUTH_AGENT_TOKENS_FILE is set but holds no token"}, false},
+		{"both set, both empty", auth.Config{AgentTokens: ","}, []string{"AUTH_AGENT_TOKENS", "AUTH_AGENT_TOKENS_FILE"},
+			[]string{"AUTH_AGENT_TOKENS and AUTH_AGENT_TOKENS_FILE are set but hold no token", "unset both"}, false},
+		{"empty list beside a file with tokens", auth.Config{AgentTokensFile: file},
+			[]string{"AUTH_AGENT_TOKENS", "AUTH_AGENT_TOKENS_FILE"}, nil, false},
+		{"the other role set empty", auth.Config{}, []string{"AUTH_OPERATOR_TOKENS"},
+			[]string{"AUTH_OPERATOR_TOKENS is set but holds no token", "operator role"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			c.MarkSet(setVars(tc.set...))
+			if len(tc.wants) > 0 {
+				checkRefused(t, c, tc.wants[0][:strings.Index(tc.wants[0], " ")], tc.wants)
+				return
+			}
+			a := mustNew(t, c)
+			if a.Enabled(auth.Agent) == tc.open {
+				t.Errorf("agent role enabled = %v, want %v", a.Enabled(auth.Agent), !tc.open)
 			}
 		})
 	}

@@ -72,11 +72,37 @@ func Load(ctx context.Context, env map[string]string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
 	}
+	cfg.Auth.MarkSet(func(name string) bool { _, ok := env[name]; return ok })
+	if errs := refuseEmpty(env); len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, oneLine(errors.Join(errs...)))
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, oneLine(err))
 	}
 	cfg.Warnings = warnings
 	return &cfg, nil
+}
+
+// LoadListen reads from env only where the server listens: HTTP_HOST and
+// PORT (or ORCHESTRATOR_PORT, resolved as Load resolves it), validated as
+// Load validates them. The probe command needs nothing more, and must not
+// fail on a setting it does not use, such as an unreadable token file.
+func LoadListen(ctx context.Context, env map[string]string) (server.Listen, error) {
+	env, _ = resolveAliases(env)
+	var last lastLookup
+	var listen server.Listen
+	err := envconfig.ProcessWith(ctx, &envconfig.Config{
+		Target:   &listen,
+		Lookuper: envconfig.MapLookuper(env),
+		Mutators: []envconfig.Mutator{&last},
+	})
+	if err != nil {
+		return server.Listen{}, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
+	}
+	if err := listen.Validate(); err != nil {
+		return server.Listen{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return listen, nil
 }
 
 // Validate checks every concern's settings and reports all problems.

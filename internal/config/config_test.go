@@ -96,16 +96,18 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"PORT": "70000"}, `PORT="70000": must be a TCP port`},
 		{map[string]string{"PORT": "99999999999999999999"}, `PORT (or ORCHESTRATOR_PORT)="99999999999999999999": number out of range`},
 		{map[string]string{"SHUTDOWN_DELAY": "5"}, `SHUTDOWN_DELAY="5": must be a duration`},
-		{map[string]string{"SHUTDOWN_DELAY": "-1s"}, `SHUTDOWN_DELAY="-1s": must not be negative`},
-		{map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, `SHUTDOWN_TIMEOUT="0s": must be greater than 0`},
+		{map[string]string{"SHUTDOWN_DELAY": "-1s"}, `SHUTDOWN_DELAY="-1s": must be from 0s to 1h`},
+		{map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, `SHUTDOWN_TIMEOUT="0s": must be from 100ms to 1h`},
 		{map[string]string{"HTTP_READ_HEADER_TIMEOUT": "soon"}, `HTTP_READ_HEADER_TIMEOUT="soon": must be a duration`},
 		{map[string]string{"HTTP_MAX_HEADER_BYTES": "10"}, `HTTP_MAX_HEADER_BYTES="10": must be between`},
-		{map[string]string{"HTTP_MAX_BODY_BYTES": "0"}, `HTTP_MAX_BODY_BYTES="0": must be at least 1`},
+		{map[string]string{"HTTP_MAX_BODY_BYTES": "0"}, `HTTP_MAX_BODY_BYTES="0": must be from 1 to 1073741824`},
 		{map[string]string{"LOG_LEVEL": "verbose"}, `LOG_LEVEL="verbose": must be one of debug, info, warn, error`},
 		{map[string]string{"LOG_FORMAT": "xml"}, `LOG_FORMAT="xml": must be json or console`},
 		{map[string]string{"FAULTS_ENABLED": "yes please"}, `FAULTS_ENABLED="yes please": must be true or false`},
 		{map[string]string{"ENVIRONMENT": "prod env"}, `ENVIRONMENT="prod env": must be`},
-		{map[string]string{"HEALTH_CHECK_TIMEOUT": "1m"}, `HEALTH_CHECK_TIMEOUT="1m0s": must be greater than 0 and at most`},
+		{map[string]string{"TASK_RETENTION": "1ns"}, `TASK_RETENTION="1ns": must be from 1s to 8760h`},
+		{map[string]string{"HTTP_MAX_BODY_BYTES": "9223372036854775807"}, `HTTP_MAX_BODY_BYTES="9223372036854775807": must be from 1 to 1073741824`},
+		{map[string]string{"HEALTH_CHECK_TIMEOUT": "1m"}, `HEALTH_CHECK_TIMEOUT="1m0s": must be from 10ms to HEALTH_CHECK_INTERVAL (10s)`},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			_, err := Load(context.Background(), tc.env)
@@ -116,6 +118,40 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 				t.Fatalf("error = %q, want one line containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestEmptyTokenVariablesFailClosed: envconfig reads an empty variable as
+// an unset one; Load must tell them apart, since only an unset role is open.
+func TestEmptyTokenVariablesFailClosed(t *testing.T) {
+	if _, err := Load(context.Background(), map[string]string{}); err != nil {
+		t.Fatalf("no token variables: %v, want both roles open", err)
+	}
+	_, err := Load(context.Background(), map[string]string{"AUTH_OPERATOR_TOKENS": ""})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "AUTH_OPERATOR_TOKENS is set but holds no token") {
+		t.Fatalf("AUTH_OPERATOR_TOKENS set to \"\": %v, want ErrInvalid naming it", err)
+	}
+}
+
+// TestEmptyValuesAreRefused: envconfig decodes an empty number, duration
+// or boolean as zero, so PORT= listened on a random port and
+// SHUTDOWN_DELAY= dropped the drain, silently.
+func TestEmptyValuesAreRefused(t *testing.T) {
+	for name, want := range map[string]string{
+		"PORT":             `PORT="": must be a whole number (unset it for the default)`,
+		"SHUTDOWN_DELAY":   `SHUTDOWN_DELAY="": must be a duration`,
+		"TASK_MAX_PENDING": `TASK_MAX_PENDING="": must be a whole number`,
+		"FAULTS_ENABLED":   `FAULTS_ENABLED="": must be true or false`,
+	} {
+		_, err := Load(context.Background(), map[string]string{name: ""})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s set empty: Load = %v, want ErrInvalid saying %q", name, err, want)
+		}
+	}
+	// An empty string setting means what its own Validate says: here,
+	// every interface.
+	if cfg, err := Load(context.Background(), map[string]string{"HTTP_HOST": ""}); err != nil || cfg.Server.Host != "" {
+		t.Errorf("HTTP_HOST set empty: %v, want every interface", err)
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
@@ -52,26 +53,38 @@ type Config struct {
 	MaxResultBytes int64 `env:"TASK_MAX_RESULT_BYTES, default=4194304"`
 }
 
+// Limits of the settings, from how they are used. Run prunes every
+// Retention/4 (a ticker: it must be positive), so under a second it would
+// spin; past a year the memory store only grows. backoff shifts
+// RetryBackoff left up to MaxRetriesLimit times, which an hour survives
+// without overflowing; a retry delay over an hour outlives any task
+// timeout. MaxResultBytes+1 bounds the read of a reply, so it must stay
+// far from the largest int64; a gibibyte is already more than a reply
+// held in memory should be.
+const (
+	minRetention        = time.Second
+	maxRetention        = 365 * 24 * time.Hour
+	minRetryBackoff     = time.Millisecond
+	maxRetryBackoff     = time.Hour
+	maxAgentConcurrency = 10_000
+	maxPendingLimit     = 1_000_000
+	minMaxResultBytes   = 1024
+	maxMaxResultBytes   = 1 << 30
+)
+
 // Validate reports every setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
-	var errs []error
-	if c.AgentConcurrency < 1 {
-		errs = append(errs, fmt.Errorf("TASK_AGENT_CONCURRENCY=\"%d\": must be at least 1", c.AgentConcurrency))
-	}
-	if c.MaxPending < 0 {
-		errs = append(errs, fmt.Errorf("TASK_MAX_PENDING=\"%d\": must be 0 or more", c.MaxPending))
-	}
-	if c.Retention <= 0 {
-		errs = append(errs, fmt.Errorf("TASK_RETENTION=%q: must be greater than 0", c.Retention))
-	}
-	if c.RetryBackoff <= 0 {
-		errs = append(errs, fmt.Errorf("TASK_RETRY_BACKOFF=%q: must be greater than 0", c.RetryBackoff))
+	errs := []error{
+		bound.Int("TASK_AGENT_CONCURRENCY", int64(c.AgentConcurrency), 1, maxAgentConcurrency),
+		bound.Int("TASK_MAX_PENDING", int64(c.MaxPending), 0, maxPendingLimit),
+		bound.Duration("TASK_RETENTION", c.Retention, minRetention, maxRetention),
+		bound.Duration("TASK_RETRY_BACKOFF", c.RetryBackoff, minRetryBackoff, maxRetryBackoff),
+		bound.Int("TASK_MAX_RESULT_BYTES", c.MaxResultBytes, minMaxResultBytes, maxMaxResultBytes),
 	}
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("TASK_RETRY_BACKOFF_MAX=%q: must be at least TASK_RETRY_BACKOFF (%s)", c.RetryBackoffMax, c.RetryBackoff))
-	}
-	if c.MaxResultBytes < 1024 {
-		errs = append(errs, fmt.Errorf("TASK_MAX_RESULT_BYTES=\"%d\": must be at least 1024", c.MaxResultBytes))
+	} else {
+		errs = append(errs, bound.Duration("TASK_RETRY_BACKOFF_MAX", c.RetryBackoffMax, minRetryBackoff, maxRetryBackoff))
 	}
 	return errors.Join(errs...)
 }

@@ -26,6 +26,8 @@ import (
 	"github.com/heptiolabs/healthcheck"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 )
 
 // Config sets how often dependency checks run and how long each may take.
@@ -36,14 +38,24 @@ type Config struct {
 	CheckTimeout time.Duration `env:"HEALTH_CHECK_TIMEOUT, default=2s"`
 }
 
+// Limits of the durations. The interval drives a ticker, so it must be
+// positive, and under 100ms a dependency is hammered rather than checked;
+// a timeout under 10ms fails any check that does I/O. An hour between
+// checks would leave /ready stale for that long.
+const (
+	minCheckInterval = 100 * time.Millisecond
+	maxCheckInterval = time.Hour
+	minCheckTimeout  = 10 * time.Millisecond
+)
+
 // Validate reports the first setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
-	if c.CheckInterval <= 0 {
-		return fmt.Errorf("HEALTH_CHECK_INTERVAL=%q: must be greater than 0", c.CheckInterval)
+	if err := bound.Duration("HEALTH_CHECK_INTERVAL", c.CheckInterval, minCheckInterval, maxCheckInterval); err != nil {
+		return err
 	}
-	if c.CheckTimeout <= 0 || c.CheckTimeout > c.CheckInterval {
-		return fmt.Errorf("HEALTH_CHECK_TIMEOUT=%q: must be greater than 0 and at most HEALTH_CHECK_INTERVAL (%s)",
-			c.CheckTimeout, c.CheckInterval)
+	if c.CheckTimeout < minCheckTimeout || c.CheckTimeout > c.CheckInterval {
+		return fmt.Errorf("HEALTH_CHECK_TIMEOUT=%q: must be from %s to HEALTH_CHECK_INTERVAL (%s)",
+			c.CheckTimeout, bound.Short(minCheckTimeout), c.CheckInterval)
 	}
 	return nil
 }

@@ -282,6 +282,10 @@ func TestConfigValidate(t *testing.T) {
 		{"zero interval", Config{CheckInterval: 0, CheckTimeout: time.Second}, "HEALTH_CHECK_INTERVAL"},
 		{"timeout above interval", Config{CheckInterval: time.Second, CheckTimeout: 2 * time.Second}, "HEALTH_CHECK_TIMEOUT"},
 		{"zero timeout", Config{CheckInterval: time.Second}, "HEALTH_CHECK_TIMEOUT"},
+		{"the smallest", Config{CheckInterval: 100 * time.Millisecond, CheckTimeout: 10 * time.Millisecond}, ""},
+		{"interval 1ns", Config{CheckInterval: time.Nanosecond, CheckTimeout: time.Nanosecond}, "HEALTH_CHECK_INTERVAL=\"1ns\": must be from 100ms to 1h"},
+		{"interval over an hour", Config{CheckInterval: time.Hour + 1, CheckTimeout: time.Second}, "HEALTH_CHECK_INTERVAL"},
+		{"timeout 1ns", Config{CheckInterval: time.Second, CheckTimeout: time.Nanosecond}, "HEALTH_CHECK_TIMEOUT=\"1ns\": must be from 10ms to HEALTH_CHECK_INTERVAL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 )
 
 // Config sets agent liveness and which hosts agents may register.
@@ -65,33 +67,56 @@ const (
 	DefaultMaxAgents = 50_000
 	// maxMetadataDepthLimit bounds AGENT_MAX_METADATA_DEPTH.
 	maxMetadataDepthLimit = 100
+	// maxMetadataBytesLimit and maxAgentsLimit bound the two other
+	// limits: past them the registry could not hold what it admits.
+	maxMetadataBytesLimit = 16 << 20
+	maxAgentsLimit        = 10_000_000
+)
+
+// Limits of the settings. The interval is told to agents in whole
+// seconds; more than an hour between heartbeats is no liveness at all.
+// maxMissedHeartbeats x maxHeartbeatInterval (1000h) stays far from
+// overflowing a time.Duration, and below maxEvictAfter.
+const (
+	maxHeartbeatInterval = time.Hour
+	maxMissedHeartbeats  = 1000
+	maxEvictAfter        = 365 * 24 * time.Hour
 )
 
 // Validate reports every setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
 	var errs []error
-	if c.HeartbeatInterval < time.Second || c.HeartbeatInterval%time.Second != 0 {
-		errs = append(errs, fmt.Errorf("AGENT_HEARTBEAT_INTERVAL=%q: must be a whole number of seconds, at least 1s (agents are told it in seconds)", c.HeartbeatInterval))
+	intervalOK := c.HeartbeatInterval >= time.Second && c.HeartbeatInterval <= maxHeartbeatInterval &&
+		c.HeartbeatInterval%time.Second == 0
+	if !intervalOK {
+		errs = append(errs, fmt.Errorf("AGENT_HEARTBEAT_INTERVAL=%q: must be a whole number of seconds from 1s to %s (agents are told it in seconds)",
+			c.HeartbeatInterval, bound.Short(maxHeartbeatInterval)))
 	}
-	if c.MissedHeartbeats < 1 || c.MissedHeartbeats > maxMissedHeartbeats {
+	missedOK := c.MissedHeartbeats >= 1 && c.MissedHeartbeats <= maxMissedHeartbeats
+	if !missedOK {
 		errs = append(errs, fmt.Errorf("AGENT_MISSED_HEARTBEATS=\"%d\": must be from 1 to %d", c.MissedHeartbeats, maxMissedHeartbeats))
 	}
-	if c.EvictAfter <= c.unreachableAfter() {
+	switch {
+	case c.EvictAfter > maxEvictAfter:
+		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be at most %s", c.EvictAfter, bound.Short(maxEvictAfter)))
+	case intervalOK && missedOK && c.EvictAfter <= c.unreachableAfter():
 		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be longer than AGENT_MISSED_HEARTBEATS x AGENT_HEARTBEAT_INTERVAL (%s)", c.EvictAfter, c.unreachableAfter()))
+	case c.EvictAfter <= 0:
+		errs = append(errs, fmt.Errorf("AGENT_EVICT_AFTER=%q: must be greater than 0", c.EvictAfter))
 	}
 	if networks, err := ParseNetworks(c.AllowedNetworks); err != nil {
 		errs = append(errs, fmt.Errorf("AGENT_ALLOWED_NETWORKS=%q: %w", strings.Join(c.AllowedNetworks, ","), err))
 	} else if len(networks) == 0 {
 		errs = append(errs, errors.New(`AGENT_ALLOWED_NETWORKS="": no network: no agent could register`))
 	}
-	if c.MaxMetadataBytes < 2 {
-		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_BYTES=\"%d\": must be at least 2 (the empty object {})", c.MaxMetadataBytes))
+	if c.MaxMetadataBytes < 2 || c.MaxMetadataBytes > maxMetadataBytesLimit {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_BYTES=\"%d\": must be from 2 (the empty object {}) to %d", c.MaxMetadataBytes, maxMetadataBytesLimit))
 	}
 	if c.MaxMetadataDepth < 1 || c.MaxMetadataDepth > maxMetadataDepthLimit {
 		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_DEPTH=\"%d\": must be from 1 (a flat object) to %d", c.MaxMetadataDepth, maxMetadataDepthLimit))
 	}
-	if c.MaxAgents < 1 {
-		errs = append(errs, fmt.Errorf("AGENT_MAX_AGENTS=\"%d\": must be at least 1", c.MaxAgents))
+	if c.MaxAgents < 1 || c.MaxAgents > maxAgentsLimit {
+		errs = append(errs, fmt.Errorf("AGENT_MAX_AGENTS=\"%d\": must be from 1 to %d", c.MaxAgents, maxAgentsLimit))
 	}
 	return errors.Join(errs...)
 }
@@ -109,10 +134,6 @@ func (c Config) withDefaults() Config {
 	}
 	return c
 }
-
-// maxMissedHeartbeats keeps MissedHeartbeats x HeartbeatInterval far from
-// overflowing a time.Duration.
-const maxMissedHeartbeats = 1000
 
 func (c Config) unreachableAfter() time.Duration {
 	return time.Duration(c.MissedHeartbeats) * c.HeartbeatInterval

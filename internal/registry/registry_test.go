@@ -808,13 +808,22 @@ func TestConfigValidate(t *testing.T) {
 		{"missed too many", func(c *registry.Config) { c.MissedHeartbeats = 1 << 40 }, []string{"AGENT_MISSED_HEARTBEATS=\"1099511627776\": must be from 1 to 1000"}},
 		{"several", func(c *registry.Config) { c.HeartbeatInterval, c.MissedHeartbeats = 0, 0 }, []string{"AGENT_HEARTBEAT_INTERVAL", "AGENT_MISSED_HEARTBEATS"}},
 		{"metadata bytes 2", func(c *registry.Config) { c.MaxMetadataBytes = 2 }, nil},
-		{"metadata bytes 1", func(c *registry.Config) { c.MaxMetadataBytes = 1 }, []string{`AGENT_MAX_METADATA_BYTES="1": must be at least 2`}},
+		{"metadata bytes 1", func(c *registry.Config) { c.MaxMetadataBytes = 1 }, []string{`AGENT_MAX_METADATA_BYTES="1": must be from 2`}},
 		{"metadata bytes negative", func(c *registry.Config) { c.MaxMetadataBytes = -1 }, []string{`AGENT_MAX_METADATA_BYTES="-1"`}},
 		{"metadata depth 1", func(c *registry.Config) { c.MaxMetadataDepth = 1 }, nil},
 		{"metadata depth 0", func(c *registry.Config) { c.MaxMetadataDepth = 0 }, []string{`AGENT_MAX_METADATA_DEPTH="0": must be from 1`}},
 		{"metadata depth 101", func(c *registry.Config) { c.MaxMetadataDepth = 101 }, []string{`AGENT_MAX_METADATA_DEPTH="101": must be from 1 (a flat object) to 100`}},
 		{"max agents 1", func(c *registry.Config) { c.MaxAgents = 1 }, nil},
-		{"max agents 0", func(c *registry.Config) { c.MaxAgents = 0 }, []string{`AGENT_MAX_AGENTS="0": must be at least 1`}},
+		{"max agents 0", func(c *registry.Config) { c.MaxAgents = 0 }, []string{`AGENT_MAX_AGENTS="0": must be from 1 to 10000000`}},
+		{"interval an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour }, nil},
+		{"interval over an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour + time.Second }, []string{"AGENT_HEARTBEAT_INTERVAL=\"1h0m1s\": must be a whole number of seconds from 1s to 1h"}},
+		// Whole seconds, but 3 of them overflow a Duration: the product went
+		// negative, so any AGENT_EVICT_AFTER passed and every agent was
+		// unreachable at once.
+		{"interval that overflows", func(c *registry.Config) { c.HeartbeatInterval = 2562047 * time.Hour }, []string{"AGENT_HEARTBEAT_INTERVAL"}},
+		{"evict a year", func(c *registry.Config) { c.EvictAfter = 365 * 24 * time.Hour }, nil},
+		{"evict over a year", func(c *registry.Config) { c.EvictAfter = 365*24*time.Hour + 1 }, []string{"AGENT_EVICT_AFTER", "must be at most 8760h"}},
+		{"evict negative with a bad interval", func(c *registry.Config) { c.HeartbeatInterval, c.EvictAfter = 0, -1 }, []string{"AGENT_HEARTBEAT_INTERVAL", "AGENT_EVICT_AFTER=\"-1ns\": must be greater than 0"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

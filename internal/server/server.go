@@ -28,15 +28,32 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/inflight"
 )
 
-// Config is how the server listens, times out and drains.
-type Config struct {
+// Listen is where the server listens: all the probe command reads.
+type Listen struct {
 	// Host is the address to bind; empty means every interface.
 	Host string `env:"HTTP_HOST"`
 	// Port is the TCP port; 0 picks a free one (tests use it).
 	Port int `env:"PORT, default=8080"`
+}
+
+// Address is the host:port to listen on.
+func (l Listen) Address() string { return net.JoinHostPort(l.Host, strconv.Itoa(l.Port)) }
+
+// Validate reports a port that is not one.
+func (l Listen) Validate() error {
+	if l.Port < 0 || l.Port > 65535 {
+		return fmt.Errorf("PORT=%q: must be a TCP port, 0 to 65535", strconv.Itoa(l.Port))
+	}
+	return nil
+}
+
+// Config is how the server listens, times out and drains.
+type Config struct {
+	Listen
 
 	// ReadHeaderTimeout bounds reading the request headers (slowloris).
 	ReadHeaderTimeout time.Duration `env:"HTTP_READ_HEADER_TIMEOUT, default=5s"`
@@ -58,33 +75,29 @@ type Config struct {
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT, default=20s"`
 }
 
-// Address is the host:port to listen on.
-func (c Config) Address() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
+// Limits of the durations. An HTTP timeout under 100ms fails ordinary
+// requests (1ns fails every one); hours are as patient as a server gets.
+// The drain bounds keep a shutdown finite: the kubelet's grace period must
+// cover SHUTDOWN_DELAY + SHUTDOWN_TIMEOUT anyway.
+const (
+	minHTTPTimeout     = 100 * time.Millisecond
+	maxHTTPTimeout     = 24 * time.Hour
+	maxShutdownDelay   = time.Hour
+	minShutdownTimeout = 100 * time.Millisecond
+	maxShutdownTimeout = time.Hour
+)
 
 // Validate reports the settings that cannot be used, naming their variables.
 func (c Config) Validate() error {
-	var errs []error
-	if c.Port < 0 || c.Port > 65535 {
-		errs = append(errs, fmt.Errorf("PORT=%q: must be a TCP port, 0 to 65535", strconv.Itoa(c.Port)))
-	}
-	positive := []struct {
-		name string
-		d    time.Duration
-	}{
-		{"HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout},
-		{"HTTP_READ_TIMEOUT", c.ReadTimeout},
-		{"HTTP_WRITE_TIMEOUT", c.WriteTimeout},
-		{"HTTP_IDLE_TIMEOUT", c.IdleTimeout},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
-	}
-	for _, p := range positive {
-		if p.d <= 0 {
-			errs = append(errs, fmt.Errorf("%s=%q: must be greater than 0", p.name, p.d))
-		}
-	}
-	if c.ShutdownDelay < 0 {
-		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY=%q: must not be negative", c.ShutdownDelay))
-	}
+	errs := []error{c.Listen.Validate()}
+	errs = append(errs,
+		bound.Duration("HTTP_READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_READ_TIMEOUT", c.ReadTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_WRITE_TIMEOUT", c.WriteTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("HTTP_IDLE_TIMEOUT", c.IdleTimeout, minHTTPTimeout, maxHTTPTimeout),
+		bound.Duration("SHUTDOWN_DELAY", c.ShutdownDelay, 0, maxShutdownDelay),
+		bound.Duration("SHUTDOWN_TIMEOUT", c.ShutdownTimeout, minShutdownTimeout, maxShutdownTimeout),
+	)
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("HTTP_MAX_HEADER_BYTES=%q: must be between 1024 and 1048576",
 			strconv.Itoa(c.MaxHeaderBytes)))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -186,18 +187,35 @@ func TestConfigValidate(t *testing.T) {
 	if err := valid.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
-	for name, mutate := range map[string]func(*Config){
-		"PORT":                     func(c *Config) { c.Port = 65536 },
-		"HTTP_READ_HEADER_TIMEOUT": func(c *Config) { c.ReadHeaderTimeout = 0 },
-		"HTTP_IDLE_TIMEOUT":        func(c *Config) { c.IdleTimeout = -time.Second },
-		"SHUTDOWN_DELAY":           func(c *Config) { c.ShutdownDelay = -time.Second },
-		"SHUTDOWN_TIMEOUT":         func(c *Config) { c.ShutdownTimeout = 0 },
-		"HTTP_MAX_HEADER_BYTES":    func(c *Config) { c.MaxHeaderBytes = 100 },
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"PORT", func(c *Config) { c.Port = 65536 }},
+		{"HTTP_READ_HEADER_TIMEOUT", func(c *Config) { c.ReadHeaderTimeout = 0 }},
+		// 1ns passes "greater than 0" but times out every request.
+		{"HTTP_READ_HEADER_TIMEOUT", func(c *Config) { c.ReadHeaderTimeout = time.Nanosecond }},
+		{"HTTP_WRITE_TIMEOUT", func(c *Config) { c.WriteTimeout = time.Nanosecond }},
+		{"HTTP_READ_TIMEOUT", func(c *Config) { c.ReadTimeout = math.MaxInt64 }},
+		{"HTTP_IDLE_TIMEOUT", func(c *Config) { c.IdleTimeout = -time.Second }},
+		{"SHUTDOWN_DELAY", func(c *Config) { c.ShutdownDelay = -time.Second }},
+		// A delay of centuries would never let the process stop.
+		{"SHUTDOWN_DELAY", func(c *Config) { c.ShutdownDelay = math.MaxInt64 }},
+		{"SHUTDOWN_TIMEOUT", func(c *Config) { c.ShutdownTimeout = 0 }},
+		// 1ns cuts off a connection still closing after its response.
+		{"SHUTDOWN_TIMEOUT", func(c *Config) { c.ShutdownTimeout = time.Nanosecond }},
+		{"HTTP_MAX_HEADER_BYTES", func(c *Config) { c.MaxHeaderBytes = 100 }},
 	} {
 		c := valid
-		mutate(&c)
-		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), name+"=") {
-			t.Errorf("%s: Validate() = %v, want an error naming it", name, err)
+		tc.mutate(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.name+"=") {
+			t.Errorf("%s: Validate() = %v, want an error naming it", tc.name, err)
 		}
+	}
+	edges := valid
+	edges.ReadHeaderTimeout, edges.IdleTimeout, edges.ShutdownDelay, edges.ShutdownTimeout =
+		100*time.Millisecond, 24*time.Hour, time.Hour, 100*time.Millisecond
+	if err := edges.Validate(); err != nil {
+		t.Errorf("the limits themselves: %v", err)
 	}
 }

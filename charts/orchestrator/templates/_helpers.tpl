@@ -176,6 +176,15 @@ key is empty when the role is open.
 */}}
 {{- define "orchestrator.validateAuth" -}}
 {{- $a := .Values.auth }}
+{{- /* A null list (a values file with "agentTokens:" and nothing after it,
+or a substitution that came out empty) deletes the key. Failing here
+keeps an empty value from switching a role's auth off; the default []
+is how a role is left open. */}}
+{{- range list "agentTokens" "operatorTokens" }}
+{{- if or (not (hasKey $a .)) (kindIs "invalid" (get $a .)) }}
+{{- fail (printf "auth.%s is null: give it at least one token, or leave it [] (the default) to keep that role open; an empty value never switches auth off" .) }}
+{{- end }}
+{{- end }}
 {{- if $a.existingSecret }}
 {{- if or $a.agentTokens $a.operatorTokens }}
 {{- fail "auth.existingSecret is set: leave auth.agentTokens and auth.operatorTokens empty (the tokens come from that Secret)" }}
