@@ -159,9 +159,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if errorLog, err := zap.NewStdLogAt(s.log.Named("http"), zapcore.WarnLevel); err == nil {
 		srv.ErrorLog = errorLog
 	}
+	// Started before serving: the listener is open already (the caller has
+	// logged "listening"), so a request accepted at once must find /ready
+	// passing; if Serve fails, the select below ends the process anyway.
+	s.health.MarkStarted()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	s.health.MarkStarted()
 
 	select {
 	case err := <-serveErr:
