@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/optiinfra/orchestrator/internal/config"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 // TestEveryDurationAtItsExtremes starts the whole service with each
@@ -45,7 +47,7 @@ func TestEveryDurationAtItsExtremes(t *testing.T) {
 				}
 				// "listening" is logged just before Serve marks the service
 				// started, so /ready may say 503 for a moment.
-				waitFor(t, "GET /ready = 200", func() bool {
+				eventually.True(t, 20*time.Second, "GET /ready = 200", func() bool {
 					resp, err := http.Get(svc.base + "/ready") //nolint:noctx // the default client is fine on loopback
 					if err != nil {
 						t.Fatalf("GET /ready: %v", err)

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 // binary is the orchestrator built once for the process tests.
@@ -166,7 +168,7 @@ var newConnClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Tra
 
 func TestProcessProbesErrorsAndPanics(t *testing.T) {
 	p := start(t, "FAULTS_ENABLED=true", "SHUTDOWN_DELAY=0s")
-	waitFor(t, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
+	eventually.True(t, 20*time.Second, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
 
 	for _, path := range []string{"/live", "/ready", "/health", "/", "/version"} {
 		if r := do(newConnClient, http.MethodHead, p.base+path); r.status != 200 || r.body != "" {
@@ -275,7 +277,7 @@ func (l *loadClient) responses() []response {
 func TestProcessSIGTERMDrainsWithoutDroppingRequests(t *testing.T) {
 	const delay, timeout = 2 * time.Second, 6 * time.Second
 	p := start(t, "FAULTS_ENABLED=true", "SHUTDOWN_DELAY="+delay.String(), "SHUTDOWN_TIMEOUT="+timeout.String())
-	waitFor(t, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
+	eventually.True(t, 20*time.Second, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
 
 	fresh := &loadClient{client: newConnClient}
 	keepAlive := &loadClient{client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}}
@@ -386,7 +388,7 @@ func TestProcessSecondSignalExitsAtOnce(t *testing.T) {
 
 func TestProcessDrainTimeoutIsReported(t *testing.T) {
 	p := start(t, "FAULTS_ENABLED=true", "SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=500ms")
-	waitFor(t, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
+	eventually.True(t, 20*time.Second, "/ready to answer 200", func() bool { return do(newConnClient, "GET", p.base+"/ready").status == 200 })
 	slow := make(chan response, 1)
 	go func() {
 		req, _ := http.NewRequest(http.MethodGet, p.base+"/faults/delay?duration=60s", nil)
@@ -400,7 +402,7 @@ func TestProcessDrainTimeoutIsReported(t *testing.T) {
 		r.err = err
 		slow <- r
 	}()
-	waitFor(t, "the slow request to be in flight", func() bool {
+	eventually.True(t, 20*time.Second, "the slow request to be in flight", func() bool {
 		return strings.Contains(metricsText(p.base), "orchestrator_http_requests_in_flight 2")
 	})
 	p.signal(t, syscall.SIGTERM)
@@ -530,7 +532,7 @@ func TestProcessTasksAcceptedWhileDrainingRunOrAreLogged(t *testing.T) {
 
 	// The agent answers only once the HTTP server has stopped: the tasks
 	// must outlive it.
-	waitFor(t, "the HTTP server to stop", func() bool { return do(newConnClient, http.MethodGet, p.base+"/live").err != nil })
+	eventually.True(t, 20*time.Second, "the HTTP server to stop", func() bool { return do(newConnClient, http.MethodGet, p.base+"/live").err != nil })
 	close(agent.release)
 
 	code := p.wait(t, delay+timeout+15*time.Second)

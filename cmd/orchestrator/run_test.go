@@ -21,6 +21,8 @@ import (
 	"github.com/optiinfra/orchestrator/internal/config"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/server"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 func TestMain(m *testing.M) {
@@ -257,7 +259,7 @@ func TestProbeCommand(t *testing.T) {
 	}
 
 	svc.cancel() // draining for 2s: /ready fails, /live does not
-	waitFor(t, "the probe of /ready to fail while draining", func() bool { return probe(base+"/ready") != nil })
+	eventually.True(t, 20*time.Second, "the probe of /ready to fail while draining", func() bool { return probe(base+"/ready") != nil })
 	if err := probe(base + "/live"); err != nil {
 		t.Fatalf("probe of /live while draining: %v", err)
 	}
@@ -278,18 +280,6 @@ func TestExitCodes(t *testing.T) {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
 		}
-	}
-}
-
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

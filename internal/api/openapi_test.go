@@ -26,6 +26,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/optiinfra/orchestrator/internal/auth"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 // The tests here hold openapi.yaml to the real router: every route is
@@ -604,22 +606,20 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 // waitForTask polls GET /tasks/{id} until the task is terminal.
 func waitForTask(t *testing.T, f *fixture, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var task map[string]any
+	eventually.True(t, 10*time.Second, "task "+id+" to finish", func() bool {
 		rec := f.get("/tasks/" + id)
-		var task map[string]any
+		task = nil
 		if err := json.Unmarshal(rec.Body.Bytes(), &task); err != nil || rec.Code != http.StatusOK {
 			t.Fatalf("GET /tasks/%s = %d %s", id, rec.Code, rec.Body)
 		}
 		switch task["status"] {
 		case "completed", "failed", "timeout", "cancelled":
-			return task
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("task %s still %v after 10s", id, task["status"])
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
+	return task
 }
 
 // TestOpenAPIVariants sends the documented query options of the probes

@@ -22,6 +22,8 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/registry"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -220,18 +222,6 @@ func (h *harness) wait(id string) dispatch.Task {
 		}
 		if time.Now().After(deadline) {
 			h.t.Fatalf("task %s still %s", id, t.Status)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// eventually polls cond until it holds.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -483,7 +473,7 @@ func TestQueueOrderUnderSaturatedLimit(t *testing.T) {
 		completed("{}")(w, r, b)
 	})
 	blocker := h.submit(dispatch.Request{Priority: 100})
-	eventually(t, "the blocking task reached the agent", func() bool {
+	eventually.True(t, 20*time.Second, "the blocking task reached the agent", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(order) == 1
@@ -528,7 +518,7 @@ func TestEqualPrioritiesRunOldestFirst(t *testing.T) {
 		completed("{}")(w, r, b)
 	})
 	blocker := h.submit(dispatch.Request{})
-	eventually(t, "the first task is held", first.Load)
+	eventually.True(t, 20*time.Second, "the first task is held", first.Load)
 	var want []string
 	for range 5 {
 		want = append(want, h.submit(dispatch.Request{}).ID)
@@ -591,7 +581,7 @@ func TestCancel(t *testing.T) {
 	})
 	inFlight := h.submit(dispatch.Request{})
 	queued := h.submit(dispatch.Request{})
-	eventually(t, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
+	eventually.True(t, 20*time.Second, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
 
 	got, err := h.d.Cancel(context.Background(), queued.ID)
 	if err != nil || got.Status != dispatch.StatusCancelled {
@@ -641,7 +631,7 @@ func TestLateReplyAfterCancelIsDropped(t *testing.T) {
 		close(replied)
 	})
 	task := h.submit(dispatch.Request{})
-	eventually(t, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
+	eventually.True(t, 20*time.Second, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
 	if _, err := h.d.Cancel(context.Background(), task.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -773,7 +763,7 @@ func TestFinishedTasksArePruned(t *testing.T) {
 	h := newHarness(t, cfg)
 	h.addAgent("a", completed("{}"))
 	task := h.wait(h.submit(dispatch.Request{}).ID)
-	eventually(t, "the finished task was pruned", func() bool {
+	eventually.True(t, 20*time.Second, "the finished task was pruned", func() bool {
 		_, err := h.d.Get(context.Background(), task.ID)
 		return errors.Is(err, dispatch.ErrNotFound)
 	})
@@ -786,7 +776,7 @@ func (h *harness) drain(ctx context.Context) <-chan error {
 	h.t.Helper()
 	drained := make(chan error, 1)
 	go func() { drained <- h.d.Drain(ctx) }()
-	eventually(h.t, "Drain waits for the tasks", func() bool {
+	eventually.True(h.t, 20*time.Second, "Drain waits for the tasks", func() bool {
 		return h.logs.FilterMessageSnippet("draining tasks").Len() > 0
 	})
 	return drained
@@ -803,7 +793,7 @@ func TestDrainLetsDeliveriesInFlightFinish(t *testing.T) {
 		}
 	})
 	task := h.submit(dispatch.Request{})
-	eventually(t, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
+	eventually.True(t, 20*time.Second, "the task reached the agent", func() bool { return len(agent.received()) == 1 })
 
 	drained := h.drain(context.Background())
 	if _, err := h.d.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrShuttingDown) {
@@ -833,7 +823,7 @@ func TestDrainDeadlineAbortsRecordsAndLogsEachTask(t *testing.T) {
 	agent := h.addBusyAgent() // never answers
 	inFlight := h.submit(dispatch.Request{})
 	queued := h.submit(dispatch.Request{})
-	eventually(t, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
+	eventually.True(t, 20*time.Second, "the first task reached the agent", func() bool { return len(agent.received()) == 1 })
 
 	ctx, deadline := context.WithCancel(context.Background())
 	drained := h.drain(ctx)
@@ -948,7 +938,7 @@ func TestRoundRobinPositionsArePruned(t *testing.T) {
 		h.submit(dispatch.Request{TaskType: c})
 		h.submit(dispatch.Request{TaskType: c, AgentID: a.id})
 	}
-	eventually(t, "round-robin positions of routes no longer in use were dropped", func() bool {
+	eventually.True(t, 20*time.Second, "round-robin positions of routes no longer in use were dropped", func() bool {
 		return h.d.RoundRobinRoutes() == 0
 	})
 }

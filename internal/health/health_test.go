@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -35,18 +37,6 @@ func runChecks(t *testing.T, h *Health) {
 	done := make(chan struct{})
 	go func() { h.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-}
-
-// eventually polls cond until it holds or a generous deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 func TestReadyFollowsStartedAndDraining(t *testing.T) {
@@ -147,12 +137,12 @@ func TestDependencyIsCachedAndNeverRunByProbes(t *testing.T) {
 
 	runChecks(t, h)
 	ready := func() bool { return serve(t, h.ReadyHandler(), http.MethodGet, "/ready").Code == http.StatusOK }
-	eventually(t, "ready once the dependency passes", ready)
+	eventually.True(t, 5*time.Second, "ready once the dependency passes", ready)
 
 	mu.Lock()
 	failWith = errors.New("connection refused")
 	mu.Unlock()
-	eventually(t, "unready once the dependency fails", func() bool { return !ready() })
+	eventually.True(t, 5*time.Second, "unready once the dependency fails", func() bool { return !ready() })
 	if code := serve(t, h.LiveHandler(), http.MethodGet, "/live").Code; code != http.StatusOK {
 		t.Fatalf("/live with a failing dependency = %d, want 200", code)
 	}
@@ -179,7 +169,7 @@ func TestDependencyTimeout(t *testing.T) {
 	runChecks(t, h)
 	t.Cleanup(func() { close(release) })
 
-	eventually(t, "both dependencies reported as timed out", func() bool {
+	eventually.True(t, 5*time.Second, "both dependencies reported as timed out", func() bool {
 		s := h.Summary()
 		return strings.HasPrefix(s.Checks["stuck"].Error, ErrCheckTimeout.Error()) &&
 			strings.HasPrefix(s.Checks["polite"].Error, ErrCheckTimeout.Error())
@@ -194,7 +184,7 @@ func TestRegistrationMistakesPanic(t *testing.T) {
 	mustPanic(t, "duplicate name", func() { h.AddReadinessDependency(CheckPing, nil) })
 
 	runChecks(t, h)
-	eventually(t, "Run to start", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.running })
+	eventually.True(t, 5*time.Second, "Run to start", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.running })
 	mustPanic(t, "after Run", func() { h.AddReadinessDependency("late", nil) })
 }
 

@@ -17,6 +17,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/optiinfra/orchestrator/pkg/orchestrator"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 const (
@@ -82,7 +84,7 @@ func TestAgentTask(t *testing.T) {
 
 	var agent orchestrator.Agent
 	t.Run("the agent pod registers and heartbeats", func(t *testing.T) {
-		eventually(t, 2*time.Minute, "the agent to be listed healthy in GET /agents", func() bool {
+		eventually.True(t, 2*time.Minute, "the agent to be listed healthy in GET /agents", func() bool {
 			list, err := api.ListAgents(ctx, "")
 			if err != nil {
 				return false
@@ -103,7 +105,7 @@ func TestAgentTask(t *testing.T) {
 		}
 		// A heartbeat after the registration moves last_seen on.
 		registered := agent.RegisteredAt
-		eventually(t, time.Duration(3*heartbeatSeconds)*time.Second+10*time.Second, "a heartbeat to move last_seen past registered_at", func() bool {
+		eventually.True(t, time.Duration(3*heartbeatSeconds)*time.Second+10*time.Second, "a heartbeat to move last_seen past registered_at", func() bool {
 			a, err := api.GetAgent(ctx, agent.ID)
 			return err == nil && a.LastSeen.After(registered.Add(time.Second)) && a.Status == orchestrator.AgentHealthy
 		})
@@ -167,7 +169,7 @@ func TestAgentTask(t *testing.T) {
 	t.Run("deleting the agent pod unregisters it", func(t *testing.T) {
 		deleted := time.Now()
 		kubectl(t, ns, "delete", "deployment", agentDeployment, "--wait=true", "--timeout=2m")
-		eventually(t, time.Minute, "GET /agents/{id} to answer 404", func() bool {
+		eventually.True(t, time.Minute, "GET /agents/{id} to answer 404", func() bool {
 			_, err := api.GetAgent(ctx, agent.ID)
 			return orchestrator.IsNotFound(err)
 		})

@@ -13,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 const (
@@ -151,7 +153,7 @@ func TestChart(t *testing.T) {
 			t.Fatalf("POST /faults/unready = %d %s", code, body)
 		}
 		started := time.Now()
-		eventually(t, time.Minute, "the kubelet to mark the pod unready and its endpoint to turn not ready", func() bool {
+		eventually.True(t, time.Minute, "the kubelet to mark the pod unready and its endpoint to turn not ready", func() bool {
 			ready, ok := endpointReady(t, ns, pod)
 			return ok && !ready
 		})
@@ -171,7 +173,7 @@ func TestChart(t *testing.T) {
 		if code, body := get(t, client, http.MethodPost, base+"/faults/ready"); code != http.StatusOK {
 			t.Fatalf("POST /faults/ready = %d %s", code, body)
 		}
-		eventually(t, time.Minute, "the endpoint to turn ready again", func() bool {
+		eventually.True(t, time.Minute, "the endpoint to turn ready again", func() bool {
 			ready, ok := endpointReady(t, ns, pod)
 			return ok && ready
 		})
@@ -229,7 +231,7 @@ func rollUnderLoad(t *testing.T, ns string, pods *podWatcher, strict bool) {
 	started := time.Now()
 	kubectl(t, ns, "rollout", "restart", "deployment/"+deployment)
 	kubectl(t, ns, "rollout", "status", "deployment/"+deployment, "--timeout=5m")
-	eventually(t, 3*time.Minute, "the old pods to be gone", func() bool {
+	eventually.True(t, 3*time.Minute, "the old pods to be gone", func() bool {
 		seen := pods.snapshot()
 		for _, p := range before {
 			if seen[p.Name].gone.IsZero() {
@@ -242,7 +244,7 @@ func rollUnderLoad(t *testing.T, ns string, pods *podWatcher, strict bool) {
 
 	replicas := len(runningPods(t, ns))
 	kubectl(t, ns, "scale", "deployment/"+deployment, fmt.Sprintf("--replicas=%d", replicas-1))
-	eventually(t, 3*time.Minute, "the scale-down to finish", func() bool {
+	eventually.True(t, 3*time.Minute, "the scale-down to finish", func() bool {
 		return len(runningPods(t, ns)) == replicas-1 && countGone(pods) == len(before)+1
 	})
 	time.Sleep(2 * time.Second) // requests after the last pod left

@@ -64,18 +64,6 @@ func getJSON(t *testing.T, ns string, v any, args ...string) {
 	}
 }
 
-// eventually polls cond until it holds or the limit passes.
-func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // createNamespace makes a namespace that enforces the "restricted" Pod
 // Security Standard and deletes it when the test ends.
 func createNamespace(t *testing.T, prefix string) string {
