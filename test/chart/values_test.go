@@ -41,6 +41,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"token with a space", `auth: {operatorTokens: ["operator token 0123456789"]}`, "/auth/operatorTokens/0': 'operator token 0123456789' does not match pattern"},
 		{"tokens as a string", "auth: {agentTokens: agent-token-0123456789}", "/auth/agentTokens': got string, want array"},
 		{"unknown resources key", "resources: {limit: {memory: 1Gi}}", "additional properties 'limit' not allowed"},
+		{"unknown test pod resources key", "tests: {resources: {request: {cpu: 1}}}", "additional properties 'request' not allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			expectRefused(t, newest(t).version, tc.values, tc.want)
