@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,10 @@ func checkInvariants(t *testing.T, o *objects) {
 				t.Errorf("Service port %s targets %s, not the container port named http", p.Name, p.TargetPort.String())
 			}
 		}
+	})
+
+	t.Run("GOMEMLIMIT", func(t *testing.T) {
+		checkGoMemLimit(t, c)
 	})
 
 	t.Run("grace budget", func(t *testing.T) {
@@ -184,6 +189,31 @@ func checkInvariants(t *testing.T, o *objects) {
 			}
 		}
 	})
+}
+
+// checkGoMemLimit: GOMEMLIMIT is 90% of the container's memory limit (the
+// limit less a tenth of it, rounded down), as Kubernetes itself reads that
+// quantity, and absent without a limit (the Go runtime then has none).
+func checkGoMemLimit(t *testing.T, c corev1.Container) {
+	t.Helper()
+	var env *corev1.EnvVar
+	for i := range c.Env {
+		if c.Env[i].Name == "GOMEMLIMIT" {
+			env = &c.Env[i]
+		}
+	}
+	limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+	if !ok {
+		if env != nil {
+			t.Errorf("GOMEMLIMIT is set (%+v) but the container has no memory limit", *env)
+		}
+		return
+	}
+	bytes := limit.Value()
+	want := strconv.FormatInt(bytes-bytes/10, 10)
+	if env == nil || env.ValueFrom != nil || env.Value != want {
+		t.Errorf("GOMEMLIMIT = %+v, want %s (90%% of the memory limit %s = %d bytes)", env, want, limit.String(), bytes)
+	}
 }
 
 // binaryConfig loads the configuration the container's environment gives

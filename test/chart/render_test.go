@@ -4,7 +4,8 @@
 // on every rendering of the values matrix (charts/orchestrator/ci), for the
 // oldest supported Kubernetes version and the newest (hack/kube-versions.env),
 // and on the plain manifests in k8s/; it validates renderings with the
-// binary's own configuration loader and Kubernetes' own types, and feeds the schema values it must refuse. Facts of one template
+// binary's own configuration loader and Kubernetes' own types and quantity
+// parser, and feeds the schema values it must refuse. Facts of one template
 // with given values are helm-unittest's (charts/orchestrator/tests). It runs
 // helm, so it sits behind the "chart" build tag: `make test-chart` installs
 // the pinned tools first.

@@ -3,6 +3,8 @@
 package chart_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -52,4 +54,43 @@ func checkOnlyCPUAndMemory(t *testing.T, o *objects) {
 			}
 		}
 	}
+}
+
+// TestGoMemLimitIsNinetyPercentOfTheMemoryLimit renders the chart's
+// GOMEMLIMIT for memory limits in every form Kubernetes reads, and checks
+// it against Kubernetes' own reading of them (checkGoMemLimit).
+func TestGoMemLimitIsNinetyPercentOfTheMemoryLimit(t *testing.T) {
+	for _, limit := range []string{
+		"128Mi", "1Gi", "1.5Gi", "0.5Gi", "3.3Mi", "1.25Ti", "1Ki", // binary suffixes, fractions rounded up to a byte
+		"500M", "1G", "100k", "2.5G", // decimal suffixes
+		"2e9", "1E3", "5E", "1Ei", // exponents, and E (exa) that is not one
+		"134217728", // bytes
+	} {
+		t.Run(limit, func(t *testing.T) {
+			out, err := helmTemplate(t, newest(t).version, "--set-string", "resources.limits.memory="+limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+		})
+	}
+	// A number in a values file reaches the template as a float64.
+	t.Run("a YAML number", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "values.yaml")
+		if err := os.WriteFile(file, []byte("resources: {limits: {memory: 268435456}}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := helmTemplate(t, newest(t).version, "--values", file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+	})
+	t.Run("no limit", func(t *testing.T) {
+		out, err := helmTemplate(t, newest(t).version, "--set", "resources.limits.memory=null")
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+	})
 }
