@@ -9,7 +9,7 @@
 #      and k8s/ against the oldest it targets (KUBE_VERSION_MANIFESTS_OLDEST)
 #      and the newest;
 #   3. kube-score on every rendering for the newest: no critical finding.
-#      Three checks are off, for the reasons given in the chart's README
+#      Three checks are off, for the reasons given in the README
 #      ("kube-score").
 #
 # Below 1.30 the chart is rendered with termination.nativeSleep=false, as it
