@@ -45,7 +45,7 @@ func checkInvariants(t *testing.T, o *objects) {
 	}
 	d, svc := o.deployments[0], o.services[0]
 	pod := d.Spec.Template
-	c := container(t, pod.Spec, "orchestrator")
+	c := orchestrator(t, pod.Spec)
 
 	t.Run("port", func(t *testing.T) {
 		// The port the binary listens on is the one the configuration gives
@@ -302,14 +302,15 @@ func checkRestricted(t *testing.T, what string, spec corev1.PodSpec) {
 	}
 }
 
-func container(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
+// orchestrator is the pod's container named orchestrator.
+func orchestrator(t *testing.T, spec corev1.PodSpec) corev1.Container {
 	t.Helper()
 	for _, c := range spec.Containers {
-		if c.Name == name {
+		if c.Name == "orchestrator" {
 			return c
 		}
 	}
-	t.Fatalf("no container %q", name)
+	t.Fatal("no container named orchestrator")
 	return corev1.Container{}
 }
 

@@ -71,7 +71,7 @@ func TestGoMemLimitIsNinetyPercentOfTheMemoryLimit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+			checkGoMemLimit(t, orchestrator(t, pod(decode(t, out))))
 		})
 	}
 	// A number in a values file reaches the template as a float64.
@@ -84,13 +84,13 @@ func TestGoMemLimitIsNinetyPercentOfTheMemoryLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+		checkGoMemLimit(t, orchestrator(t, pod(decode(t, out))))
 	})
 	t.Run("no limit", func(t *testing.T) {
 		out, err := helmTemplate(t, newest(t).version, "--set", "resources.limits.memory=null")
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkGoMemLimit(t, container(t, pod(decode(t, out)), "orchestrator"))
+		checkGoMemLimit(t, orchestrator(t, pod(decode(t, out))))
 	})
 }
