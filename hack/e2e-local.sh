@@ -62,9 +62,9 @@ trap cleanup EXIT
 # point buildah at its registry; the state, and so registries.conf, is new
 # each time.
 node_up() {
-	local started=$SECONDS
+	local t0=$SECONDS
 	env "$@" "$root/hack/localkube/up.sh"
-	echo "node up in $((SECONDS - started))s"
+	echo "node up in $((SECONDS - t0))s"
 	export CONTAINERS_REGISTRIES_CONF=$STATE/registries.conf
 	cat >"$CONTAINERS_REGISTRIES_CONF" <<CONF
 # The node's loopback registry speaks plain HTTP.
@@ -106,11 +106,11 @@ step "pushing $image to the node's registry"
 push "$image" orchestrator
 
 step "running the chart's defaults on it: helm install --wait, helm test"
-case=TestDefaultsOnANodeWithoutEphemeralStorage
+only=TestDefaultsOnANodeWithoutEphemeralStorage
 "$root/hack/localkube/exec.sh" env \
 	E2E_IMAGE="$REGISTRY/orchestrator:e2e" \
 	E2E_NODE_WITHOUT_EPHEMERAL_STORAGE=1 \
-	"$root/.cache/e2e.test" -test.v -test.count=1 -test.timeout=10m -test.run "^$case\$" |
+	"$root/.cache/e2e.test" -test.v -test.count=1 -test.timeout=10m -test.run "^$only\$" |
 	tee "$root/.cache/e2e-nostorage.log"
 # A renamed case would match nothing, and a skipped one prove nothing.
-grep -q -- "^--- PASS: $case " "$root/.cache/e2e-nostorage.log" || { echo "$case did not run and pass" >&2; exit 1; }
+grep -q -- "^--- PASS: $only " "$root/.cache/e2e-nostorage.log" || { echo "$only did not run and pass" >&2; exit 1; }
