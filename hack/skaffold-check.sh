@@ -14,7 +14,8 @@
 #      building: OUTDIR/render-<name>.yaml, with the image tag fixed to
 #      $TAG so renderings are reproducible; every image must be the built one;
 #   3. hack/tools/kubeconform.sh validates the renderings against Kubernetes
-#      $KUBE_VERSION, when that script exists (the step says SKIPPED if not).
+#      $KUBE_VERSION (default: hack/kube-versions.env's), when that script
+#      exists (the step says SKIPPED if not).
 # Then: the kubeContext activations of the kind and minikube profiles, and a
 # render with the configured tag policy (gitCommit), which must work offline.
 #
@@ -29,7 +30,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=${TOOLS:-$ROOT/.tools}
 SKAFFOLD=${SKAFFOLD:-$TOOLS/bin/skaffold}
 TAG=${TAG:-skaffold-check}
-KUBE_VERSION=${KUBE_VERSION:-1.34.2}
+kube_version=${KUBE_VERSION:-}
+# shellcheck source=kube-versions.env
+source "$ROOT/hack/kube-versions.env"
+KUBE_VERSION=${kube_version:-${KUBE_VERSION#v}}
 IMAGE=ghcr.io/optiinfra/orchestrator
 
 # Skaffold runs helm (and kubectl kustomize for k8s/) from PATH.

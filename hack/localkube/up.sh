@@ -5,6 +5,12 @@
 # <repo>/.cache/localkube); $STATE/env tells exec.sh how to get in.
 #
 #   hack/localkube/up.sh          then: hack/localkube/exec.sh kubectl get nodes
+#   LOCAL_STORAGE_CAPACITY_ISOLATION=false hack/localkube/up.sh
+#
+# LOCAL_STORAGE_CAPACITY_ISOLATION (true or false, default true) is the
+# kubelet's localStorageCapacityIsolation. With false, as kind's kubelet
+# runs on rootless Docker or Podman (kubernetes-sigs/kind#3359), the node
+# reports no ephemeral-storage and never schedules a pod that asks for it.
 #
 # The namespace (held open by a `sleep` started with `unshare -n`) has only
 # lo and a port-less bridge carrying the node IP, plus the CNI bridge for
@@ -18,6 +24,11 @@ T0=$(date +%s%N)
 elapsed() { awk -v ns="$(( $(date +%s%N) - T0 ))" 'BEGIN { printf "%.1f", ns / 1e9 }'; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces, mounts, cgroups)"
+LOCAL_STORAGE_CAPACITY_ISOLATION=${LOCAL_STORAGE_CAPACITY_ISOLATION:-true}
+case $LOCAL_STORAGE_CAPACITY_ISOLATION in
+  true | false) ;;
+  *) die "LOCAL_STORAGE_CAPACITY_ISOLATION must be true or false, not '$LOCAL_STORAGE_CAPACITY_ISOLATION'" ;;
+esac
 # up.sh deletes $STATE and down.sh empties it: never a directory of anything else.
 if [ -d "$STATE" ] && [ -n "$(ls -A "$STATE")" ] && [ ! -e "$STATE/.localkube" ]; then
   die "$STATE is not empty and is not a localkube state dir (no .localkube in it); choose another STATE"
@@ -301,6 +312,8 @@ failSwapOn: false
 protectKernelDefaults: true
 # The open-files hard limit of this kind of machine (default: 1000000).
 maxOpenFiles: 20000
+# false: no ephemeral-storage in the node's capacity (see the top).
+localStorageCapacityIsolation: $LOCAL_STORAGE_CAPACITY_ISOLATION
 # A throwaway node: no evictions, no image garbage collection.
 evictionHard: {}
 imageGCHighThresholdPercent: 100
@@ -420,7 +433,8 @@ for d in kube-proxy kube-scheduler; do alive "$d" || die "$d died"; done
     CONTAINERD_ADDRESS "$SOCK" \
     LOCALKUBE_STATE "$STATE" \
     LOCALKUBE_BIN "$LK_BIN" \
+    LOCAL_STORAGE_CAPACITY_ISOLATION "$LOCAL_STORAGE_CAPACITY_ISOLATION" \
     TOOLS_BIN "$TOOLS/bin"
 } >"$STATE/env"
 ok=1
-log "node $NODE_NAME up in $(elapsed)s (Ready after ${READY_AT}s); KUBECONFIG=$STATE/kubeconfig; run commands with hack/localkube/exec.sh"
+log "node $NODE_NAME up in $(elapsed)s (Ready after ${READY_AT}s; localStorageCapacityIsolation: $LOCAL_STORAGE_CAPACITY_ISOLATION); KUBECONFIG=$STATE/kubeconfig; run commands with hack/localkube/exec.sh"

@@ -24,8 +24,11 @@ KUBE_SCORE_VERSION=v1.20.0
 SKAFFOLD_VERSION=v2.16.1
 ACTIONLINT_VERSION=v1.7.12
 GOLANGCI_LINT_VERSION=v2.15.0
-# Newest supported Kubernetes and the oldest the chart supports.
-KUBE_VERSIONS=${KUBE_VERSIONS:-v1.34.2 v1.30.14 v1.28.15}
+# The newest Kubernetes, the oldest k8s/ targets and the oldest the chart
+# supports (hack/kube-versions.env).
+# shellcheck source=../kube-versions.env
+source "$REPO/hack/kube-versions.env"
+KUBE_VERSIONS=${KUBE_VERSIONS:-$KUBE_VERSION $KUBE_VERSION_MANIFESTS_OLDEST $KUBE_VERSION_OLDEST}
 ALL=(helm helm-unittest kubeconform kube-score skaffold actionlint golangci-lint schemas)
 
 WORK=$(mktemp -d)

@@ -10,8 +10,11 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 "$HERE/install.sh" kubeconform schemas >/dev/null
 
-NEW=v1.34.2
-OLD=v1.28.15
+# The newest and the oldest version the chart is validated for.
+# shellcheck source=../kube-versions.env
+source "$HERE/../kube-versions.env"
+NEW=$KUBE_VERSION
+OLD=$KUBE_VERSION_OLDEST
 passed=0
 failed=0
 
@@ -42,7 +45,8 @@ for v in $NEW $OLD; do
   expect "$v" removed-api-pdb-v1beta1.yaml invalid "could not find schema for PodDisruptionBudget"
   expect "$v" unknown-kind.yaml invalid "could not find schema for Widget"
 done
-# The native preStop sleep action exists from 1.30 (beta) on, not in 1.28.
+# The native preStop sleep action exists from 1.30 (beta) on, not before
+# (the oldest version the chart supports is older).
 expect $NEW sleep-prestop-pod.yaml valid
 expect $OLD sleep-prestop-pod.yaml invalid "preStop': additional properties 'sleep' not allowed"
 

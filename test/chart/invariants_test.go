@@ -4,11 +4,13 @@ package chart_test
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,32 +45,34 @@ func checkInvariants(t *testing.T, o *objects) {
 	}
 	d, svc := o.deployments[0], o.services[0]
 	pod := d.Spec.Template
-	c := container(t, pod.Spec, "orchestrator")
+	c := orchestrator(t, pod.Spec)
 
-	t.Run("probes and port", func(t *testing.T) {
-		port := namedPort(t, c, "http")
-		for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-			want := "/live"
-			if name == "readiness" {
-				want = "/ready"
-			}
-			if p == nil || p.HTTPGet == nil {
-				t.Errorf("%s probe is not httpGet", name)
-				continue
-			}
-			if p.HTTPGet.Path != want || p.HTTPGet.Port != intstr.FromString("http") {
-				t.Errorf("%s probe = %s on %s, want %s on the named port http", name, p.HTTPGet.Path, p.HTTPGet.Port.String(), want)
-			}
-		}
+	t.Run("port", func(t *testing.T) {
 		// The port the binary listens on is the one the configuration gives
 		// it: load that configuration the way the binary does.
+		port := namedPort(t, c, "http")
 		cfg := binaryConfig(t, o, c)
 		if cfg.Server.Port != int(port) {
 			t.Errorf("the binary listens on %d, the container port http is %d", cfg.Server.Port, port)
 		}
-		if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[0].TargetPort != intstr.FromString("http") {
-			t.Errorf("Service ports = %+v, want one port named http targeting the container port http", svc.Spec.Ports)
+		// The probes and the Service reach it by that name.
+		for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+			if p == nil || p.HTTPGet == nil || p.HTTPGet.Port != intstr.FromString("http") {
+				t.Errorf("%s probe %+v is not an httpGet on the port named http", name, p)
+			}
 		}
+		if len(svc.Spec.Ports) == 0 {
+			t.Fatal("the Service has no port")
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.TargetPort != intstr.FromString("http") {
+				t.Errorf("Service port %s targets %s, not the container port named http", p.Name, p.TargetPort.String())
+			}
+		}
+	})
+
+	t.Run("GOMEMLIMIT", func(t *testing.T) {
+		checkGoMemLimit(t, c)
 	})
 
 	t.Run("grace budget", func(t *testing.T) {
@@ -107,29 +111,40 @@ func checkInvariants(t *testing.T, o *objects) {
 	})
 
 	t.Run("selectors", func(t *testing.T) {
+		// The Deployment selects its pods by the release and the chart's
+		// name only: two releases never select each other's pods, and
+		// nothing that changes between versions is in a selector (a
+		// Deployment's cannot change).
 		podLabels := pod.Labels
-		if d.Spec.Selector == nil || !subset(d.Spec.Selector.MatchLabels, podLabels) || len(d.Spec.Selector.MatchExpressions) > 0 {
-			t.Errorf("Deployment selector %v does not match the pod labels %v", d.Spec.Selector, podLabels)
+		if d.Spec.Selector == nil || len(d.Spec.Selector.MatchExpressions) > 0 {
+			t.Fatalf("Deployment selector %v: want matchLabels only", d.Spec.Selector)
 		}
-		if !subset(svc.Spec.Selector, podLabels) || len(svc.Spec.Selector) == 0 {
-			t.Errorf("Service selector %v does not match the pod labels %v", svc.Spec.Selector, podLabels)
+		selector := d.Spec.Selector.MatchLabels
+		if len(selector) != 2 || selector["app.kubernetes.io/name"] == "" || selector["app.kubernetes.io/instance"] == "" ||
+			!subset(selector, podLabels) {
+			t.Errorf("Deployment selector %v: want exactly app.kubernetes.io/name and app.kubernetes.io/instance, matching the pod labels %v",
+				selector, podLabels)
+		}
+		// Everything else that picks the pods picks exactly those.
+		if !maps.Equal(svc.Spec.Selector, selector) {
+			t.Errorf("Service selector %v, want the Deployment's %v", svc.Spec.Selector, selector)
 		}
 		for _, pdb := range o.pdbs {
-			if pdb.Spec.Selector == nil || !subset(pdb.Spec.Selector.MatchLabels, podLabels) {
-				t.Errorf("PodDisruptionBudget selector %v does not match the pod labels", pdb.Spec.Selector)
+			if pdb.Spec.Selector == nil || !maps.Equal(pdb.Spec.Selector.MatchLabels, selector) {
+				t.Errorf("PodDisruptionBudget selector %v, want the Deployment's %v", pdb.Spec.Selector, selector)
 			}
 		}
 		for _, hpa := range o.hpas {
-			if ref := hpa.Spec.ScaleTargetRef; ref.Kind != "Deployment" || ref.Name != d.Name {
-				t.Errorf("HPA targets %s/%s, want Deployment/%s", ref.Kind, ref.Name, d.Name)
+			if ref := hpa.Spec.ScaleTargetRef; ref.APIVersion != "apps/v1" || ref.Kind != "Deployment" || ref.Name != d.Name {
+				t.Errorf("HPA targets %s %s/%s, want apps/v1 Deployment/%s", ref.APIVersion, ref.Kind, ref.Name, d.Name)
 			}
 			if d.Spec.Replicas != nil {
 				t.Error("the Deployment sets replicas while an HPA scales it")
 			}
 		}
 		for _, np := range o.networkPolicies {
-			if !subset(np.Spec.PodSelector.MatchLabels, podLabels) || len(np.Spec.PodSelector.MatchLabels) == 0 {
-				t.Errorf("NetworkPolicy podSelector %v does not match the pod labels", np.Spec.PodSelector)
+			if !maps.Equal(np.Spec.PodSelector.MatchLabels, selector) {
+				t.Errorf("NetworkPolicy podSelector %v, want the Deployment's %v", np.Spec.PodSelector, selector)
 			}
 		}
 		for _, sm := range o.serviceMonitors {
@@ -150,9 +165,10 @@ func checkInvariants(t *testing.T, o *objects) {
 				}
 			}
 		}
+		// The matrix gives no labelSelector: the chart fills in the pods' own.
 		for _, spread := range pod.Spec.TopologySpreadConstraints {
-			if spread.LabelSelector == nil || !subset(spread.LabelSelector.MatchLabels, podLabels) {
-				t.Errorf("topology spread %s counts pods %v, not these", spread.TopologyKey, spread.LabelSelector)
+			if spread.LabelSelector == nil || !maps.Equal(spread.LabelSelector.MatchLabels, selector) {
+				t.Errorf("topology spread %s counts pods %v, want the Deployment's %v", spread.TopologyKey, spread.LabelSelector, selector)
 			}
 		}
 	})
@@ -162,20 +178,42 @@ func checkInvariants(t *testing.T, o *objects) {
 	})
 
 	t.Run("helm test", func(t *testing.T) {
+		// Nothing else to pull: the test pod runs the orchestrator's own
+		// image, however it is named (tag, digest, private registry).
 		for _, p := range o.pods {
-			tc := p.Spec.Containers[0]
-			if tc.Image != c.Image {
-				t.Errorf("test pod image %s, want the orchestrator's own %s", tc.Image, c.Image)
+			if tc := p.Spec.Containers[0]; tc.Image != c.Image || tc.ImagePullPolicy != c.ImagePullPolicy {
+				t.Errorf("test pod image %s (%s), want the orchestrator's own %s (%s)", tc.Image, tc.ImagePullPolicy, c.Image, c.ImagePullPolicy)
 			}
-			args := strings.Join(tc.Args, " ")
-			for _, path := range []string{"/ready", "/health"} {
-				want := fmt.Sprintf("http://%s:%d%s", svc.Name, svc.Spec.Ports[0].Port, path)
-				if tc.Args[0] != "probe" || !strings.Contains(args, want) {
-					t.Errorf("test pod args %q do not probe %s", args, want)
-				}
+			if !slices.Equal(p.Spec.ImagePullSecrets, pod.Spec.ImagePullSecrets) {
+				t.Errorf("test pod pull secrets %v, want the Deployment's %v", p.Spec.ImagePullSecrets, pod.Spec.ImagePullSecrets)
 			}
 		}
 	})
+}
+
+// checkGoMemLimit: GOMEMLIMIT is 90% of the container's memory limit (the
+// limit less a tenth of it, rounded down), as Kubernetes itself reads that
+// quantity, and absent without a limit (the Go runtime then has none).
+func checkGoMemLimit(t *testing.T, c corev1.Container) {
+	t.Helper()
+	var env *corev1.EnvVar
+	for i := range c.Env {
+		if c.Env[i].Name == "GOMEMLIMIT" {
+			env = &c.Env[i]
+		}
+	}
+	limit, ok := c.Resources.Limits[corev1.ResourceMemory]
+	if !ok {
+		if env != nil {
+			t.Errorf("GOMEMLIMIT is set (%+v) but the container has no memory limit", *env)
+		}
+		return
+	}
+	bytes := limit.Value()
+	want := strconv.FormatInt(bytes-bytes/10, 10)
+	if env == nil || env.ValueFrom != nil || env.Value != want {
+		t.Errorf("GOMEMLIMIT = %+v, want %s (90%% of the memory limit %s = %d bytes)", env, want, limit.String(), bytes)
+	}
 }
 
 // binaryConfig loads the configuration the container's environment gives
@@ -264,14 +302,15 @@ func checkRestricted(t *testing.T, what string, spec corev1.PodSpec) {
 	}
 }
 
-func container(t *testing.T, spec corev1.PodSpec, name string) corev1.Container {
+// orchestrator is the pod's container named orchestrator.
+func orchestrator(t *testing.T, spec corev1.PodSpec) corev1.Container {
 	t.Helper()
 	for _, c := range spec.Containers {
-		if c.Name == name {
+		if c.Name == "orchestrator" {
 			return c
 		}
 	}
-	t.Fatalf("no container %q", name)
+	t.Fatal("no container named orchestrator")
 	return corev1.Container{}
 }
 
@@ -360,6 +399,8 @@ func mountedSecretFile(t *testing.T, o *objects, c corev1.Container, spec corev1
 	return nil, false
 }
 
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 // checkTokens: tokens reach the pod only as read-only files from a Secret;
 // no token is in the ConfigMap or the environment, and the pods roll when
 // the tokens change.
@@ -377,6 +418,8 @@ func checkTokens(t *testing.T, o *objects, spec corev1.PodSpec, c corev1.Contain
 			}
 		}
 	}
+	// No token anywhere but in its Secret: not in the ConfigMap, the pod
+	// spec, an annotation or the helm test pod.
 	for _, s := range o.secrets {
 		for key, data := range s.Data {
 			for token := range strings.Lines(string(data)) {
@@ -384,16 +427,9 @@ func checkTokens(t *testing.T, o *objects, spec corev1.PodSpec, c corev1.Contain
 				if token == "" {
 					continue
 				}
-				for _, cm := range o.configMaps {
-					for k, v := range cm.Data {
-						if strings.Contains(v, token) {
-							t.Errorf("ConfigMap %s %s holds a token of Secret %s key %s", cm.Name, k, s.Name, key)
-						}
-					}
-				}
-				for _, e := range c.Env {
-					if strings.Contains(e.Value, token) {
-						t.Errorf("env %s holds a token of Secret %s key %s", e.Name, s.Name, key)
+				for _, doc := range o.docs {
+					if doc.kind != "Secret" && strings.Contains(doc.text, token) {
+						t.Errorf("a %s holds a token of Secret %s key %s", doc.kind, s.Name, key)
 					}
 				}
 			}
@@ -410,8 +446,9 @@ func checkTokens(t *testing.T, o *objects, spec corev1.PodSpec, c corev1.Contain
 			t.Errorf("Secret volume %s is mounted writable at %s", m.Name, m.MountPath)
 		}
 	}
-	if len(secretVolumes) > 0 && annotations["checksum/auth"] == "" {
-		t.Error("the pods mount a token Secret but have no checksum/auth annotation: changed tokens would not roll them")
+	if len(secretVolumes) > 0 && !sha256Hex.MatchString(annotations["checksum/auth"]) {
+		t.Errorf("the pods mount a token Secret but their checksum/auth annotation is %q, not a SHA-256: changed tokens would not roll them",
+			annotations["checksum/auth"])
 	}
 	if len(o.secrets) > 0 && len(secretVolumes) == 0 {
 		t.Errorf("the chart renders Secret %s but the pods do not mount it", o.secrets[0].Name)

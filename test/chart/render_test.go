@@ -1,13 +1,18 @@
 //go:build chart
 
-// Package chart_test checks the Helm chart's invariants on every rendering
-// of the values matrix (charts/orchestrator/ci) for the oldest supported
-// Kubernetes version and for 1.34, and on the plain manifests in k8s/. It
-// runs helm, so it sits behind the "chart" build tag: `make test-chart`
-// installs the pinned tools first.
+// Package chart_test checks what must hold across the Helm chart's objects
+// on every rendering of the values matrix (charts/orchestrator/ci), for the
+// oldest supported Kubernetes version and the newest (hack/kube-versions.env),
+// and on the plain manifests in k8s/; it validates renderings with the
+// binary's own configuration loader and Kubernetes' own types and quantity
+// parser, and feeds the schema values it must refuse. Facts of one template
+// with given values are helm-unittest's (charts/orchestrator/tests). It runs
+// helm, so it sits behind the "chart" build tag: `make test-chart` installs
+// the pinned tools first.
 package chart_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -26,22 +31,57 @@ import (
 )
 
 const (
-	chartDir    = "../../charts/orchestrator"
-	manifestDir = "../../k8s"
-	release     = "orch"
-	namespace   = "optiinfra"
+	chartDir     = "../../charts/orchestrator"
+	manifestDir  = "../../k8s"
+	versionsFile = "../../hack/kube-versions.env"
+	release      = "orch"
+	namespace    = "optiinfra"
 )
 
 // kubeVersion is a Kubernetes version the chart is rendered for.
 type kubeVersion struct {
-	version string
+	version string // without the v, as helm --kube-version takes it
+	minor   int
 	// nativeSleep: whether the kubelet has the preStop sleep action (1.30+).
 	nativeSleep bool
 }
 
-// kubeVersions: the oldest version the chart supports (Chart.yaml
-// kubeVersion) and the newest it is tested with.
-var kubeVersions = []kubeVersion{{"1.28.15", false}, {"1.34.2", true}}
+// pinnedVersion reads one version from hack/kube-versions.env, the one
+// place the project pins its Kubernetes versions: KUBE_VERSION (the
+// newest) or KUBE_VERSION_OLDEST (the oldest the chart supports).
+func pinnedVersion(t *testing.T, name string) kubeVersion {
+	t.Helper()
+	f, err := os.Open(versionsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lines := bufio.NewScanner(f)
+	for lines.Scan() {
+		key, value, ok := strings.Cut(strings.TrimSpace(lines.Text()), "=")
+		if !ok || key != name {
+			continue
+		}
+		v := strings.TrimPrefix(value, "v")
+		var major, minor, patch int
+		if n, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); n != 3 || err != nil || major != 1 ||
+			v != fmt.Sprintf("%d.%d.%d", major, minor, patch) {
+			t.Fatalf("%s: %s=%s is not v1.<minor>.<patch>", versionsFile, name, value)
+		}
+		return kubeVersion{version: v, minor: minor, nativeSleep: minor >= 30}
+	}
+	if err := lines.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatalf("%s does not set %s", versionsFile, name)
+	return kubeVersion{}
+}
+
+// newest is the newest Kubernetes version the chart is tested with.
+func newest(t *testing.T) kubeVersion { return pinnedVersion(t, "KUBE_VERSION") }
+
+// oldest is the oldest version the chart supports (Chart.yaml kubeVersion).
+func oldest(t *testing.T) kubeVersion { return pinnedVersion(t, "KUBE_VERSION_OLDEST") }
 
 func helmBinary(t *testing.T) string {
 	t.Helper()
@@ -75,6 +115,7 @@ func helmTemplate(t *testing.T, kubeVersion string, args ...string) (string, err
 // objects is a rendering decoded into typed objects. Decoding is strict: a
 // field the Kubernetes types do not know fails the test.
 type objects struct {
+	docs            []document // every object as rendered
 	kinds           map[string]int
 	deployments     []appsv1.Deployment
 	services        []corev1.Service
@@ -107,6 +148,9 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// document is one rendered object's kind and text.
+type document struct{ kind, text string }
+
 func decode(t *testing.T, manifest string) *objects {
 	t.Helper()
 	o := &objects{kinds: map[string]int{}}
@@ -119,6 +163,7 @@ func decode(t *testing.T, manifest string) *objects {
 			t.Fatalf("not YAML: %v\n%s", err, doc)
 		}
 		o.kinds[head.Kind]++
+		o.docs = append(o.docs, document{head.Kind, doc})
 		var err error
 		switch head.Kind {
 		case "Deployment":
@@ -186,10 +231,11 @@ func valuesMatrix(t *testing.T) []string {
 	return append([]string{""}, files...)
 }
 
-// renderMatrix calls check with every rendering of the matrix. Below 1.30
-// the native preStop sleep is switched off, as the chart requires there.
+// renderMatrix calls check with every rendering of the matrix, for the
+// oldest and the newest version. Below 1.30 the native preStop sleep is
+// switched off, as the chart requires there.
 func renderMatrix(t *testing.T, check func(t *testing.T, o *objects)) {
-	for _, v := range kubeVersions {
+	for _, v := range []kubeVersion{oldest(t), newest(t)} {
 		for _, file := range valuesMatrix(t) {
 			name := "defaults"
 			var args []string

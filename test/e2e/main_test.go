@@ -9,7 +9,9 @@
 // and curls, restarts and scales the Deployment under load and requires that
 // no request fails, runs a test agent pod that registers, receives a routed
 // task and unregisters (with both token roles on), applies k8s/ with
-// kustomize, and runs Skaffold.
+// kustomize, and runs Skaffold. On a node without ephemeral-storage, it
+// installs the chart's defaults and runs `helm test` (the one case for such
+// a node: E2E_NODE_WITHOUT_EPHEMERAL_STORAGE).
 //
 // It needs kubectl, helm and skaffold on PATH and:
 //
@@ -21,6 +23,9 @@
 //	E2E_SKAFFOLD          "run" (default) to run the Skaffold case, "skip" to leave it out
 //	E2E_SKAFFOLD_PROFILE  a skaffold.yaml profile to add, e.g. buildah (no Docker engine)
 //	E2E_SKAFFOLD_ARGS     more flags for skaffold run and dev, e.g. --default-repo=127.0.0.1:5000
+//	E2E_NODE_WITHOUT_EPHEMERAL_STORAGE  "1" on a node whose kubelet runs with
+//	                 localStorageCapacityIsolation: false, to run the case for it
+//	                 (alone: -test.run TestDefaultsOnANodeWithoutEphemeralStorage)
 //
 // Run it with `make e2e`.
 package e2e_test

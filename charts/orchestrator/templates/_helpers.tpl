@@ -122,6 +122,54 @@ when it runs out, which would cut off requests the drain was finishing.
 {{- end }}
 
 {{/*
+A memory quantity in bytes, rounded up as Kubernetes rounds it: a plain
+number (134217728), a decimal (1.5Gi) with a binary (Ki to Ei) or decimal
+(k to E) suffix, or an exponent (2e9). Fails on anything else (millibytes,
+say) with the name of the value, which the caller passes as "what".
+*/}}
+{{- define "orchestrator.memoryBytes" -}}
+{{- $q := .quantity }}
+{{- if or (kindIs "float64" $q) (kindIs "int64" $q) (kindIs "int" $q) }}
+{{- $q = printf "%d" (int64 $q) }}
+{{- end }}
+{{- $q = toString $q }}
+{{- $suffix := regexFind "([eE][0-9]+|[KMGTPE]i|[kMGTPE])$" $q }}
+{{- $number := trimSuffix $suffix $q }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?$" $number) }}
+{{- fail (printf "%s=%s: the chart reads memory as a number of bytes with an optional suffix (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E or e<n>), e.g. 128Mi or 1.5Gi" .what $q) }}
+{{- end }}
+{{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- $unit := 1.0 }}
+{{- if regexMatch "^[eE][0-9]" $suffix }}
+{{- range until (trimPrefix "e" (lower $suffix) | int) }}{{ $unit = mulf $unit 10.0 }}{{ end }}
+{{- else }}
+{{- $unit = get $units $suffix }}
+{{- end }}
+{{- /* Whole digits over a power of ten, so 1.5Gi is 15 x 1Gi / 10: exact in float64 for any realistic limit. */}}
+{{- $parts := splitList "." $number }}
+{{- $fraction := "" }}
+{{- if gt (len $parts) 1 }}{{ $fraction = index $parts 1 }}{{ end }}
+{{- $scale := 1.0 }}
+{{- range until (len $fraction) }}{{ $scale = mulf $scale 10.0 }}{{ end }}
+{{- divf (mulf (float64 (printf "%s%s" (index $parts 0) $fraction)) $unit) $scale | ceil | int64 }}
+{{- end }}
+
+{{/*
+GOMEMLIMIT: 90% of limits.memory (the limit less a tenth of it, rounded
+down), in bytes; empty without a memory limit.
+The Go runtime collects harder as its memory nears the limit; the 10% left
+is for what it does not count (memory outside the Go heap and runtime, the
+kernel's page cache charged to the container), so the collector works
+before the kernel's OOM killer does.
+*/}}
+{{- define "orchestrator.goMemLimit" -}}
+{{- with dig "limits" "memory" "" .Values.resources }}
+{{- $bytes := include "orchestrator.memoryBytes" (dict "quantity" . "what" "resources.limits.memory") | int64 }}
+{{- sub $bytes (div $bytes 10) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Whether a PodDisruptionBudget is rendered: when more than one pod runs
 (replicaCount, or the HPA's minReplicas), or when forced.
 */}}
