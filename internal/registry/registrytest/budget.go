@@ -32,6 +32,9 @@ func metadataOf(n int, fill byte) json.RawMessage {
 	return raw(`{"p":"` + strings.Repeat(string(fill), n-8) + `"}`)
 }
 
+// letters fill metadata: two objects of one size differ by their letter.
+const letters = "abcdefghijklmnopqrstuvwxyz"
+
 // budget are limits of maxBytes of metadata and unlimited agents.
 func budget(maxBytes int) registry.Limits {
 	return registry.Limits{Agents: math.MaxInt, MetadataBytes: maxBytes}
@@ -236,7 +239,7 @@ func testMetadataBudgetRandom(t *testing.T, s registry.Store) {
 		if rng.IntN(5) == 0 {
 			return nil
 		}
-		return metadataOf(8+rng.IntN(113), byte('a'+rng.IntN(26)))
+		return metadataOf(8+rng.IntN(113), letters[rng.IntN(len(letters))])
 	}
 	var refused, accepted int
 	for i := range ops {
@@ -421,7 +424,7 @@ func testMetadataBudgetConcurrent(t *testing.T, s registry.Store) {
 			for round := range 3 {
 				for k := range alive {
 					id := alive[(k+w)%len(alive)]
-					meta := metadataOf(20+rng.IntN(61), byte('a'+w))
+					meta := metadataOf(20+rng.IntN(61), letters[w%len(letters)])
 					_, _, err := s.Heartbeat(ctx, id, "", registry.StatusHealthy, meta, at(round+1), lim)
 					switch {
 					case errors.Is(err, registry.ErrMetadataBudget):
