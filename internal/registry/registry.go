@@ -52,16 +52,18 @@ type Config struct {
 	// text, summed. A registration or heartbeat that would take the sum
 	// past it is refused (507) and changes nothing; one that does not grow
 	// its agent's metadata never is. Unregistering or evicting an agent
-	// frees its share. The per-request limit and the agent cap alone
-	// allow MaxAgents x 2 x MaxMetadataBytes (6.5 GB at their defaults),
-	// which fewer than 1,000 agents with full metadata would push past the
-	// chart's default 128 MiB memory limit (GOMEMLIMIT follows it) and get
-	// the pod OOM-killed. The default, 32 MiB, is a quarter of that limit:
-	// the held text costs about its size in heap, and the rest is left to
-	// the agents' other fields, requests in flight, tasks, and the copies
-	// GET /agents makes. A typical agent sends hundreds of bytes, so a
-	// 10,000-agent fleet uses a few MB of it. Raise it with the memory
-	// limit. Zero means the default.
+	// frees its share. Without it, the per-request limit and the agent cap
+	// allow MaxAgents x 2 x MaxMetadataBytes (6.5 GB at their defaults):
+	// fewer than 1,000 agents with full metadata would pass the chart's
+	// default 128 MiB memory limit (GOMEMLIMIT follows it) and get the pod
+	// OOM-killed. The default, 32 MiB, is a quarter of that limit: a
+	// registry filled to it holds 1.0x (64 KiB blocks) to 1.5x (256-byte
+	// blocks, 50,000 agents) of it in heap, measured, leaving the rest to
+	// requests, tasks and the runtime. A typical agent sends hundreds of
+	// bytes, so a 10,000-agent fleet uses a few MB of it. GET /agents
+	// builds its whole answer in memory, several times the metadata it
+	// lists, so a listing of a full registry needs more than that limit
+	// (see the README). Zero means the default.
 	MaxMetadataTotalBytes int `env:"AGENT_MAX_METADATA_TOTAL_BYTES, default=33554432"`
 }
 
