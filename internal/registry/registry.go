@@ -316,7 +316,7 @@ func (r *Registry) storeLimits() Limits {
 // do: what sent the metadata, its size, and what it was compared with. It
 // names the setting, never what other agents hold.
 func (r *Registry) budgetError(what string, size int, than string) error {
-	return fmt.Errorf("%w: the agents' metadata fills AGENT_MAX_METADATA_TOTAL_BYTES=%d, so %s %d bytes of metadata, more than %s, do not fit; nothing was recorded. Metadata no larger than that, or none, is always accepted; more fits once agents unregister, are evicted or send less",
+	return fmt.Errorf("%w: the agents' metadata leaves too little of AGENT_MAX_METADATA_TOTAL_BYTES=%d for %s %d bytes of metadata, more than %s; nothing was recorded. Metadata no larger than that, or none, is always accepted; more fits once agents unregister, are evicted or send less",
 		ErrMetadataBudget, r.cfg.MaxMetadataTotalBytes, what, size, than)
 }
 

@@ -1135,7 +1135,7 @@ func TestMetadataBudget(t *testing.T) {
 			t.Errorf("the refusal %q does not say %q", msg, want)
 		}
 	}
-	for _, secret := range []string{"secret", "1000", "24 ", a.ID, "first"} {
+	for _, secret := range []string{"secret", "1000", " 24 ", a.ID, "first"} {
 		if strings.Contains(msg, secret) {
 			t.Errorf("the refusal %q reveals %q of what other agents hold", msg, secret)
 		}
