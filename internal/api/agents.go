@@ -57,11 +57,6 @@ func toAgentJSON(a registry.Agent) (agentJSON, error) {
 	return out, nil
 }
 
-type agentList struct {
-	Agents []agentJSON `json:"agents"`
-	Count  int         `json:"count"`
-}
-
 // registerHandler serves POST /agents/register.
 func registerHandler(agents Agents) http.HandlerFunc {
 	// Metadata stays JSON text: the registry checks its size and depth
@@ -192,13 +187,10 @@ func listAgentsHandler(agents Agents) http.HandlerFunc {
 			writeDomainError(w, r, err)
 			return
 		}
-		out := agentList{Agents: make([]agentJSON, len(list)), Count: len(list)}
-		for i, a := range list {
-			if out.Agents[i], err = toAgentJSON(a); err != nil {
-				writeDomainError(w, r, err)
-				return
-			}
-		}
-		writeJSON(w, http.StatusOK, out)
+		writeList(w, r, "agents", len(list), func(i int) (agentJSON, error) {
+			a, err := toAgentJSON(list[i])
+			list[i] = registry.Agent{} // written: let its metadata go
+			return a, err
+		})
 	}
 }

@@ -60,10 +60,8 @@ type Config struct {
 	// registry filled to it holds 1.0x (64 KiB blocks) to 1.5x (256-byte
 	// blocks, 50,000 agents) of it in heap, measured, leaving the rest to
 	// requests, tasks and the runtime. A typical agent sends hundreds of
-	// bytes, so a 10,000-agent fleet uses a few MB of it. GET /agents
-	// builds its whole answer in memory, several times the metadata it
-	// lists, so a listing of a full registry needs more than that limit
-	// (see the README). Zero means the default.
+	// bytes, so a 10,000-agent fleet uses a few MB of it. Zero means the
+	// default.
 	MaxMetadataTotalBytes int `env:"AGENT_MAX_METADATA_TOTAL_BYTES, default=33554432"`
 }
 
