@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/optiinfra/orchestrator/internal/dispatch"
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // Tasks is what the HTTP layer needs of the dispatcher.
@@ -26,69 +26,33 @@ const (
 	maxTaskPage     = 1000
 )
 
-// taskJSON is a Task on the wire.
-type taskJSON struct {
-	TaskID         string          `json:"task_id"`
-	TaskType       string          `json:"task_type"`
-	AgentType      string          `json:"agent_type"`
-	Status         dispatch.Status `json:"status"`
-	AgentID        string          `json:"agent_id"`
-	Parameters     json.RawMessage `json:"parameters"`
-	Priority       int             `json:"priority"`
-	TimeoutSeconds int             `json:"timeout_seconds"`
-	MaxRetries     int             `json:"max_retries"`
-	Metadata       json.RawMessage `json:"metadata,omitempty"`
-	Result         json.RawMessage `json:"result,omitempty"`
-	Error          string          `json:"error,omitempty"`
-	CreatedAt      time.Time       `json:"created_at"`
-	StartedAt      *time.Time      `json:"started_at,omitempty"`
-	CompletedAt    *time.Time      `json:"completed_at,omitempty"`
-	RetryCount     int             `json:"retry_count"`
-}
-
-func toTaskJSON(t dispatch.Task) taskJSON {
+// toTaskJSON is a Task as the wire protocol shows it.
+func toTaskJSON(t dispatch.Task) orchestrator.Task {
 	optional := func(at time.Time) *time.Time {
 		if at.IsZero() {
 			return nil
 		}
 		return &at
 	}
-	return taskJSON{
-		TaskID: t.ID, TaskType: t.TaskType, AgentType: string(t.AgentType), Status: t.Status,
-		AgentID: t.AgentID, Parameters: t.Parameters, Priority: t.Priority,
-		TimeoutSeconds: t.TimeoutSeconds, MaxRetries: t.MaxRetries, Metadata: t.Metadata,
-		Result: t.Result, Error: t.Error, CreatedAt: t.CreatedAt,
+	return orchestrator.Task{
+		TaskID: t.ID, TaskType: t.TaskType, AgentType: orchestrator.AgentType(t.AgentType),
+		Status: orchestrator.TaskStatus(t.Status), AgentID: t.AgentID, Parameters: t.Parameters,
+		Priority: t.Priority, TimeoutSeconds: t.TimeoutSeconds, MaxRetries: t.MaxRetries,
+		Metadata: t.Metadata, Result: t.Result, Error: t.Error, CreatedAt: t.CreatedAt,
 		StartedAt: optional(t.StartedAt), CompletedAt: optional(t.CompletedAt), RetryCount: t.RetryCount,
 	}
 }
 
 // submitTaskHandler serves POST /tasks.
 func submitTaskHandler(tasks Tasks) http.HandlerFunc {
-	type request struct {
-		TaskType       string          `json:"task_type"`
-		AgentType      string          `json:"agent_type"`
-		AgentID        string          `json:"agent_id"`
-		Parameters     json.RawMessage `json:"parameters"`
-		Priority       int             `json:"priority"`
-		TimeoutSeconds *int            `json:"timeout_seconds"`
-		MaxRetries     *int            `json:"max_retries"`
-		Metadata       json.RawMessage `json:"metadata"`
-	}
-	type response struct {
-		TaskID    string          `json:"task_id"`
-		Status    dispatch.Status `json:"status"`
-		AgentID   string          `json:"agent_id"`
-		CreatedAt time.Time       `json:"created_at"`
-		StatusURL string          `json:"status_url"`
-	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		var req request
+		var req orchestrator.TaskRequest
 		if err := decodeBody(r, &req); err != nil {
 			writeDomainError(w, r, err)
 			return
 		}
 		t, err := tasks.Submit(r.Context(), dispatch.Request{
-			TaskType: req.TaskType, AgentType: req.AgentType, AgentID: req.AgentID,
+			TaskType: req.TaskType, AgentType: string(req.AgentType), AgentID: req.AgentID,
 			Parameters: req.Parameters, Priority: req.Priority,
 			TimeoutSeconds: req.TimeoutSeconds, MaxRetries: req.MaxRetries, Metadata: req.Metadata,
 		})
@@ -97,8 +61,9 @@ func submitTaskHandler(tasks Tasks) http.HandlerFunc {
 			return
 		}
 		w.Header().Set("Location", "/tasks/"+t.ID)
-		writeJSON(w, http.StatusCreated, response{
-			TaskID: t.ID, Status: t.Status, AgentID: t.AgentID, CreatedAt: t.CreatedAt, StatusURL: "/tasks/" + t.ID,
+		writeJSON(w, http.StatusCreated, orchestrator.TaskAccepted{
+			TaskID: t.ID, Status: orchestrator.TaskStatus(t.Status), AgentID: t.AgentID,
+			CreatedAt: t.CreatedAt, StatusURL: "/tasks/" + t.ID,
 		})
 	}
 }
@@ -133,11 +98,6 @@ func cancelTaskHandler(tasks Tasks) http.HandlerFunc {
 // listTasksHandler serves GET /tasks?status=&limit=&cursor=, oldest first.
 // next_cursor, when present, fetches the following page.
 func listTasksHandler(tasks Tasks) http.HandlerFunc {
-	type response struct {
-		Tasks      []taskJSON `json:"tasks"`
-		Count      int        `json:"count"`
-		NextCursor string     `json:"next_cursor,omitempty"`
-	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		q := dispatch.Query{Limit: defaultTaskPage}
 		params := r.URL.Query()
@@ -170,7 +130,7 @@ func listTasksHandler(tasks Tasks) http.HandlerFunc {
 			writeDomainError(w, r, err)
 			return
 		}
-		out := response{Tasks: make([]taskJSON, len(list)), Count: len(list)}
+		out := orchestrator.TaskList{Tasks: make([]orchestrator.Task, len(list)), Count: len(list)}
 		for i, t := range list {
 			out.Tasks[i] = toTaskJSON(t)
 		}

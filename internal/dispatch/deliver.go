@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/optiinfra/orchestrator/internal/registry"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // NewClient returns the HTTP client that delivers tasks. It connects only
@@ -43,16 +45,6 @@ func NewClient(guard *registry.Guard) *http.Client {
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-}
-
-// delivery is the body POSTed to an agent's /task.
-type delivery struct {
-	TaskID         string          `json:"task_id"`
-	TaskType       string          `json:"task_type"`
-	Parameters     json.RawMessage `json:"parameters"`
-	TimeoutSeconds int             `json:"timeout_seconds"`
-	Priority       int             `json:"priority"`
-	Metadata       json.RawMessage `json:"metadata,omitempty"`
 }
 
 // reply is an agent's answer. Fields are decoded one by one, so that one
@@ -92,7 +84,7 @@ func (o outcome) retryable() bool {
 
 // deliver POSTs j to agent's /task and classifies the answer.
 func (d *Dispatcher) deliver(ctx context.Context, j *job, agent registry.Candidate) outcome {
-	body, err := json.Marshal(delivery{
+	body, err := json.Marshal(orchestrator.Delivery{
 		TaskID:         j.task.ID,
 		TaskType:       j.task.TaskType,
 		Parameters:     j.task.Parameters,

@@ -1,4 +1,4 @@
-package orchestrator
+package orchestrator_test
 
 import (
 	"bytes"
@@ -23,6 +23,8 @@ import (
 	"github.com/optiinfra/orchestrator/internal/app"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
 	"github.com/optiinfra/orchestrator/internal/config"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // The tests here run the Client, the TaskHandler and the Heartbeater
@@ -74,14 +76,14 @@ func startService(t *testing.T) string {
 }
 
 // clients returns an agent's and an operator's Client of base.
-func clients(t *testing.T, base string) (agent, operator *Client) {
+func clients(t *testing.T, base string) (agent, operator *orchestrator.Client) {
 	t.Helper()
-	return newTestClient(t, base, WithToken(agentToken)), newTestClient(t, base, WithToken(operatorToken))
+	return newClient(t, base, orchestrator.WithToken(agentToken)), newClient(t, base, orchestrator.WithToken(operatorToken))
 }
 
 // startAgent serves fn as an agent's POST /task on a loopback port and
 // returns the port. Every delivery's raw body is sent to bodies, if given.
-func startAgent(t *testing.T, fn TaskFunc, bodies chan<- []byte) int {
+func startAgent(t *testing.T, fn orchestrator.TaskFunc, bodies chan<- []byte) int {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle("POST /task", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -99,8 +101,9 @@ func startAgent(t *testing.T, fn TaskFunc, bodies chan<- []byte) int {
 
 func TestContractAgents(t *testing.T) {
 	ctx := context.Background()
-	agent, operator := clients(t, startService(t))
-	reg := Registration{Name: "cost-1", Type: AgentTypeCost, Host: "127.0.0.1", Port: 9001,
+	base := startService(t)
+	agent, operator := clients(t, base)
+	reg := orchestrator.Registration{Name: "cost-1", Type: orchestrator.AgentTypeCost, Host: "127.0.0.1", Port: 9001,
 		Capabilities: []string{"analyze", "forecast"}, Version: "1.4.0", Metadata: map[string]any{"region": "eu-west-1"}}
 
 	registered, err := agent.Register(ctx, reg)
@@ -116,13 +119,13 @@ func TestContractAgents(t *testing.T) {
 		t.Errorf("registering again: %+v, %v; want the same agent_id %s", again, err, id)
 	}
 
-	hb, err := agent.Heartbeat(ctx, id, HeartbeatRequest{Status: AgentDegraded, Metadata: map[string]any{"cpu_percent": 12.5}})
+	hb, err := agent.Heartbeat(ctx, id, orchestrator.HeartbeatRequest{Status: orchestrator.AgentDegraded, Metadata: map[string]any{"cpu_percent": 12.5}})
 	if err != nil || !hb.Received || hb.NextIntervalSeconds != intervalSeconds || hb.Timestamp.IsZero() {
 		t.Errorf("Heartbeat = %+v, %v", hb, err)
 	}
 	// An empty heartbeat means healthy; it sends no metadata, so the
 	// previous heartbeat's stays.
-	if _, err := agent.Heartbeat(ctx, id, HeartbeatRequest{}); err != nil {
+	if _, err := agent.Heartbeat(ctx, id, orchestrator.HeartbeatRequest{}); err != nil {
 		t.Errorf("an empty heartbeat: %v", err)
 	}
 
@@ -130,14 +133,14 @@ func TestContractAgents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Agent{ID: id, Name: reg.Name, Type: reg.Type, Host: reg.Host, Port: reg.Port, Capabilities: reg.Capabilities,
-		Status: AgentHealthy, Version: reg.Version, RegisteredAt: got.RegisteredAt, LastSeen: got.LastSeen,
+	want := orchestrator.Agent{ID: id, Name: reg.Name, Type: reg.Type, Host: reg.Host, Port: reg.Port, Capabilities: reg.Capabilities,
+		Status: orchestrator.AgentHealthy, Version: reg.Version, RegisteredAt: got.RegisteredAt, LastSeen: got.LastSeen,
 		Metadata: map[string]any{"region": "eu-west-1", "cpu_percent": 12.5}}
 	if !reflect.DeepEqual(got, want) || got.LastSeen.Before(got.RegisteredAt) {
 		t.Errorf("GetAgent =\n %+v\nwant\n %+v", got, want)
 	}
 
-	for typ, n := range map[AgentType]int{"": 1, AgentTypeCost: 1, AgentTypeResource: 0} {
+	for typ, n := range map[orchestrator.AgentType]int{"": 1, orchestrator.AgentTypeCost: 1, orchestrator.AgentTypeResource: 0} {
 		list, err := operator.ListAgents(ctx, typ)
 		if err != nil || len(list) != n || (n == 1 && list[0].ID != id) || list == nil {
 			t.Errorf("ListAgents(%q) = %+v, %v; want %d agent(s), an empty list rather than nil", typ, list, err, n)
@@ -161,7 +164,7 @@ func TestContractAgents(t *testing.T) {
 	expectAPIError(t, "Register with the operator token", err, 401, "agent role")
 	_, err = agent.ListAgents(ctx, "")
 	expectAPIError(t, "ListAgents with the agent token", err, 401, "operator role")
-	_, err = newTestClient(t, agent.base.String()).GetAgent(ctx, id)
+	_, err = newClient(t, base).GetAgent(ctx, id)
 	expectAPIError(t, "GetAgent without a token", err, 401, "a bearer token is required")
 
 	if err := agent.Unregister(ctx, id); err != nil {
@@ -169,8 +172,8 @@ func TestContractAgents(t *testing.T) {
 	}
 	_, err = operator.GetAgent(ctx, id)
 	expectAPIError(t, "GetAgent after Unregister", err, 404, `agent "`+id+`" not found`)
-	_, err = agent.Heartbeat(ctx, id, HeartbeatRequest{})
-	if !IsNotFound(err) {
+	_, err = agent.Heartbeat(ctx, id, orchestrator.HeartbeatRequest{})
+	if !orchestrator.IsNotFound(err) {
 		t.Errorf("Heartbeat after Unregister: %v, want a 404", err)
 	}
 	expectAPIError(t, "Unregister twice", agent.Unregister(ctx, id), 404, "not found")
@@ -183,12 +186,12 @@ func TestContractTasks(t *testing.T) {
 	started := make(chan string, 1)  // task IDs of "block" tasks the agent runs
 	cancelled := make(chan error, 1) // what their contexts ended with
 	bodies := make(chan []byte, 100)
-	port := startAgent(t, func(ctx context.Context, d Delivery) (any, error) {
+	port := startAgent(t, func(ctx context.Context, d orchestrator.Delivery) (any, error) {
 		switch d.TaskType {
 		case "analyze":
 			var p struct{ Values []float64 }
 			if err := json.Unmarshal(d.Parameters, &p); err != nil {
-				return nil, Reject(err)
+				return nil, orchestrator.Reject(err)
 			}
 			return map[string]any{"delivery": d, "sum": p.Values[0] + p.Values[1]}, nil
 		case "quiet":
@@ -196,20 +199,20 @@ func TestContractTasks(t *testing.T) {
 		case "flaky":
 			return nil, errors.New("backend down")
 		case "refuse":
-			return nil, Reject(errors.New("no such account"))
+			return nil, orchestrator.Reject(errors.New("no such account"))
 		case "block":
 			started <- d.TaskID
 			<-ctx.Done()
 			cancelled <- ctx.Err()
 			return nil, ctx.Err()
 		}
-		return nil, Reject(errors.New("unknown task type " + d.TaskType))
+		return nil, orchestrator.Reject(errors.New("unknown task type " + d.TaskType))
 	}, bodies)
-	if _, err := agent.Register(ctx, Registration{Name: "worker", Type: AgentTypeCost, Host: "127.0.0.1", Port: port,
+	if _, err := agent.Register(ctx, orchestrator.Registration{Name: "worker", Type: orchestrator.AgentTypeCost, Host: "127.0.0.1", Port: port,
 		Capabilities: []string{"analyze", "quiet", "flaky", "refuse", "block"}}); err != nil {
 		t.Fatal(err)
 	}
-	wait := func(id string) Task {
+	wait := func(id string) orchestrator.Task {
 		t.Helper()
 		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
@@ -220,14 +223,14 @@ func TestContractTasks(t *testing.T) {
 		return task
 	}
 	var submitted []string
-	submit := func(req TaskRequest) TaskAccepted {
+	submit := func(req orchestrator.TaskRequest) orchestrator.TaskAccepted {
 		t.Helper()
 		accepted, err := operator.SubmitTask(ctx, req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if accepted.StatusURL != "/tasks/"+accepted.TaskID || accepted.CreatedAt.IsZero() ||
-			(accepted.Status != TaskDispatched && accepted.Status != TaskPending) {
+			(accepted.Status != orchestrator.TaskDispatched && accepted.Status != orchestrator.TaskPending) {
 			t.Errorf("SubmitTask = %+v", accepted)
 		}
 		submitted = append(submitted, accepted.TaskID)
@@ -235,28 +238,28 @@ func TestContractTasks(t *testing.T) {
 	}
 
 	t.Run("a result completes the task", func(t *testing.T) {
-		accepted := submit(TaskRequest{TaskType: "analyze", AgentType: AgentTypeCost,
+		accepted := submit(orchestrator.TaskRequest{TaskType: "analyze", AgentType: orchestrator.AgentTypeCost,
 			Parameters: json.RawMessage(`{"values":[1.5,2]}`), Priority: 5, TimeoutSeconds: new(20),
 			Metadata: json.RawMessage(`{"requested_by":"ops"}`)})
 		task := wait(accepted.TaskID)
-		if task.Status != TaskCompleted || task.RetryCount != 0 || task.Error != "" || task.StartedAt == nil || task.CompletedAt == nil {
+		if task.Status != orchestrator.TaskCompleted || task.RetryCount != 0 || task.Error != "" || task.StartedAt == nil || task.CompletedAt == nil {
 			t.Fatalf("task = %+v", task)
 		}
-		want := Task{TaskID: accepted.TaskID, TaskType: "analyze", AgentType: AgentTypeCost, Status: TaskCompleted,
+		want := orchestrator.Task{TaskID: accepted.TaskID, TaskType: "analyze", AgentType: orchestrator.AgentTypeCost, Status: orchestrator.TaskCompleted,
 			AgentID: task.AgentID, Parameters: json.RawMessage(`{"values":[1.5,2]}`), Priority: 5, TimeoutSeconds: 20,
-			MaxRetries: DefaultMaxRetries, Metadata: json.RawMessage(`{"requested_by":"ops"}`), Result: task.Result,
+			MaxRetries: orchestrator.DefaultMaxRetries, Metadata: json.RawMessage(`{"requested_by":"ops"}`), Result: task.Result,
 			CreatedAt: task.CreatedAt, StartedAt: task.StartedAt, CompletedAt: task.CompletedAt}
 		if !reflect.DeepEqual(task, want) || task.AgentID == "" {
 			t.Errorf("task =\n %+v\nwant\n %+v", task, want)
 		}
 		var result struct {
-			Delivery Delivery
+			Delivery orchestrator.Delivery
 			Sum      float64
 		}
 		if err := json.Unmarshal(task.Result, &result); err != nil {
 			t.Fatal(err)
 		}
-		wantDelivery := Delivery{TaskID: accepted.TaskID, TaskType: "analyze", Parameters: json.RawMessage(`{"values":[1.5,2]}`),
+		wantDelivery := orchestrator.Delivery{TaskID: accepted.TaskID, TaskType: "analyze", Parameters: json.RawMessage(`{"values":[1.5,2]}`),
 			TimeoutSeconds: 20, Priority: 5, Metadata: json.RawMessage(`{"requested_by":"ops"}`)}
 		if !reflect.DeepEqual(result.Delivery, wantDelivery) || result.Sum != 3.5 {
 			t.Errorf("the agent was delivered %+v (sum %v), want %+v (sum 3.5)", result.Delivery, result.Sum, wantDelivery)
@@ -264,28 +267,28 @@ func TestContractTasks(t *testing.T) {
 		// The body as sent holds no field Delivery lacks, and Delivery
 		// encodes it back as it was.
 		raw := <-bodies
-		var d Delivery
+		var d orchestrator.Delivery
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&d); err != nil {
 			t.Fatalf("the delivery %s does not decode strictly into Delivery: %v", raw, err)
 		}
-		if again, _ := json.Marshal(d); !sameJSON(t, again, raw) {
+		if again, _ := json.Marshal(d); !equalJSON(t, again, raw) {
 			t.Errorf("the delivery %s encodes back as %s", raw, again)
 		}
 	})
 
 	t.Run("no result", func(t *testing.T) {
-		task := wait(submit(TaskRequest{TaskType: "quiet", AgentType: AgentTypeCost}).TaskID)
-		if task.Status != TaskCompleted || task.Result != nil || task.Metadata != nil || string(task.Parameters) != `{}` {
+		task := wait(submit(orchestrator.TaskRequest{TaskType: "quiet", AgentType: orchestrator.AgentTypeCost}).TaskID)
+		if task.Status != orchestrator.TaskCompleted || task.Result != nil || task.Metadata != nil || string(task.Parameters) != `{}` {
 			t.Errorf("task = %+v, want completed without result or metadata, with parameters {}", task)
 		}
 		<-bodies
 	})
 
 	t.Run("an error is retried", func(t *testing.T) {
-		task := wait(submit(TaskRequest{TaskType: "flaky", AgentType: AgentTypeCost, MaxRetries: new(1)}).TaskID)
-		if task.Status != TaskFailed || task.RetryCount != 1 || !strings.Contains(task.Error, "agent answered 500: backend down") {
+		task := wait(submit(orchestrator.TaskRequest{TaskType: "flaky", AgentType: orchestrator.AgentTypeCost, MaxRetries: new(1)}).TaskID)
+		if task.Status != orchestrator.TaskFailed || task.RetryCount != 1 || !strings.Contains(task.Error, "agent answered 500: backend down") {
 			t.Errorf("task = %+v, want failed after 1 retry with the agent's error", task)
 		}
 		<-bodies
@@ -293,20 +296,20 @@ func TestContractTasks(t *testing.T) {
 	})
 
 	t.Run("a rejection is not retried", func(t *testing.T) {
-		task := wait(submit(TaskRequest{TaskType: "refuse", AgentType: AgentTypeCost, MaxRetries: new(3)}).TaskID)
-		if task.Status != TaskFailed || task.RetryCount != 0 || !strings.Contains(task.Error, "agent answered 400: no such account") {
+		task := wait(submit(orchestrator.TaskRequest{TaskType: "refuse", AgentType: orchestrator.AgentTypeCost, MaxRetries: new(3)}).TaskID)
+		if task.Status != orchestrator.TaskFailed || task.RetryCount != 0 || !strings.Contains(task.Error, "agent answered 400: no such account") {
 			t.Errorf("task = %+v, want failed at once with the agent's error", task)
 		}
 		<-bodies
 	})
 
 	t.Run("cancel", func(t *testing.T) {
-		accepted := submit(TaskRequest{TaskType: "block", AgentType: AgentTypeCost, MaxRetries: new(0)})
+		accepted := submit(orchestrator.TaskRequest{TaskType: "block", AgentType: orchestrator.AgentTypeCost, MaxRetries: new(0)})
 		if got := <-started; got != accepted.TaskID {
 			t.Fatalf("the agent started %s, want %s", got, accepted.TaskID)
 		}
 		task, err := operator.CancelTask(ctx, accepted.TaskID)
-		if err != nil || task.Status != TaskCancelled || task.TaskID != accepted.TaskID {
+		if err != nil || task.Status != orchestrator.TaskCancelled || task.TaskID != accepted.TaskID {
 			t.Errorf("CancelTask = %+v, %v; want the task, cancelled", task, err)
 		}
 		if err := <-cancelled; !errors.Is(err, context.Canceled) {
@@ -318,30 +321,30 @@ func TestContractTasks(t *testing.T) {
 	})
 
 	t.Run("refusals", func(t *testing.T) {
-		_, err := operator.SubmitTask(ctx, TaskRequest{TaskType: "forecast", AgentType: AgentTypeCost})
+		_, err := operator.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "forecast", AgentType: orchestrator.AgentTypeCost})
 		expectAPIError(t, "SubmitTask nobody can run", err, 503, `no healthy cost agent has the capability "forecast"`)
-		_, err = operator.SubmitTask(ctx, TaskRequest{TaskType: "analyze", AgentType: AgentTypeCost, TimeoutSeconds: new(0)})
+		_, err = operator.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "analyze", AgentType: orchestrator.AgentTypeCost, TimeoutSeconds: new(0)})
 		expectAPIError(t, "SubmitTask with timeout 0", err, 400, "timeout_seconds: must be from 1 to 300")
-		_, err = operator.SubmitTask(ctx, TaskRequest{TaskType: "analyze", AgentType: AgentTypeCost, Parameters: json.RawMessage(`[1]`)})
+		_, err = operator.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "analyze", AgentType: orchestrator.AgentTypeCost, Parameters: json.RawMessage(`[1]`)})
 		expectAPIError(t, "SubmitTask with an array of parameters", err, 400, "parameters: must be a JSON object")
-		_, err = agent.SubmitTask(ctx, TaskRequest{TaskType: "analyze", AgentType: AgentTypeCost})
+		_, err = agent.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "analyze", AgentType: orchestrator.AgentTypeCost})
 		expectAPIError(t, "SubmitTask with the agent token", err, 401, "operator role")
 		_, err = operator.GetTask(ctx, "no-such-task")
 		expectAPIError(t, "GetTask of an unknown task", err, 404, `task "no-such-task" not found`)
-		_, err = operator.ListTasks(ctx, ListTasksOptions{Limit: 5000})
+		_, err = operator.ListTasks(ctx, orchestrator.ListTasksOptions{Limit: 5000})
 		expectAPIError(t, "ListTasks with limit 5000", err, 400, "limit: must be an integer from 1 to 1000")
-		_, err = operator.ListTasks(ctx, ListTasksOptions{Status: "done"})
+		_, err = operator.ListTasks(ctx, orchestrator.ListTasksOptions{Status: "done"})
 		expectAPIError(t, "ListTasks of status done", err, 400, "status: ")
 	})
 
 	t.Run("list", func(t *testing.T) {
-		all, err := operator.ListTasks(ctx, ListTasksOptions{})
+		all, err := operator.ListTasks(ctx, orchestrator.ListTasksOptions{})
 		if err != nil || all.Count != len(submitted) || all.NextCursor != "" {
 			t.Fatalf("ListTasks = %d tasks (count %d, next %q), %v; want %d and no next page", len(all.Tasks), all.Count, all.NextCursor, err, len(submitted))
 		}
 		// Page by page, one task each, in submission order.
 		var paged []string
-		opts := ListTasksOptions{Limit: 1}
+		opts := orchestrator.ListTasksOptions{Limit: 1}
 		for range len(submitted) + 1 {
 			page, err := operator.ListTasks(ctx, opts)
 			if err != nil {
@@ -358,15 +361,15 @@ func TestContractTasks(t *testing.T) {
 		if !slices.Equal(paged, submitted) {
 			t.Errorf("paged through %v, want %v", paged, submitted)
 		}
-		failed, err := operator.ListTasks(ctx, ListTasksOptions{Status: TaskFailed})
+		failed, err := operator.ListTasks(ctx, orchestrator.ListTasksOptions{Status: orchestrator.TaskFailed})
 		if err != nil {
 			t.Fatal(err)
 		}
-		statuses := map[TaskStatus]int{}
+		statuses := map[orchestrator.TaskStatus]int{}
 		for _, task := range failed.Tasks {
 			statuses[task.Status]++
 		}
-		if !maps.Equal(statuses, map[TaskStatus]int{TaskFailed: 2}) {
+		if !maps.Equal(statuses, map[orchestrator.TaskStatus]int{orchestrator.TaskFailed: 2}) {
 			t.Errorf("ListTasks(failed) statuses %v, want the 2 failed tasks", statuses)
 		}
 	})
@@ -379,17 +382,19 @@ func TestContractHeartbeater(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	agent, operator := clients(t, startService(t))
-	h := &Heartbeater{
+	h := &orchestrator.Heartbeater{
 		Client:       agent,
-		Registration: Registration{Name: "hb", Type: AgentTypeResource, Host: "127.0.0.1", Port: 9100, Capabilities: []string{"scale"}},
-		Report:       func() HeartbeatRequest { return HeartbeatRequest{Metadata: map[string]any{"tasks_running": 2.0}} },
+		Registration: orchestrator.Registration{Name: "hb", Type: orchestrator.AgentTypeResource, Host: "127.0.0.1", Port: 9100, Capabilities: []string{"scale"}},
+		Report: func() orchestrator.HeartbeatRequest {
+			return orchestrator.HeartbeatRequest{Metadata: map[string]any{"tasks_running": 2.0}}
+		},
 	}
 	// Each wait hands its duration to the test and goes on when told.
 	waits, proceed := make(chan time.Duration), make(chan bool)
-	h.wait = func(ctx context.Context, d time.Duration) bool {
+	orchestrator.SetWait(h, func(ctx context.Context, d time.Duration) bool {
 		waits <- d
 		return <-proceed
-	}
+	})
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() { runErr = h.Run(ctx) })
@@ -399,7 +404,7 @@ func TestContractHeartbeater(t *testing.T) {
 	}
 	first := h.AgentID()
 	a, err := operator.GetAgent(ctx, first)
-	if err != nil || a.Status != AgentHealthy || a.Metadata["tasks_running"] != 2.0 {
+	if err != nil || a.Status != orchestrator.AgentHealthy || a.Metadata["tasks_running"] != 2.0 {
 		t.Errorf("GetAgent = %+v, %v; want healthy with the heartbeat's metadata", a, err)
 	}
 
@@ -436,7 +441,7 @@ func TestContractHeartbeater(t *testing.T) {
 // code and a message containing msg.
 func expectAPIError(t *testing.T, what string, err error, code int, msg string) {
 	t.Helper()
-	var apiErr *APIError
+	var apiErr *orchestrator.APIError
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != code || !strings.Contains(apiErr.Message, msg) {
 		t.Errorf("%s: error %v, want an APIError %d with %q", what, err, code, msg)
 		return
@@ -446,4 +451,28 @@ func expectAPIError(t *testing.T, what string, err error, code int, msg string) 
 			t.Errorf("%s: the error shows a token: %v", what, err)
 		}
 	}
+}
+
+// newClient is a Client of base whose idle connections close with the test.
+func newClient(t *testing.T, base string, opts ...orchestrator.Option) *orchestrator.Client {
+	t.Helper()
+	c, err := orchestrator.NewClient(base, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+// equalJSON reports whether a and b hold the same JSON value.
+func equalJSON(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var va, vb any
+	if err := json.Unmarshal(a, &va); err != nil {
+		t.Fatalf("%s: %v", a, err)
+	}
+	if err := json.Unmarshal(b, &vb); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	return reflect.DeepEqual(va, vb)
 }
