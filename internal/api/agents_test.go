@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/api"
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
@@ -660,7 +661,7 @@ func TestRegisterSameAgentConcurrently(t *testing.T) {
 }
 
 func TestBodyTooLargeOnDomainRoutes(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 64})
+	f := newFixture(t, api.Config{MaxBodyBytes: 64})
 	id := f.register(t, map[string]any{"name": "a", "type": "cost", "host": "127.0.0.1", "port": 1})
 	big := `{"name":"a","type":"cost","host":"127.0.0.1","port":1,"metadata":{"pad":"` + strings.Repeat("x", 100) + `"}}`
 	for _, path := range []string{"/agents/register", "/agents/" + id + "/heartbeat", "/tasks"} {

@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"context"
@@ -19,8 +19,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/optiinfra/orchestrator/internal/api"
+	"github.com/optiinfra/orchestrator/internal/app"
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
+	"github.com/optiinfra/orchestrator/internal/config"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
@@ -29,9 +32,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fixture is the real router with everything it needs, logs captured:
-// a real agent registry and dispatcher on in-memory stores, stopped when
-// the test ends.
+// fixture is the real service as internal/app wires it, driven through
+// its handler without a listener, logs captured: a real agent registry
+// and dispatcher on in-memory stores, background loops running, stopped
+// when the test ends.
 type fixture struct {
 	handler    http.Handler
 	health     *health.Health
@@ -47,95 +51,83 @@ type fixtureOptions struct {
 	agents   agents.Config
 	dispatch dispatch.Config
 	auth     auth.Config
+	// beforeStart, when set, sees the service before its background loops
+	// start: the time to add readiness checks.
+	beforeStart func(*app.Service)
 }
 
-// testAgentsConfig and testDispatchConfig are the defaults of the
-// environment, with short retries so tests do not wait.
+// testEnv is the fixture's environment: the production defaults, with
+// short retries so tests do not wait.
+var testEnv = map[string]string{
+	"HEALTH_CHECK_INTERVAL":  "1s",
+	"HEALTH_CHECK_TIMEOUT":   "1s",
+	"TASK_MAX_PENDING":       "100",
+	"TASK_RETRY_BACKOFF":     "1ms",
+	"TASK_RETRY_BACKOFF_MAX": "10ms",
+	"TASK_MAX_RESULT_BYTES":  "1048576",
+}
+
+// testAgentsConfig and testDispatchConfig are testEnv's settings of the
+// agent registry and the dispatcher, for tests to vary.
 var (
-	testAgentsConfig = agents.Config{
-		HeartbeatInterval: 30 * time.Second,
-		MissedHeartbeats:  3,
-		EvictAfter:        24 * time.Hour,
-		AllowedNetworks:   []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"},
-	}
-	testDispatchConfig = dispatch.Config{
-		AgentConcurrency: 4,
-		MaxPending:       100,
-		Retention:        time.Hour,
-		RetryBackoff:     time.Millisecond,
-		RetryBackoffMax:  10 * time.Millisecond,
-		MaxResultBytes:   1 << 20,
-	}
+	testAgentsConfig   = loadTestEnv().Registry
+	testDispatchConfig = loadTestEnv().Dispatch
 )
 
-func newFixture(t testing.TB, cfg Config) *fixture {
+// loadTestEnv loads testEnv as the service loads its environment.
+func loadTestEnv() *config.Config {
+	cfg, err := config.Load(context.Background(), testEnv)
+	if err != nil {
+		panic(err) // a typo in testEnv
+	}
+	return cfg
+}
+
+// testBuild is the build the fixture reports.
+var testBuild = buildinfo.Info{Version: "1.2.3", Commit: "abc1234", BuildDate: "2026-11-26T00:00:00Z", GoVersion: "go1.26.8"}
+
+func newFixture(t testing.TB, cfg api.Config) *fixture {
 	t.Helper()
 	return newFixtureAt(t, cfg, zapcore.DebugLevel)
 }
 
 // newFixtureAt builds the fixture with logs captured from level up.
-func newFixtureAt(t testing.TB, cfg Config, level zapcore.Level) *fixture {
+func newFixtureAt(t testing.TB, cfg api.Config, level zapcore.Level) *fixture {
 	t.Helper()
 	return newFixtureWith(t, cfg, level, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig})
 }
 
-// newFixtureWith builds the fixture with the given domain settings.
-func newFixtureWith(t testing.TB, cfg Config, level zapcore.Level, fo fixtureOptions) *fixture {
+// newFixtureWith builds the fixture with the given domain settings, on
+// testEnv's settings of everything else.
+func newFixtureWith(t testing.TB, cfg api.Config, level zapcore.Level, fo fixtureOptions) *fixture {
 	t.Helper()
+	conf := loadTestEnv()
+	conf.API, conf.Registry, conf.Dispatch, conf.Auth = cfg, fo.agents, fo.dispatch, fo.auth
+	if err := conf.Validate(); err != nil {
+		t.Fatalf("the fixture's settings: %v", err) // as the service would refuse to start
+	}
 	core, logs := observer.New(level)
-	log := zap.New(core)
-	h := health.New(health.Options{
-		Config:  health.Config{CheckInterval: time.Second, CheckTimeout: time.Second},
-		Version: "1.2.3",
-	})
-	h.MarkStarted()
-	reg := prometheus.NewRegistry()
-	f := &fixture{health: h, registry: reg, logs: logs, inFlight: &inflight.Tracker{}}
-	var err error
-	f.agents, err = agents.New(agents.Options{Config: fo.agents, Store: agents.NewMemoryStore(), Logger: log, Metrics: reg})
+	svc, err := app.New(app.Options{Config: conf, Logger: zap.New(core), Build: testBuild})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.dispatcher, err = dispatch.New(dispatch.Options{
-		Config: fo.dispatch, Store: dispatch.NewMemoryStore(), Agents: f.agents, Logger: log, Metrics: reg,
-	})
-	if err != nil {
-		t.Fatal(err)
+	if fo.beforeStart != nil {
+		fo.beforeStart(svc)
 	}
-	f.agents.OnChange(f.dispatcher.Pump)
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.dispatcher.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		stop()
-		<-done
-	})
-	tokens, err := auth.New(fo.auth)
-	if err != nil {
-		t.Fatal(err)
+	t.Cleanup(svc.Start(context.Background()))
+	svc.Health.MarkStarted() // as the server does once it listens
+	return &fixture{
+		handler:    svc.Handler,
+		health:     svc.Health,
+		registry:   svc.Metrics,
+		logs:       logs,
+		inFlight:   svc.InFlight,
+		agents:     svc.Agents,
+		dispatcher: svc.Tasks,
 	}
-	handler, err := New(Options{
-		Config:   cfg,
-		Logger:   log,
-		Registry: reg,
-		Health:   h,
-		Build:    buildinfo.Info{Version: "1.2.3", Commit: "abc1234", BuildDate: "2026-11-26T00:00:00Z", GoVersion: "go1.26.8"},
-		InFlight: f.inFlight,
-		Agents:   f.agents,
-		Tasks:    f.dispatcher,
-		Auth:     tokens,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.handler = handler
-	return f
 }
 
-var defaultConfig = Config{MaxBodyBytes: 1 << 20}
+var defaultConfig = api.Config{MaxBodyBytes: 1 << 20}
 
 func (f *fixture) do(req *http.Request) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
@@ -246,9 +238,9 @@ func TestRequestID(t *testing.T) {
 	get := func(incoming string) string {
 		req := httptest.NewRequest(http.MethodGet, "/", nil)
 		if incoming != "" {
-			req.Header.Set(RequestIDHeader, incoming)
+			req.Header.Set(api.RequestIDHeader, incoming)
 		}
-		return f.do(req).Header().Get(RequestIDHeader)
+		return f.do(req).Header().Get(api.RequestIDHeader)
 	}
 	for _, sane := range []string{"abc-123", "4bf92f3577b34da6a3ce929d0e0e4736", "req_01HZX/ab+c=d@e.f:g"} {
 		if got := get(sane); got != sane {
@@ -258,7 +250,7 @@ func TestRequestID(t *testing.T) {
 	generated := map[string]bool{}
 	for _, bad := range []string{"", "has space", "quote\"d", strings.Repeat("a", 129), "newline\nx", "ünïcode"} {
 		got := get(bad)
-		if got == bad || !saneRequestID(got) || len(got) != 36 || generated[got] {
+		if got == bad || !api.SaneRequestID(got) || len(got) != 36 || generated[got] {
 			t.Errorf("incoming id %q: got %q, want a fresh 36-character id", bad, got)
 		}
 		generated[got] = true
@@ -266,7 +258,7 @@ func TestRequestID(t *testing.T) {
 }
 
 func TestPanicIsRecovered(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	f := newFixture(t, api.Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
 	rec := f.get("/faults/panic")
 	if rec.Code != http.StatusInternalServerError {
 		t.Fatalf("GET /faults/panic = %d, want 500", rec.Code)
@@ -297,7 +289,7 @@ func TestFaultsAreOffByDefault(t *testing.T) {
 }
 
 func TestDelayFault(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	f := newFixture(t, api.Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
 	if rec := f.get("/faults/delay?duration=1ms"); rec.Code != http.StatusOK {
 		t.Fatalf("delay 1ms = %d %s", rec.Code, rec.Body)
 	}
@@ -311,7 +303,7 @@ func TestDelayFault(t *testing.T) {
 }
 
 func TestBodyLimit(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 16, FaultsEnabled: true})
+	f := newFixture(t, api.Config{MaxBodyBytes: 16, FaultsEnabled: true})
 	req := httptest.NewRequest(http.MethodPost, "/faults/delay?duration=0s", strings.NewReader(strings.Repeat("x", 17)))
 	rec := f.do(req)
 	if rec.Code != http.StatusRequestEntityTooLarge {
@@ -323,11 +315,11 @@ func TestBodyLimit(t *testing.T) {
 
 	// A body without a declared length is cut at the limit while it is read.
 	var readErr error
-	limited := &middleware{
-		next: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			_, readErr = io.ReadAll(r.Body)
-		}),
-		log: zap.NewNop(), metrics: mustMetrics(t), drain: f.health, inFlight: f.inFlight, maxBodyBytes: 16,
+	limited, err := api.NewMiddleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, readErr = io.ReadAll(r.Body)
+	}), zap.NewNop(), f.health, f.inFlight, 16)
+	if err != nil {
+		t.Fatal(err)
 	}
 	req = httptest.NewRequest(http.MethodPost, "/", io.NopCloser(strings.NewReader(strings.Repeat("x", 100))))
 	req.ContentLength = -1
@@ -335,15 +327,6 @@ func TestBodyLimit(t *testing.T) {
 	if readErr == nil || !strings.Contains(readErr.Error(), "too large") {
 		t.Fatalf("reading a chunked body over the limit: err = %v, want http: request body too large", readErr)
 	}
-}
-
-func mustMetrics(t *testing.T) *httpMetrics {
-	t.Helper()
-	m, err := newHTTPMetrics(prometheus.NewRegistry(), &inflight.Tracker{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 func TestMetricsUseRouteTemplates(t *testing.T) {
@@ -360,8 +343,8 @@ func TestMetricsUseRouteTemplates(t *testing.T) {
 	}{
 		{"GET", "/", "200", 1},
 		{"GET", "/ready", "200", 2},
-		{"GET", unmatchedRoute, "404", 1},
-		{"POST", unmatchedRoute, "405", 1},
+		{"GET", api.UnmatchedRoute, "404", 1},
+		{"POST", api.UnmatchedRoute, "405", 1},
 	} {
 		got := testutil.ToFloat64(f.mustRequests(t).WithLabelValues(tc.method, tc.route, tc.code))
 		if got != tc.want {
@@ -386,17 +369,17 @@ func TestMetricsUseRouteTemplates(t *testing.T) {
 // mustRequests returns the router's request counter.
 func (f *fixture) mustRequests(t *testing.T) *prometheus.CounterVec {
 	t.Helper()
-	m, ok := f.handler.(*middleware)
+	m, ok := f.handler.(*api.Middleware)
 	if !ok {
 		t.Fatalf("handler is a %T, want *middleware", f.handler)
 	}
-	return m.metrics.requests
+	return m.Requests()
 }
 
 func TestAccessLog(t *testing.T) {
 	f := newFixture(t, defaultConfig)
 	req := httptest.NewRequest(http.MethodGet, "/version", nil)
-	req.Header.Set(RequestIDHeader, "trace-me")
+	req.Header.Set(api.RequestIDHeader, "trace-me")
 	f.do(req)
 	f.get("/ready")
 	f.get("/metrics")
@@ -452,7 +435,7 @@ func TestDrainingClosesKeepAliveConnections(t *testing.T) {
 }
 
 func TestInFlightTracking(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	f := newFixture(t, api.Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
 	srv := httptest.NewServer(f.handler)
 	defer srv.Close()
 
@@ -460,7 +443,7 @@ func TestInFlightTracking(t *testing.T) {
 	go func() {
 		defer close(done)
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/faults/delay?duration=300ms", nil)
-		req.Header.Set(RequestIDHeader, "slow-one")
+		req.Header.Set(api.RequestIDHeader, "slow-one")
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()
 		}
@@ -485,12 +468,12 @@ func TestInFlightTracking(t *testing.T) {
 
 func TestPanicAfterTheResponseBeganAbortsTheConnection(t *testing.T) {
 	f := newFixture(t, defaultConfig)
-	m := f.handler.(*middleware)
-	m.next = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	m := f.handler.(*api.Middleware)
+	m.SetNext(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(w, "partial")
 		panic("late failure")
-	})
+	}))
 	srv := httptest.NewServer(m)
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/")
@@ -507,7 +490,7 @@ func TestPanicAfterTheResponseBeganAbortsTheConnection(t *testing.T) {
 }
 
 func TestReadinessFaultSwitch(t *testing.T) {
-	f := newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
+	f := newFixture(t, api.Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true})
 	post := func(path string) int {
 		return f.do(httptest.NewRequest(http.MethodPost, path, nil)).Code
 	}

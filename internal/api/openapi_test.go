@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,8 @@ import (
 	"github.com/gorilla/mux"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/api"
+	"github.com/optiinfra/orchestrator/internal/app"
 	"github.com/optiinfra/orchestrator/internal/auth"
 
 	"github.com/optiinfra/orchestrator/internal/eventually"
@@ -45,7 +48,7 @@ type spec struct {
 func loadSpec(t *testing.T) *spec {
 	t.Helper()
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(openAPIDocument)
+	doc, err := loader.LoadFromData(api.OpenAPIDocument)
 	if err != nil {
 		t.Fatalf("openapi.yaml does not load: %v", err)
 	}
@@ -123,7 +126,7 @@ func routes(t *testing.T, h http.Handler) map[string][]string {
 	t.Helper()
 	rt := muxOf(t, h)
 	out := map[string][]string{}
-	err := rt.mux.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
+	err := rt.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
 		tpl, err := route.GetPathTemplate()
 		if err != nil {
 			return err
@@ -147,17 +150,17 @@ func routes(t *testing.T, h http.Handler) map[string][]string {
 }
 
 // muxOf digs the router out of the handler New returns.
-func muxOf(t *testing.T, h http.Handler) *router {
+func muxOf(t *testing.T, h http.Handler) *mux.Router {
 	t.Helper()
-	mw, ok := h.(*middleware)
+	mw, ok := h.(*api.Middleware)
 	if !ok {
 		t.Fatalf("New returned a %T, want *middleware", h)
 	}
-	rt, ok := mw.next.(*router)
+	rt, ok := mw.Next().(*api.Router)
 	if !ok {
-		t.Fatalf("the middleware wraps a %T, want *router", mw.next)
+		t.Fatalf("the middleware wraps a %T, want *router", mw.Next())
 	}
-	return rt
+	return rt.Mux()
 }
 
 func TestOpenAPIDocumentIsValid(t *testing.T) {
@@ -251,7 +254,7 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	for _, o := range s.operations() {
 		req := httptest.NewRequest(o.method, concretePath(t, o, nil), nil)
 		var m mux.RouteMatch
-		if !rt.mux.Match(req, &m) || m.MatchErr != nil {
+		if !rt.Match(req, &m) || m.MatchErr != nil {
 			t.Errorf("%s (as %s): not routed (%v)", o, req.URL.Path, m.MatchErr)
 			continue
 		}
@@ -287,7 +290,7 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 
 	// The test-only fault routes are the only ones FAULTS_ENABLED adds, and
 	// they stay out of the document.
-	withFaults := routes(t, newFixture(t, Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true}).handler)
+	withFaults := routes(t, newFixture(t, api.Config{MaxBodyBytes: 1 << 20, FaultsEnabled: true}).handler)
 	for path, methods := range withFaults {
 		if _, ok := routed[path]; ok {
 			continue
@@ -626,7 +629,20 @@ func waitForTask(t *testing.T, f *fixture, id string) map[string]any {
 // and the list operations.
 func TestOpenAPIVariants(t *testing.T) {
 	s := loadSpec(t)
-	f := newFixtureAt(t, defaultConfig, zapcore.InfoLevel)
+	// The failing check of the end; Health takes checks only before its
+	// loops start, so it is there from the start and fails on demand.
+	var databaseDown atomic.Bool
+	f := newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{
+		agents: testAgentsConfig, dispatch: testDispatchConfig,
+		beforeStart: func(svc *app.Service) {
+			svc.Health.AddReadinessCheck("database", func() error {
+				if databaseDown.Load() {
+					return fmt.Errorf("connection refused")
+				}
+				return nil
+			})
+		},
+	})
 	for _, target := range []string{
 		"/live?full=1", "/ready?full=1", "/live?verbose", "/ready?verbose=1", "/ready?exclude=goroutines&exclude=other",
 		"/health", "/tasks?status=pending", "/tasks?limit=1000", "/tasks?limit=1&cursor=0", "/agents/type/resource",
@@ -644,7 +660,7 @@ func TestOpenAPIVariants(t *testing.T) {
 	}
 
 	// Failing probes answer as documented too.
-	f.health.AddReadinessCheck("database", func() error { return fmt.Errorf("connection refused") })
+	databaseDown.Store(true)
 	for _, target := range []string{"/ready", "/ready?full=1", "/ready?verbose", "/health"} {
 		if rec := s.exchange(t, f, http.MethodGet, target, nil, nil, true); rec.Code != http.StatusServiceUnavailable {
 			t.Errorf("GET %s with a failing check = %d, want 503", target, rec.Code)
@@ -657,7 +673,7 @@ func TestOpenAPIVariants(t *testing.T) {
 // a body as documented.
 func TestOpenAPIErrorAnswers(t *testing.T) {
 	s := loadSpec(t)
-	f := newFixtureAt(t, Config{MaxBodyBytes: 4096}, zapcore.InfoLevel)
+	f := newFixtureAt(t, api.Config{MaxBodyBytes: 4096}, zapcore.InfoLevel)
 	agentType, taskType := s.taskExample(t)
 	agentID := newFakeAgent(t).register(t, f, "resource", "unused")
 	for _, tc := range []struct {
@@ -852,7 +868,7 @@ func TestOpenAPIServed(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/yaml" {
 		t.Fatalf("GET /openapi.yaml = %d, Content-Type %q; want 200 application/yaml", rec.Code, rec.Header().Get("Content-Type"))
 	}
-	if !bytes.Equal(rec.Body.Bytes(), openAPIDocument) {
+	if !bytes.Equal(rec.Body.Bytes(), api.OpenAPIDocument) {
 		t.Error("GET /openapi.yaml does not serve the embedded document")
 	}
 	if _, err := openapi3.NewLoader().LoadFromData(rec.Body.Bytes()); err != nil {

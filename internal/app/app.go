@@ -37,26 +37,31 @@ type Options struct {
 
 // Service is the orchestrator, wired and not yet running.
 type Service struct {
-	Agents   *registry.Registry
-	Tasks    *dispatch.Dispatcher
-	Handler  http.Handler
+	Agents  *registry.Registry
+	Tasks   *dispatch.Dispatcher
+	Handler http.Handler
+	// Health holds the probes' checks and the started and draining
+	// switches; Serve marks the service started once it listens.
+	Health *health.Health
+	// Metrics is the Prometheus registry /metrics serves.
+	Metrics *prometheus.Registry
+	// InFlight lists the requests being served.
+	InFlight *inflight.Tracker
 	cfg      *config.Config
 	log      *zap.Logger
-	checks   *health.Health
-	inFlight *inflight.Tracker
 }
 
 // New wires the service from opts.
 func New(opts Options) (*Service, error) {
 	cfg, log := opts.Config, opts.Logger
-	s := &Service{cfg: cfg, log: log, inFlight: &inflight.Tracker{}}
-	s.checks = health.New(health.Options{Config: cfg.Health, Logger: log.Named("health"), Version: opts.Build.Version})
-	metrics := prometheus.NewRegistry()
+	s := &Service{cfg: cfg, log: log, InFlight: &inflight.Tracker{}, Metrics: prometheus.NewRegistry()}
+	s.Health = health.New(health.Options{Config: cfg.Health, Logger: log.Named("health"), Version: opts.Build.Version})
+	metrics := s.Metrics
 	for _, c := range []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		opts.Build.Collector(),
-		s.checks.Collector(),
+		s.Health.Collector(),
 	} {
 		if err := metrics.Register(c); err != nil {
 			return nil, fmt.Errorf("registering metrics: %w", err)
@@ -95,9 +100,9 @@ func New(opts Options) (*Service, error) {
 		Config:   cfg.API,
 		Logger:   log,
 		Registry: metrics,
-		Health:   s.checks,
+		Health:   s.Health,
 		Build:    opts.Build,
-		InFlight: s.inFlight,
+		InFlight: s.InFlight,
 		Agents:   s.Agents,
 		Tasks:    s.Tasks,
 		Auth:     tokens,
@@ -116,25 +121,18 @@ func New(opts Options) (*Service, error) {
 // budget, overlapping the HTTP drain (those accepted during the delay
 // run too); once the server has stopped, Serve waits for the tasks left
 // until the budget's end, then the dispatcher aborts, records and logs
-// the unfinished ones. The background loops (health checks, agent
-// liveness, task pruning) outlive ctx on purpose: they stop last.
+// the unfinished ones. The background loops (see Start) outlive ctx on
+// purpose: they stop last.
 func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
-	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
-	wg.Go(func() { s.checks.Run(bgCtx) })
-	wg.Go(func() { s.Agents.Run(bgCtx) })
-	wg.Go(func() { s.Tasks.Run(bgCtx) })
-	defer func() {
-		stopBackground()
-		wg.Wait()
-	}()
+	stopBackground := s.Start(ctx)
+	defer stopBackground()
 
 	signalled := make(chan time.Time, 1)
 	stopWatching := context.AfterFunc(ctx, func() {
 		s.Tasks.ShutdownStarted()
 		signalled <- time.Now()
 	})
-	err := server.New(s.cfg.Server, s.log, s.Handler, s.checks, s.inFlight).Serve(ctx, ln)
+	err := server.New(s.cfg.Server, s.log, s.Handler, s.Health, s.InFlight).Serve(ctx, ln)
 	if stopWatching() {
 		return err // the server failed before any shutdown signal: stop now
 	}
@@ -142,4 +140,23 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	drainCtx, cancel := context.WithDeadline(context.Background(), (<-signalled).Add(budget))
 	defer cancel()
 	return errors.Join(err, s.Tasks.Drain(drainCtx))
+}
+
+// Start runs the background loops (health checks, agent liveness, task
+// delivery and pruning) and returns the function that stops them and waits
+// for them to end. ctx lends the loops its values, not its end: they run
+// until stop is called. Serve starts them itself; Start is for driving
+// Handler without serving (the API tests do), where the caller marks the
+// service started (Health.MarkStarted) as the server would once listening.
+// Register readiness checks before Start: Health refuses them after.
+func (s *Service) Start(ctx context.Context) (stop func()) {
+	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { s.Health.Run(bgCtx) })
+	wg.Go(func() { s.Agents.Run(bgCtx) })
+	wg.Go(func() { s.Tasks.Run(bgCtx) })
+	return func() {
+		cancel()
+		wg.Wait()
+	}
 }
