@@ -49,11 +49,13 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 
 // Options are the HTTP layer's collaborators.
 type Options struct {
-	Config   Config
-	Logger   *zap.Logger
-	Registry *prometheus.Registry
-	Health   *health.Health
-	Build    buildinfo.Info
+	Config Config
+	Logger *zap.Logger
+	// Metrics is the Prometheus registry the request metrics are
+	// registered with and /metrics serves.
+	Metrics *prometheus.Registry
+	Health  *health.Health
+	Build   buildinfo.Info
 	// InFlight records every request while it is served.
 	InFlight *inflight.Tracker
 	// Agents and Tasks serve /agents and /tasks; their routes are mounted
@@ -66,7 +68,7 @@ type Options struct {
 
 // New returns the service's HTTP handler: the router behind the middleware.
 func New(opts Options) (http.Handler, error) {
-	metrics, err := newHTTPMetrics(opts.Registry, opts.InFlight)
+	metrics, err := newHTTPMetrics(opts.Metrics, opts.InFlight)
 	if err != nil {
 		return nil, err
 	}
@@ -77,9 +79,9 @@ func New(opts Options) (http.Handler, error) {
 	rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
 	rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
 	rt.handle("/health", quiet, opts.Health.HealthHandler(), http.MethodGet, http.MethodHead)
-	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{
+	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
-		Registry:      opts.Registry,
+		Registry:      opts.Metrics,
 	}), http.MethodGet, http.MethodHead)
 	rt.handle("/", loud, rootHandler(opts.Build.Version, opts.Health), http.MethodGet, http.MethodHead)
 	rt.handle("/version", loud, versionHandler(opts.Build), http.MethodGet, http.MethodHead)

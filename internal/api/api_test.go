@@ -119,7 +119,7 @@ func newFixtureWith(t testing.TB, cfg Config, level zapcore.Level, fo fixtureOpt
 	handler, err := New(Options{
 		Config:   cfg,
 		Logger:   log,
-		Registry: reg,
+		Metrics:  reg,
 		Health:   h,
 		Build:    buildinfo.Info{Version: "1.2.3", Commit: "abc1234", BuildDate: "2026-11-26T00:00:00Z", GoVersion: "go1.26.8"},
 		InFlight: f.inFlight,

@@ -92,7 +92,7 @@ func New(opts Options) (*Service, error) {
 	s.Handler, err = api.New(api.Options{
 		Config:   cfg.API,
 		Logger:   log,
-		Registry: metrics,
+		Metrics:  metrics,
 		Health:   s.checks,
 		Build:    opts.Build,
 		InFlight: s.inFlight,
