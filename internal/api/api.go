@@ -72,7 +72,7 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := &router{mux: mux.NewRouter(), static: map[string]map[string]http.Handler{}}
+	rt := &router{mux: mux.NewRouter(), static: map[string]*[len(methodLabels)]http.Handler{}}
 
 	// Probes and /metrics first: they are the bulk of the traffic, and mux
 	// tries routes in order.
@@ -128,61 +128,78 @@ const (
 // behaviour is mux's either way.
 type router struct {
 	mux    *mux.Router
-	routes []route
-	static map[string]map[string]http.Handler // path -> method -> handler
+	allows []allowed
+	static map[string]*[len(methodLabels)]http.Handler // path -> handler by methodIndex
 }
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h, ok := rt.static[r.URL.Path][r.Method]; ok {
-		h.ServeHTTP(w, r)
-		return
+	if byMethod := rt.static[r.URL.Path]; byMethod != nil {
+		if h := byMethod[methodIndex(r.Method)]; h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
 	}
 	rt.mux.ServeHTTP(w, r)
 }
 
+// route is a matched route as the middleware sees it: the template labels
+// metrics and logs (never the raw path, whose values are unbounded), a
+// quiet route's access log lines are written at debug, and series caches
+// the route's metric series.
 type route struct {
+	template string
+	quiet    bool
+	series   seriesCache
+}
+
+// allowed is a path pattern and the methods it accepts.
+type allowed struct {
 	path    *regexp.Regexp
 	methods []string
 }
 
 // handle mounts h on the path template for the given methods. The wrapper
-// tells the middleware the route template, which labels metrics and logs
-// (never the raw path, whose values are unbounded).
+// tells the middleware which route matched.
 func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) {
+	matched := &route{template: template, quiet: quietLog}
 	labelled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rec := routeOf(w); rec != nil {
-			rec.route, rec.quiet = template, quietLog
+			rec.route = matched
 		}
 		h.ServeHTTP(w, r)
 	})
 	r := rt.mux.Handle(template, labelled).Methods(methods...)
 	if !strings.Contains(template, "{") {
-		if rt.static[template] == nil {
-			rt.static[template] = map[string]http.Handler{}
+		byMethod := rt.static[template]
+		if byMethod == nil {
+			byMethod = new([len(methodLabels)]http.Handler)
+			rt.static[template] = byMethod
 		}
 		for _, m := range methods {
-			rt.static[template][m] = labelled
+			if i := methodIndex(m); methodLabels[i] == m { // not OTHER: that slot stands for every other method
+				byMethod[i] = labelled
+			}
 		}
 	}
 	pattern, err := r.GetPathRegexp()
 	if err != nil {
 		panic(fmt.Sprintf("api: route %s: %v", template, err)) // a typo in a template above
 	}
-	rt.routes = append(rt.routes, route{path: regexp.MustCompile(pattern), methods: methods})
+	rt.allows = append(rt.allows, allowed{path: regexp.MustCompile(pattern), methods: methods})
 }
 
 // methodNotAllowed answers 405 with the Allow header listing what the path
 // does accept.
 func (rt *router) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
-	var allowed []string
-	for _, rte := range rt.routes {
-		if rte.path.MatchString(r.URL.Path) {
-			allowed = append(allowed, rte.methods...)
+	var methods []string
+	for _, a := range rt.allows {
+		if a.path.MatchString(r.URL.Path) {
+			methods = append(methods, a.methods...)
 		}
 	}
-	slices.Sort(allowed)
-	allowed = slices.Compact(allowed)
-	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	slices.Sort(methods)
+	methods = slices.Compact(methods)
+	w.Header().Set("Allow", strings.Join(methods, ", "))
 	writeError(w, http.StatusMethodNotAllowed,
-		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(methods, ", ")))
 }

@@ -118,6 +118,7 @@ func BenchmarkProbeRatio(b *testing.B) {
 			bareNs, serviceNs := float64(cpu[0])/float64(n), float64(cpu[1])/float64(n)
 			b.ReportMetric(bareNs, "bare-cpu-ns/req")
 			b.ReportMetric(serviceNs, "service-cpu-ns/req")
+			b.ReportMetric(serviceNs-bareNs, "overhead-cpu-ns/req")
 			b.ReportMetric(bareNs/serviceNs, "ratio")
 			b.ReportMetric(0, "ns/op") // both servers' wall time together: no use
 		})

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,9 +26,12 @@ type httpMetrics struct {
 	duration *prometheus.HistogramVec
 	inFlight prometheus.GaugeFunc
 
-	// series caches the labelled children by seriesKey: a lock-free lookup
-	// instead of hashing three label values on every request. The keys are
-	// bounded: methods are normalised and routes are templates.
+	// unmatched is the route of requests no route matched (404, 405).
+	unmatched *route
+
+	// series holds the labelled children by seriesKey, so that a route's
+	// cache misses share them. The keys are bounded: methods are
+	// normalised and routes are templates.
 	series sync.Map
 }
 
@@ -36,20 +40,37 @@ type seriesKey struct {
 	code          int
 }
 
+// series is the labelled children of one method, route and code.
 type series struct {
+	code     int
 	requests prometheus.Counter
 	duration prometheus.Observer
 }
 
-func (m *httpMetrics) lookup(k seriesKey) *series {
-	if s, ok := m.series.Load(k); ok {
-		return s.(*series)
+// seriesCache holds a route's series of the status code it last answered,
+// per method: a probe answers GET 200 request after request, so its series
+// is one pointer away, with no labels to hash.
+type seriesCache [len(methodLabels)]atomic.Pointer[series]
+
+// lookup returns the series of a request to rt with the method (an index
+// in methodLabels) answered with code.
+func (m *httpMetrics) lookup(rt *route, method, code int) *series {
+	last := &rt.series[method]
+	if s := last.Load(); s != nil && s.code == code {
+		return s
 	}
-	s, _ := m.series.LoadOrStore(k, &series{
-		requests: m.requests.WithLabelValues(k.method, k.route, strconv.Itoa(k.code)),
-		duration: m.duration.WithLabelValues(k.method, k.route),
-	})
-	return s.(*series)
+	k := seriesKey{method: methodLabels[method], route: rt.template, code: code}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &series{
+			code:     code,
+			requests: m.requests.WithLabelValues(k.method, k.route, strconv.Itoa(code)),
+			duration: m.duration.WithLabelValues(k.method, k.route),
+		})
+	}
+	s := v.(*series)
+	last.Store(s)
+	return s
 }
 
 func newHTTPMetrics(reg prometheus.Registerer, inFlight *inflight.Tracker) (*httpMetrics, error) {
@@ -69,6 +90,7 @@ func newHTTPMetrics(reg prometheus.Registerer, inFlight *inflight.Tracker) (*htt
 			Name: "orchestrator_http_requests_in_flight",
 			Help: "HTTP requests being served now.",
 		}, func() float64 { return float64(inFlight.Len()) }),
+		unmatched: &route{template: unmatchedRoute},
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight} {
 		if err := reg.Register(c); err != nil {
@@ -91,6 +113,9 @@ type middleware struct {
 	drain        drainer
 	inFlight     *inflight.Tracker
 	maxBodyBytes int64
+	// recorders recycles the per-request recorders: probes come by the
+	// thousand, and a recorder is most of what one would allocate.
+	recorders sync.Pool
 }
 
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -99,28 +124,43 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if v := r.Header[RequestIDHeader]; len(v) > 0 { // net/http canonicalises incoming keys
 		incoming = v[0]
 	}
-	id := requestID(incoming)
+	idValue := requestID(incoming)
+	id := idValue[0]
 	header := w.Header()
-	header[RequestIDHeader] = []string{id} // the key is canonical already: skip Set's conversion
+	header[RequestIDHeader] = idValue // the key is canonical already: skip Set's conversion
 	if m.drain.Draining() {
 		// Tell keep-alive clients to reconnect: their next connection goes
 		// to a pod that is not shutting down. net/http closes the
 		// connection after this response.
 		header.Set("Connection", "close")
 	}
-	rec := &recorder{ResponseWriter: w, status: http.StatusOK, route: unmatchedRoute}
+	rec, _ := m.recorders.Get().(*recorder)
+	if rec == nil {
+		rec = new(recorder)
+	}
+	*rec = recorder{ResponseWriter: w, status: http.StatusOK, route: m.metrics.unmatched}
 	rec.inFlight.Request = inflight.Request{
 		Method: r.Method, Path: r.URL.Path, RequestID: id, Remote: r.RemoteAddr, Started: start,
 	}
 	m.inFlight.Begin(&rec.inFlight)
+	returned := false
 	defer func() {
 		m.inFlight.End(&rec.inFlight)
 		m.observe(rec, r, id, time.Since(start))
+		// Once the handler has returned, nothing uses the recorder any more
+		// (net/http forbids using a ResponseWriter after its handler
+		// returns). After a panic that net/http aborts the response for,
+		// leave it to the garbage collector.
+		if returned {
+			rec.ResponseWriter, rec.err = nil, nil // hold on to nothing while pooled
+			m.recorders.Put(rec)
+		}
 	}()
 
 	if r.ContentLength > m.maxBodyBytes {
 		writeError(rec, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body too large: the limit is %d bytes", m.maxBodyBytes))
+		returned = true
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -129,6 +169,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, m.maxBodyBytes)
 	}
 	m.serveRecovering(rec, r, id)
+	returned = true
 }
 
 // serveRecovering turns a panic in a handler into a 500 and a logged stack
@@ -148,7 +189,7 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 		// the frames that panicked.
 		m.log.WithOptions(zap.AddStacktrace(zapcore.FatalLevel)).Error("panic serving request",
 			zap.Any("panic", v), zap.Stack("stacktrace"),
-			zap.String("method", r.Method), zap.String("route", rec.route),
+			zap.String("method", r.Method), zap.String("route", rec.route.template),
 			zap.String("path", r.URL.Path), zap.String("request_id", id))
 		if rec.wroteHeader {
 			rec.status = http.StatusInternalServerError // for the log and metrics
@@ -163,7 +204,7 @@ func (m *middleware) serveRecovering(rec *recorder, r *http.Request, id string) 
 // routes (probes, /metrics) are logged at debug only: the kubelet and
 // Prometheus call them every few seconds.
 func (m *middleware) observe(rec *recorder, r *http.Request, id string, took time.Duration) {
-	s := m.metrics.lookup(seriesKey{method: methodLabel(r.Method), route: rec.route, code: rec.status})
+	s := m.metrics.lookup(rec.route, methodIndex(r.Method), rec.status)
 	s.requests.Inc()
 	s.duration.Observe(took.Seconds())
 
@@ -171,13 +212,13 @@ func (m *middleware) observe(rec *recorder, r *http.Request, id string, took tim
 	switch {
 	case rec.err != nil:
 		level = zapcore.ErrorLevel
-	case rec.quiet:
+	case rec.route.quiet:
 		level = zapcore.DebugLevel
 	}
 	if ce := m.log.Check(level, "request"); ce != nil {
 		ce.Write(
 			zap.String("method", r.Method),
-			zap.String("route", rec.route),
+			zap.String("route", rec.route.template),
 			zap.String("path", r.URL.Path),
 			zap.Int("status", rec.status),
 			zap.Int64("bytes", rec.bytes),
@@ -190,12 +231,34 @@ func (m *middleware) observe(rec *recorder, r *http.Request, id string, took tim
 	}
 }
 
-// methodLabel bounds the method label to the standard methods.
-func methodLabel(m string) string {
+// methodLabels are the method label's values: the standard methods, then
+// OTHER for any other, which keeps the label bounded.
+var methodLabels = [...]string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace, "OTHER",
+}
+
+// methodIndex returns the index of m's label in methodLabels.
+func methodIndex(m string) int {
 	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
-		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
-		return m
+	case http.MethodGet:
+		return 0
+	case http.MethodHead:
+		return 1
+	case http.MethodPost:
+		return 2
+	case http.MethodPut:
+		return 3
+	case http.MethodPatch:
+		return 4
+	case http.MethodDelete:
+		return 5
+	case http.MethodOptions:
+		return 6
+	case http.MethodConnect:
+		return 7
+	case http.MethodTrace:
+		return 8
 	}
-	return "OTHER"
+	return len(methodLabels) - 1
 }

@@ -8,16 +8,15 @@ import (
 
 // recorder wraps the ResponseWriter for the middleware: it records the
 // status and size for the access log and metrics, carries what routing
-// learned (the route template and whether the route is quiet), and holds the
-// request's place in the in-flight list, all in one allocation.
+// learned (the route), and holds the request's place in the in-flight
+// list, all in one object, which the middleware recycles.
 type recorder struct {
 	http.ResponseWriter
 	inFlight    inflight.Entry
 	status      int
 	bytes       int64
 	wroteHeader bool
-	route       string
-	quiet       bool
+	route       *route
 	// err is why a handler answered 500, for the access log.
 	err error
 }

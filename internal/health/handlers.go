@@ -24,6 +24,12 @@ var probeBody = []byte("{}\n")
 // probeContentType is the library's Content-Type.
 const probeContentType = "application/json; charset=utf-8"
 
+// probeContentTypeValue is the Content-Type header value of every plain
+// probe answer, shared rather than allocated per answer. Header values are
+// replaced, appended to (which copies a full slice) or copied, never written
+// in place: net/http copies them when the handler writes its status.
+var probeContentTypeValue = []string{probeContentType}
+
 // probeHandler answers GET and HEAD:
 //
 //   - plain: 200 or 503 with the library's body, {}. The kubelet calls this
@@ -36,7 +42,7 @@ const probeContentType = "application/json; charset=utf-8"
 func (h *Health) probeHandler(kind Kind, lib http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.RawQuery == "" {
-			w.Header()["Content-Type"] = []string{probeContentType} // canonical key: skip Set's conversion
+			w.Header()["Content-Type"] = probeContentTypeValue // canonical key: skip Set's conversion
 			if h.passes(kind) {
 				w.WriteHeader(http.StatusOK)
 			} else {
