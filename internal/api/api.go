@@ -76,8 +76,8 @@ func New(opts Options) (http.Handler, error) {
 
 	// Probes and /metrics first: they are the bulk of the traffic, and mux
 	// tries routes in order.
-	rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
-	rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
+	live := rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
+	ready := rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
 	rt.handle("/health", quiet, opts.Health.HealthHandler(), http.MethodGet, http.MethodHead)
 	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
@@ -108,6 +108,7 @@ func New(opts Options) (http.Handler, error) {
 		drain:        opts.Health,
 		inFlight:     opts.InFlight,
 		maxBodyBytes: opts.Config.MaxBodyBytes,
+		probes:       &plainProbes{health: opts.Health, live: live, ready: ready},
 	}, nil
 }
 
@@ -158,9 +159,9 @@ type allowed struct {
 	methods []string
 }
 
-// handle mounts h on the path template for the given methods. The wrapper
-// tells the middleware which route matched.
-func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) {
+// handle mounts h on the path template for the given methods and returns
+// the route. The wrapper tells the middleware which route matched.
+func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) *route {
 	matched := &route{template: template, quiet: quietLog}
 	labelled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rec := routeOf(w); rec != nil {
@@ -186,6 +187,7 @@ func (rt *router) handle(template string, quietLog bool, h http.Handler, methods
 		panic(fmt.Sprintf("api: route %s: %v", template, err)) // a typo in a template above
 	}
 	rt.allows = append(rt.allows, allowed{path: regexp.MustCompile(pattern), methods: methods})
+	return matched
 }
 
 // methodNotAllowed answers 405 with the Allow header listing what the path
