@@ -51,11 +51,13 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 
 // Options are the HTTP layer's collaborators.
 type Options struct {
-	Config   Config
-	Logger   *zap.Logger
-	Registry *prometheus.Registry
-	Health   *health.Health
-	Build    buildinfo.Info
+	Config Config
+	Logger *zap.Logger
+	// Metrics is the Prometheus registry the request metrics are
+	// registered with and /metrics serves.
+	Metrics *prometheus.Registry
+	Health  *health.Health
+	Build   buildinfo.Info
 	// InFlight records every request while it is served.
 	InFlight *inflight.Tracker
 	// Agents and Tasks serve /agents and /tasks; their routes are mounted
@@ -68,20 +70,20 @@ type Options struct {
 
 // New returns the service's HTTP handler: the router behind the middleware.
 func New(opts Options) (http.Handler, error) {
-	metrics, err := newHTTPMetrics(opts.Registry, opts.InFlight)
+	metrics, err := newHTTPMetrics(opts.Metrics, opts.InFlight)
 	if err != nil {
 		return nil, err
 	}
-	rt := &router{mux: mux.NewRouter(), static: map[string]map[string]http.Handler{}}
+	rt := &router{mux: mux.NewRouter(), static: map[string]*[len(methodLabels)]http.Handler{}}
 
 	// Probes and /metrics first: they are the bulk of the traffic, and mux
 	// tries routes in order.
-	rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
-	rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
+	live := rt.handle("/live", quiet, opts.Health.LiveHandler(), http.MethodGet, http.MethodHead)
+	ready := rt.handle("/ready", quiet, opts.Health.ReadyHandler(), http.MethodGet, http.MethodHead)
 	rt.handle("/health", quiet, opts.Health.HealthHandler(), http.MethodGet, http.MethodHead)
-	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{
+	rt.handle("/metrics", quiet, promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
-		Registry:      opts.Registry,
+		Registry:      opts.Metrics,
 	}), http.MethodGet, http.MethodHead)
 	rt.handle("/", loud, rootHandler(opts.Build.Version, opts.Health), http.MethodGet, http.MethodHead)
 	rt.handle("/version", loud, versionHandler(opts.Build), http.MethodGet, http.MethodHead)
@@ -108,6 +110,7 @@ func New(opts Options) (http.Handler, error) {
 		drain:        opts.Health,
 		inFlight:     opts.InFlight,
 		maxBodyBytes: opts.Config.MaxBodyBytes,
+		probes:       &plainProbes{health: opts.Health, live: live, ready: ready},
 	}, nil
 }
 
@@ -128,61 +131,79 @@ const (
 // behaviour is mux's either way.
 type router struct {
 	mux    *mux.Router
-	routes []route
-	static map[string]map[string]http.Handler // path -> method -> handler
+	allows []allowed
+	static map[string]*[len(methodLabels)]http.Handler // path -> handler by methodIndex
 }
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h, ok := rt.static[r.URL.Path][r.Method]; ok {
-		h.ServeHTTP(w, r)
-		return
+	if byMethod := rt.static[r.URL.Path]; byMethod != nil {
+		if h := byMethod[methodIndex(r.Method)]; h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
 	}
 	rt.mux.ServeHTTP(w, r)
 }
 
+// route is a matched route as the middleware sees it: the template labels
+// metrics and logs (never the raw path, whose values are unbounded), a
+// quiet route's access log lines are written at debug, and series caches
+// the route's metric series.
 type route struct {
+	template string
+	quiet    bool
+	series   seriesCache
+}
+
+// allowed is a path pattern and the methods it accepts.
+type allowed struct {
 	path    *regexp.Regexp
 	methods []string
 }
 
-// handle mounts h on the path template for the given methods. The wrapper
-// tells the middleware the route template, which labels metrics and logs
-// (never the raw path, whose values are unbounded).
-func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) {
+// handle mounts h on the path template for the given methods and returns
+// the route. The wrapper tells the middleware which route matched.
+func (rt *router) handle(template string, quietLog bool, h http.Handler, methods ...string) *route {
+	matched := &route{template: template, quiet: quietLog}
 	labelled := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if rec := routeOf(w); rec != nil {
-			rec.route, rec.quiet = template, quietLog
+			rec.route = matched
 		}
 		h.ServeHTTP(w, r)
 	})
 	r := rt.mux.Handle(template, labelled).Methods(methods...)
 	if !strings.Contains(template, "{") {
-		if rt.static[template] == nil {
-			rt.static[template] = map[string]http.Handler{}
+		byMethod := rt.static[template]
+		if byMethod == nil {
+			byMethod = new([len(methodLabels)]http.Handler)
+			rt.static[template] = byMethod
 		}
 		for _, m := range methods {
-			rt.static[template][m] = labelled
+			if i := methodIndex(m); methodLabels[i] == m { // not OTHER: that slot stands for every other method
+				byMethod[i] = labelled
+			}
 		}
 	}
 	pattern, err := r.GetPathRegexp()
 	if err != nil {
 		panic(fmt.Sprintf("api: route %s: %v", template, err)) // a typo in a template above
 	}
-	rt.routes = append(rt.routes, route{path: regexp.MustCompile(pattern), methods: methods})
+	rt.allows = append(rt.allows, allowed{path: regexp.MustCompile(pattern), methods: methods})
+	return matched
 }
 
 // methodNotAllowed answers 405 with the Allow header listing what the path
 // does accept.
 func (rt *router) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
-	var allowed []string
-	for _, rte := range rt.routes {
-		if rte.path.MatchString(r.URL.Path) {
-			allowed = append(allowed, rte.methods...)
+	var methods []string
+	for _, a := range rt.allows {
+		if a.path.MatchString(r.URL.Path) {
+			methods = append(methods, a.methods...)
 		}
 	}
-	slices.Sort(allowed)
-	allowed = slices.Compact(allowed)
-	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	slices.Sort(methods)
+	methods = slices.Compact(methods)
+	w.Header().Set("Allow", strings.Join(methods, ", "))
 	writeError(w, http.StatusMethodNotAllowed,
-		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+		fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(methods, ", ")))
 }

@@ -53,3 +53,17 @@ func (m *middleware) Requests() *prometheus.CounterVec { return m.metrics.reques
 
 // Mux is the gorilla/mux router behind rt, for tests.
 func (rt *router) Mux() *mux.Router { return rt.mux }
+
+// HasPlainProbes reports whether m answers plain probes ahead of the
+// router, for tests.
+func (m *middleware) HasPlainProbes() bool { return m.probes != nil }
+
+// WithoutPlainProbes returns the same chain as m, sharing its metrics, log
+// and drain switch, that sends probes through the router like any
+// request; for tests that compare the two paths.
+func (m *middleware) WithoutPlainProbes() *Middleware {
+	return &middleware{
+		next: m.next, log: m.log, metrics: m.metrics, drain: m.drain,
+		inFlight: m.inFlight, maxBodyBytes: m.maxBodyBytes,
+	}
+}

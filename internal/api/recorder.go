@@ -6,20 +6,24 @@ import (
 	"github.com/optiinfra/orchestrator/internal/inflight"
 )
 
-// recorder wraps the ResponseWriter for the middleware: it records the
-// status and size for the access log and metrics, carries what routing
-// learned (the route template and whether the route is quiet), and holds the
-// request's place in the in-flight list, all in one allocation.
-type recorder struct {
-	http.ResponseWriter
-	inFlight    inflight.Entry
+// outcome is what the metrics and the access log say of a request.
+type outcome struct {
+	route       *route
 	status      int
 	bytes       int64
 	wroteHeader bool
-	route       string
-	quiet       bool
 	// err is why a handler answered 500, for the access log.
 	err error
+}
+
+// recorder wraps the ResponseWriter for the middleware: it records the
+// outcome (the status and size, and what routing learned: the route) and
+// holds the request's place in the in-flight list, all in one object,
+// which the middleware recycles.
+type recorder struct {
+	http.ResponseWriter
+	outcome
+	inFlight inflight.Entry
 }
 
 func (rec *recorder) WriteHeader(status int) {

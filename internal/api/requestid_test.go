@@ -3,6 +3,8 @@ package api
 import (
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 )
 
 func TestSaneRequestID(t *testing.T) {
@@ -32,7 +34,11 @@ func FuzzRequestID(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, incoming string) {
-		got := requestID(incoming)
+		value := requestID(incoming)
+		if len(value) != 1 {
+			t.Fatalf("requestID(%q) = %q: want one header value", incoming, value)
+		}
+		got := value[0]
 		if !saneRequestID(got) {
 			t.Fatalf("requestID(%q) = %q, not sane", incoming, got)
 		}
@@ -40,4 +46,27 @@ func FuzzRequestID(f *testing.F) {
 			t.Fatalf("requestID(%q) = %q: a sane id must be kept and only a sane one", incoming, got)
 		}
 	})
+}
+
+func TestNewRequestIDIsARandomUUID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		value := newRequestID()
+		if len(value) != 1 {
+			t.Fatalf("newRequestID() = %q: want one header value", value)
+		}
+		id := value[0]
+		u, err := uuid.Parse(id)
+		if err != nil {
+			t.Fatalf("newRequestID() = %q: %v", id, err)
+		}
+		if u.Version() != 4 || u.Variant() != uuid.RFC4122 || u.String() != id {
+			t.Fatalf("newRequestID() = %q: version %d, variant %s; want a version 4 RFC 4122 UUID in canonical form",
+				id, u.Version(), u.Variant())
+		}
+		if seen[id] {
+			t.Fatalf("newRequestID() repeated %q", id)
+		}
+		seen[id] = true
+	}
 }

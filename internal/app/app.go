@@ -99,7 +99,7 @@ func New(opts Options) (*Service, error) {
 	s.Handler, err = api.New(api.Options{
 		Config:   cfg.API,
 		Logger:   log,
-		Registry: metrics,
+		Metrics:  metrics,
 		Health:   s.Health,
 		Build:    opts.Build,
 		InFlight: s.InFlight,

@@ -24,6 +24,12 @@ var probeBody = []byte("{}\n")
 // probeContentType is the library's Content-Type.
 const probeContentType = "application/json; charset=utf-8"
 
+// probeContentTypeValue is the Content-Type header value of every plain
+// probe answer, shared rather than allocated per answer. Header values are
+// replaced, appended to (which copies a full slice) or copied, never written
+// in place: net/http copies them when the handler writes its status.
+var probeContentTypeValue = []string{probeContentType}
+
 // probeHandler answers GET and HEAD:
 //
 //   - plain: 200 or 503 with the library's body, {}. The kubelet calls this
@@ -36,13 +42,7 @@ const probeContentType = "application/json; charset=utf-8"
 func (h *Health) probeHandler(kind Kind, lib http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.RawQuery == "" {
-			w.Header()["Content-Type"] = []string{probeContentType} // canonical key: skip Set's conversion
-			if h.passes(kind) {
-				w.WriteHeader(http.StatusOK)
-			} else {
-				w.WriteHeader(http.StatusServiceUnavailable)
-			}
-			_, _ = w.Write(probeBody)
+			h.AnswerProbe(w, kind)
 			return
 		}
 		q := r.URL.Query()
@@ -59,6 +59,23 @@ func (h *Health) probeHandler(kind Kind, lib http.HandlerFunc) http.Handler {
 		}
 		lib(w, r)
 	})
+}
+
+// AnswerProbe writes the plain answer of the liveness or readiness probe
+// to w: 200 while every check of the probe passes, 503 otherwise, with the
+// library's Content-Type and body, {}. It returns the status and the body
+// bytes written. The checks run before anything is written, so a check
+// that panics leaves w untouched. It allocates nothing: the kubelet and
+// load balancers call it by the thousand.
+func (h *Health) AnswerProbe(w http.ResponseWriter, kind Kind) (status, n int) {
+	status = http.StatusServiceUnavailable
+	if h.passes(kind) {
+		status = http.StatusOK
+	}
+	w.Header()["Content-Type"] = probeContentTypeValue // canonical key: skip Set's conversion
+	w.WriteHeader(status)
+	n, _ = w.Write(probeBody)
+	return status, n
 }
 
 // writeVerbose writes "[+]name ok" or "[-]name failed: reason" per check, the

@@ -294,3 +294,39 @@ func TestPlainProbeVerdictDoesNotAllocate(t *testing.T) {
 		t.Fatalf("the /ready verdict allocates %v times per call; it is on every probe", n)
 	}
 }
+
+// headerOnly is a ResponseWriter that keeps the header and the status only.
+type headerOnly struct {
+	h      http.Header
+	status int
+}
+
+func (w *headerOnly) Header() http.Header         { return w.h }
+func (w *headerOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (w *headerOnly) WriteHeader(status int)      { w.status = status }
+
+func TestAnswerProbe(t *testing.T) {
+	h := New(Options{Config: testConfig})
+	w := &headerOnly{h: http.Header{}}
+	for _, tc := range []struct {
+		kind    Kind
+		started bool
+		want    int
+	}{
+		{Liveness, false, http.StatusOK},
+		{Readiness, false, http.StatusServiceUnavailable},
+		{Readiness, true, http.StatusOK},
+	} {
+		if tc.started {
+			h.MarkStarted()
+		}
+		status, n := h.AnswerProbe(w, tc.kind)
+		if status != tc.want || w.status != tc.want || n != len(probeBody) || w.h.Get("Content-Type") != probeContentType {
+			t.Errorf("%s probe, started %v: returned %d, %d bytes; wrote %d, Content-Type %q; want %d, %d bytes, %q",
+				tc.kind, tc.started, status, n, w.status, w.h.Get("Content-Type"), tc.want, len(probeBody), probeContentType)
+		}
+		if allocs := testing.AllocsPerRun(100, func() { h.AnswerProbe(w, tc.kind) }); allocs != 0 {
+			t.Errorf("%s probe allocates %v times per answer; want 0", tc.kind, allocs)
+		}
+	}
+}
