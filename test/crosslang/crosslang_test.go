@@ -241,7 +241,7 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// SIGTERM: the agent unregisters and exits 0; the orchestrator forgets it.
-	if err := agent.signal(syscall.SIGTERM); err != nil {
+	if err := agent.terminate(); err != nil {
 		t.Fatalf("SIGTERM to the agent: %v", err)
 	}
 	sigterm := time.Now()
@@ -260,7 +260,7 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// The orchestrator drains and exits 0 on SIGTERM.
-	if err := orch.signal(syscall.SIGTERM); err != nil {
+	if err := orch.terminate(); err != nil {
 		t.Fatalf("SIGTERM to the orchestrator: %v", err)
 	}
 	sigterm = time.Now()
@@ -450,7 +450,8 @@ func start(t *testing.T, name, dir string, env []string, argv ...string) *proces
 	return p
 }
 
-func (p *process) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+// terminate sends SIGTERM to the process.
+func (p *process) terminate() error { return p.cmd.Process.Signal(syscall.SIGTERM) }
 
 func (p *process) state() string {
 	select {

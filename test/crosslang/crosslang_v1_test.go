@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -218,7 +217,7 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 	}
 
 	// SIGTERM: it deletes itself and exits 0.
-	if err := agent.signal(syscall.SIGTERM); err != nil {
+	if err := agent.terminate(); err != nil {
 		t.Fatalf("SIGTERM to task_agent.py: %v", err)
 	}
 	if code := agent.waitExit(t, 10*time.Second); code != 0 {
@@ -364,7 +363,7 @@ func agentIDs(list []orchestrator.Agent) []string {
 // exit 0.
 func stopOrchestrator(t *testing.T, orch *process) {
 	t.Helper()
-	if err := orch.signal(syscall.SIGTERM); err != nil {
+	if err := orch.terminate(); err != nil {
 		t.Fatalf("SIGTERM to the orchestrator: %v", err)
 	}
 	if code := orch.waitExit(t, 30*time.Second); code != 0 {
