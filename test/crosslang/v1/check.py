@@ -198,7 +198,7 @@ async def protocol(args):
                        "%s: health_check_endpoint %r, want %r" % (what, got["health_check_endpoint"], hc))
             expect(got["registered_at"] and got["last_heartbeat"], "%s: registered_at or last_heartbeat empty" % what)
             expect_status(await raw.head("/api/v1/agents/" + a.agent_id), 200, "HEAD " + what)
-            ok("GET and HEAD %s: as registered, healthy" % what)
+            ok("GET and HEAD /api/v1/agents/%s: as registered, healthy" % a.agent_id)
         meta = (await raw.get("/api/v1/agents/" + perf.agent_id)).json()["metadata"]
         expect(isinstance(meta, dict) and all(meta.get(k) == v for k, v in perf.metrics.items()),
                "the heartbeat's metrics %s are not in the agent's metadata %s" % (perf.metrics, meta))
