@@ -25,7 +25,7 @@ import (
 var (
 	registerKeys  = []string{"agent_id", "registered_at", "heartbeat_url", "heartbeat_interval_seconds"}
 	heartbeatKeys = []string{"received", "next_interval_seconds", "timestamp"}
-	agentKeys     = []string{"id", "name", "type", "host", "port", "capabilities", "status", "version", "registered_at", "last_seen", "metadata"}
+	agentKeys     = []string{"id", "name", "type", "host", "port", "capabilities", "status", "version", "registered_at", "last_seen", "metadata", "announced_host", "address_source"}
 	agentListKeys = []string{"agents", "count"}
 )
 
@@ -755,4 +755,78 @@ func TestRegisterLargeMetadataAllocations(t *testing.T) {
 			strings.Count(manyKeys, ":"), many, one)
 	}
 	t.Logf("allocations per registration with 64 KiB of metadata: %.0f in one key, %.0f in %d keys", one, many, strings.Count(manyKeys, ":"))
+}
+
+// padded is a JSON object of exactly size bytes (at least 10), its text
+// starting with label.
+func padded(size int, label string) string {
+	const frame = len(`{"":""}`)
+	return `{"` + label + `":"` + strings.Repeat("x", size-frame-len(label)) + `"}`
+}
+
+// TestAgentMetadataBudget: once the agents' metadata fills
+// AGENT_MAX_METADATA_TOTAL_BYTES, a registration or heartbeat that grows
+// it answers 507 with a message naming the setting and nothing of the
+// other agents, and changes nothing; equal or smaller metadata is
+// accepted, and unregistering frees the agent's share.
+func TestAgentMetadataBudget(t *testing.T) {
+	cfg := testAgentsConfig
+	cfg.MaxMetadataBytes, cfg.MaxMetadataTotalBytes = 512, 1024
+	f := newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{agents: cfg, dispatch: testDispatchConfig})
+	register := func(name string, port int, metadata string) *httptest.ResponseRecorder {
+		return f.call(http.MethodPost, "/agents/register",
+			fmt.Sprintf(`{"name":%q,"type":"cost","host":"127.0.0.1","port":%d,"capabilities":["x"],"metadata":%s}`, name, port, metadata))
+	}
+	heartbeat := func(id, metadata string) *httptest.ResponseRecorder {
+		return f.call(http.MethodPost, "/agents/"+id+"/heartbeat", `{"status":"degraded","metadata":`+metadata+`}`)
+	}
+	idOf := func(rec *httptest.ResponseRecorder) string {
+		t.Helper()
+		id, _ := expect(t, "register", rec, http.StatusCreated)["agent_id"].(string)
+		return id
+	}
+	// checkRefusal checks a 507's message: the budget, the setting, the
+	// request's own size; not the other agent's name, ID or metadata, nor
+	// how much the registry holds.
+	checkRefusal := func(what string, rec *httptest.ResponseRecorder, size int, others ...string) {
+		t.Helper()
+		msg := expectError(t, what, rec, http.StatusInsufficientStorage)
+		for _, want := range []string{"the agent registry's metadata budget is spent", "AGENT_MAX_METADATA_TOTAL_BYTES=1024", fmt.Sprintf(" %d bytes of metadata", size)} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: message %q does not say %q", what, msg, want)
+			}
+		}
+		for _, secret := range append(others, "confidential", "1000", "1024 bytes") {
+			if strings.Contains(msg, secret) {
+				t.Errorf("%s: message %q reveals %q", what, msg, secret)
+			}
+		}
+	}
+
+	one := idOf(register("alpha-agent", 8001, padded(500, "confidential")))
+	two := idOf(register("beta-agent", 8002, padded(500, "two")))
+
+	// 1000 of 1024 bytes held: 25 more do not fit, neither in a heartbeat
+	// nor in a new agent's registration.
+	checkRefusal("heartbeat growing past the budget", heartbeat(two, padded(25, "hb")), 25, "alpha-agent", one)
+	if a := f.getAgent(t, two); a["status"] != "healthy" || fmt.Sprint(a["metadata"]) != "map[two:"+strings.Repeat("x", 500-10)+"]" {
+		t.Errorf("agent after a refused heartbeat = %v with metadata %v; want it unchanged", a["status"], a["metadata"])
+	}
+	checkRefusal("registration past the budget", register("gamma-agent", 8003, padded(25, "three")), 25, "alpha-agent", one, "beta-agent", two)
+	if n := len(f.listAgents(t, "/agents")); n != 2 {
+		t.Errorf("%d agents after a refused registration, want 2", n)
+	}
+	// Exactly the 24 bytes left fit; then equal and smaller always do.
+	expect(t, "heartbeat of the 24 bytes left", heartbeat(two, padded(24, "hb")), http.StatusOK)
+	expect(t, "heartbeat of equal size at the budget", heartbeat(two, padded(24, "HB")), http.StatusOK)
+	checkRefusal("heartbeat growing by a byte at the budget", heartbeat(two, padded(25, "hb")), 25, "alpha-agent", one)
+	expect(t, "heartbeat shrinking at the budget", heartbeat(two, padded(10, "h")), http.StatusOK)
+	if id := idOf(register("alpha-agent", 8001, padded(100, "smaller"))); id != one {
+		t.Errorf("registering alpha-agent again = %s, want its ID %s", id, one)
+	}
+
+	// Unregistering frees its share: three fits, which did not before.
+	checkRefusal("registration before the unregistration", register("gamma-agent", 8003, padded(500, "three")), 500, "alpha-agent", one)
+	expect(t, "unregister", f.call(http.MethodPost, "/agents/"+one+"/unregister", ""), http.StatusOK)
+	idOf(register("gamma-agent", 8003, padded(500, "three")))
 }

@@ -55,12 +55,15 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.As(err, &field):
 		writeError(w, http.StatusBadRequest, field.Error())
+	case errors.Is(err, registry.ErrIDTaken):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrNotOwner):
 		writeError(w, http.StatusForbidden, err.Error())
-	case errors.Is(err, registry.ErrFull):
-		// 507, not 429: the registry's capacity is spent, not the client's
-		// rate. Retrying helps only once agents unregister or are evicted,
-		// and 429's Retry-After would invite clients to hammer.
+	case errors.Is(err, registry.ErrFull), errors.Is(err, registry.ErrMetadataBudget):
+		// 507, not 429: the registry's capacity (agents, or the metadata
+		// they hold) is spent, not the client's rate. Retrying helps only
+		// once agents unregister or are evicted, and 429's Retry-After
+		// would invite clients to hammer.
 		writeError(w, http.StatusInsufficientStorage, err.Error())
 	case errors.Is(err, registry.ErrNotFound), errors.Is(err, dispatch.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())

@@ -385,6 +385,9 @@ func (s *spec) exchange(t *testing.T, f *fixture, method, target string, body []
 			r = bytes.NewReader(body)
 		}
 		req := httptest.NewRequest(method, target, r)
+		// A pod's address: the /api/v1 examples announce localhost and
+		// 0.0.0.0, which register the request's address.
+		req.RemoteAddr = "10.244.1.7:40312"
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
@@ -498,7 +501,9 @@ func (s *spec) taskExample(t *testing.T) (agentType, taskType string) {
 
 // operationOrder is the order the examples run in where it matters: the
 // registration example's agent is the {id} of the agent operations and is
-// unregistered before tasks are submitted (its host does not exist), and
+// unregistered before tasks are submitted (its host does not exist), the
+// /api/v1 examples register the {agent_id} of their operations (named in
+// the examples) before they use it and unregister it last, and
 // the task example's task is read before it is cancelled. The other
 // operations follow, in path order.
 var operationOrder = []string{
@@ -511,6 +516,14 @@ var operationOrder = []string{
 	"GET /agents/type/{type}",
 	"HEAD /agents/type/{type}",
 	"POST /agents/{id}/unregister",
+	"POST /api/v1/agents/register",
+	"POST /api/v1/agents/heartbeat",
+	"POST /api/v1/agents/{agent_id}/heartbeat",
+	"GET /api/v1/agents/{agent_id}",
+	"HEAD /api/v1/agents/{agent_id}",
+	"GET /api/v1/agents",
+	"HEAD /api/v1/agents",
+	"DELETE /api/v1/agents/{agent_id}",
 	"POST /tasks",
 	"GET /tasks/{id}",
 	"HEAD /tasks/{id}",
@@ -792,12 +805,13 @@ func TestOpenAPISecurity(t *testing.T) {
 
 // TestOpenAPIAgentLimits covers the registry's refusals: 403 for an agent
 // bound to another token, 413 and 400 for metadata past its limits, 507
-// past AGENT_MAX_AGENTS; each answered as documented.
+// past AGENT_MAX_AGENTS and AGENT_MAX_METADATA_TOTAL_BYTES; each answered
+// as documented.
 func TestOpenAPIAgentLimits(t *testing.T) {
 	s := loadSpec(t)
 	const owner, other = "agent-token-0123456789", "agent-token-other-0123"
 	cfg := testAgentsConfig
-	cfg.MaxAgents, cfg.MaxMetadataBytes, cfg.MaxMetadataDepth = 1, 256, 3
+	cfg.MaxAgents, cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxMetadataTotalBytes = 1, 256, 3, 300
 	f := newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{
 		agents: cfg, dispatch: testDispatchConfig, auth: auth.Config{AgentTokens: owner + "," + other},
 	})
@@ -812,6 +826,7 @@ func TestOpenAPIAgentLimits(t *testing.T) {
 	}
 	id := created.AgentID
 	big := `{"pad":"` + strings.Repeat("x", 300) + `"}`
+	pad := func(n int) string { return `{"pad":"` + strings.Repeat("x", n-10) + `"}` } // n bytes
 	for _, tc := range []struct {
 		method, target, body, token string
 		code                        int
@@ -824,6 +839,10 @@ func TestOpenAPIAgentLimits(t *testing.T) {
 		{"POST", "/agents/register", `{"name":"a","type":"cost","host":"10.0.0.1","port":8001,"metadata":{"a":[[[1]]]}}`, owner, 400},
 		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":` + big + `}`, owner, 413},
 		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":{"a":{"b":{"c":{}}}}}`, owner, 400},
+		// 250 + 50 bytes fill AGENT_MAX_METADATA_TOTAL_BYTES=300.
+		{"POST", "/agents/register", `{"name":"a","type":"cost","host":"10.0.0.1","port":8001,"metadata":` + pad(250) + `}`, owner, 201},
+		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":` + pad(50) + `}`, owner, 200},
+		{"POST", "/agents/" + id + "/heartbeat", `{"metadata":` + pad(51) + `}`, owner, 507},
 		{"POST", "/agents/register", reg, owner, 201},
 	} {
 		t.Run(tc.method+" "+tc.target+" "+strconv.Itoa(tc.code), func(t *testing.T) {

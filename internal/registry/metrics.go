@@ -14,6 +14,8 @@ type metrics struct {
 	heartbeats    *prometheus.CounterVec
 	evictions     *prometheus.CounterVec
 	agents        *prometheus.Desc
+	metadata      *prometheus.Desc
+	budget        *prometheus.Desc
 	r             *Registry
 }
 
@@ -33,6 +35,10 @@ func newMetrics(reg prometheus.Registerer, r *Registry) (*metrics, error) {
 		}, []string{"type"}),
 		agents: prometheus.NewDesc("orchestrator_agents",
 			"Registered agents, by type and status.", []string{"type", "status"}, nil),
+		metadata: prometheus.NewDesc("orchestrator_agent_metadata_bytes",
+			"Agent metadata the registry holds: every agent's registration and last heartbeat metadata, as JSON text.", nil, nil),
+		budget: prometheus.NewDesc("orchestrator_agent_metadata_budget_bytes",
+			"AGENT_MAX_METADATA_TOTAL_BYTES: past it, registrations and heartbeats that grow an agent's metadata get 507.", nil, nil),
 		r: r,
 	}
 	for _, t := range Types {
@@ -63,15 +69,27 @@ func (m *metrics) registered(t Type, created bool) {
 	m.registrations.WithLabelValues(string(t), result).Inc()
 }
 
-// Describe implements prometheus.Collector for the agents gauge.
-func (m *metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.agents }
+// Describe implements prometheus.Collector for the gauges read from the
+// store.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.agents
+	ch <- m.metadata
+	ch <- m.budget
+}
 
-// Collect counts the agents by type and status at scrape time, so the
-// gauge can never drift from the store. The store counts: no agent is
-// copied, however many there are or however much metadata they carry.
+// Collect counts the agents by type and status, and reads the metadata
+// they hold, at scrape time, so the gauges can never drift from the store.
+// The store counts: no agent is copied, however many there are or however
+// much metadata they carry.
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	ch <- prometheus.MustNewConstMetric(m.budget, prometheus.GaugeValue, float64(m.r.cfg.MaxMetadataTotalBytes))
+	if held, err := m.r.store.MetadataBytes(ctx); err != nil {
+		ch <- prometheus.NewInvalidMetric(m.metadata, err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(m.metadata, prometheus.GaugeValue, float64(held))
+	}
 	counts, err := m.r.store.Count(ctx, m.r.unreachableCutoff())
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(m.agents, err)

@@ -37,8 +37,7 @@ type Config struct {
 	// MaxMetadataBytes bounds the metadata object of one registration or
 	// heartbeat, as JSON text; larger is refused (413) before it is
 	// decoded. An agent keeps at most two (its registration's and its last
-	// heartbeat's), so the registry's metadata stays within
-	// MaxAgents x 2 x MaxMetadataBytes. Zero means the default.
+	// heartbeat's). Zero means the default.
 	MaxMetadataBytes int `env:"AGENT_MAX_METADATA_BYTES, default=65536"`
 	// MaxMetadataDepth bounds how deep objects and arrays nest in that
 	// metadata, the metadata object itself being level 1. Zero means the
@@ -48,6 +47,24 @@ type Config struct {
 	// a new agent is refused (507) until others unregister or are evicted;
 	// a known agent may always register again. Zero means the default.
 	MaxAgents int `env:"AGENT_MAX_AGENTS, default=50000"`
+	// MaxMetadataTotalBytes bounds all the metadata the registry holds:
+	// every agent's registration and last heartbeat metadata, as JSON
+	// text, summed. A registration or heartbeat that would take the sum
+	// past it is refused (507) and changes nothing; one that does not grow
+	// its agent's metadata never is. Unregistering or evicting an agent
+	// frees its share. Without it, the per-request limit and the agent cap
+	// allow MaxAgents x 2 x MaxMetadataBytes (6.5 GB at their defaults):
+	// fewer than 1,000 agents with full metadata would pass the chart's
+	// default 128 MiB memory limit (GOMEMLIMIT follows it) and get the pod
+	// OOM-killed. The default, 32 MiB, is a quarter of that limit: a
+	// registry filled to it holds 1.0x (64 KiB blocks) to 1.5x (256-byte
+	// blocks, 50,000 agents) of it in heap, measured, leaving the rest to
+	// requests, tasks and the runtime. A typical agent sends hundreds of
+	// bytes, so a 10,000-agent fleet uses a few MB of it. GET /agents
+	// builds its whole answer in memory, several times the metadata it
+	// lists, so a listing of a full registry needs more than that limit
+	// (see the README). Zero means the default.
+	MaxMetadataTotalBytes int `env:"AGENT_MAX_METADATA_TOTAL_BYTES, default=33554432"`
 }
 
 // The defaults of the limits, which a Config built in code (with zeros)
@@ -65,12 +82,18 @@ const (
 	// DefaultMaxAgents, 50,000, is five times a 10,000-agent fleet: room
 	// for agents that restart under new names and are not yet evicted.
 	DefaultMaxAgents = 50_000
+	// DefaultMaxMetadataTotalBytes, 32 MiB: see Config.MaxMetadataTotalBytes.
+	DefaultMaxMetadataTotalBytes = 32 << 20
 	// maxMetadataDepthLimit bounds AGENT_MAX_METADATA_DEPTH.
 	maxMetadataDepthLimit = 100
 	// maxMetadataBytesLimit and maxAgentsLimit bound the two other
 	// limits: past them the registry could not hold what it admits.
 	maxMetadataBytesLimit = 16 << 20
 	maxAgentsLimit        = 10_000_000
+	// maxMetadataTotalLimit, 1 TiB, bounds AGENT_MAX_METADATA_TOTAL_BYTES
+	// far above any pod's memory, to catch a unit slip rather than to
+	// judge a size.
+	maxMetadataTotalLimit = 1 << 40
 )
 
 // Limits of the settings. The interval is told to agents in whole
@@ -118,6 +141,13 @@ func (c Config) Validate() error {
 	if c.MaxAgents < 1 || c.MaxAgents > maxAgentsLimit {
 		errs = append(errs, fmt.Errorf("AGENT_MAX_AGENTS=\"%d\": must be from 1 to %d", c.MaxAgents, maxAgentsLimit))
 	}
+	switch {
+	case c.MaxMetadataTotalBytes < 2 || c.MaxMetadataTotalBytes > maxMetadataTotalLimit:
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_TOTAL_BYTES=\"%d\": must be from 2 (the empty object {}) to %d", c.MaxMetadataTotalBytes, int64(maxMetadataTotalLimit)))
+	case c.MaxMetadataTotalBytes < c.MaxMetadataBytes:
+		errs = append(errs, fmt.Errorf("AGENT_MAX_METADATA_TOTAL_BYTES=\"%d\": must be at least AGENT_MAX_METADATA_BYTES (%d), or metadata that limit admits could never be stored",
+			c.MaxMetadataTotalBytes, c.MaxMetadataBytes))
+	}
 	return errors.Join(errs...)
 }
 
@@ -131,6 +161,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxAgents == 0 {
 		c.MaxAgents = DefaultMaxAgents
+	}
+	if c.MaxMetadataTotalBytes == 0 {
+		c.MaxMetadataTotalBytes = DefaultMaxMetadataTotalBytes
 	}
 	return c
 }
@@ -148,6 +181,7 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt("max_metadata_bytes", c.MaxMetadataBytes)
 	enc.AddInt("max_metadata_depth", c.MaxMetadataDepth)
 	enc.AddInt("max_agents", c.MaxAgents)
+	enc.AddInt("max_metadata_total_bytes", c.MaxMetadataTotalBytes)
 	return nil
 }
 
@@ -229,10 +263,14 @@ func (r *Registry) changed() {
 }
 
 // Register validates reg, checks its host against the allowed networks,
-// and stores the agent healthy and seen now. Registering again with the
-// same name, host and port returns the same ID (created is false), unless
-// the agent is bound to another token than reg.Owner (an *OwnerError). A
-// new agent beyond MaxAgents is refused with ErrFull.
+// and stores the agent seen now, with the status it reports (healthy by
+// default). Registering again with the same name, host and port returns
+// the same ID (created is false); with a chosen reg.ID, registering again
+// with that ID does, and an ID that a generated-ID agent has is refused
+// with ErrIDTaken. Either way, not when the agent is bound to another
+// token than reg.Owner (an *OwnerError). A
+// new agent beyond MaxAgents is refused with ErrFull; metadata that would
+// take the registry's past MaxMetadataTotalBytes with ErrMetadataBudget.
 func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, created bool, err error) {
 	a, err = reg.validate(r.limits)
 	if err != nil {
@@ -243,18 +281,34 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, cre
 	}
 	by := Actor{Token: reg.Owner}
 	now := r.now().UTC()
-	a.ID, a.RegisteredAt, a.LastSeen, a.Status = r.newID(), now, now, StatusHealthy
-	stored, created, err := r.store.Register(ctx, a, r.cfg.MaxAgents)
+	if !a.ChosenID {
+		a.ID = r.newID()
+	}
+	a.RegisteredAt, a.LastSeen = now, now
+	stored, created, err := r.store.Register(ctx, a, r.storeLimits())
 	switch {
 	case errors.Is(err, ErrNotOwner):
-		r.log.Warn("agent registration refused: the agent is bound to another token",
+		r.log.Warn("agent registration refused: the agent is bound to another token", zap.String("agent_id", reg.ID),
 			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Object("by", by))
+		if a.ChosenID {
+			return Agent{}, false, &OwnerError{Agent: a.ID}
+		}
 		return Agent{}, false, &OwnerError{Agent: fmt.Sprintf("%q at %s", a.Name, net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))}
+	case errors.Is(err, ErrIDTaken):
+		r.log.Warn("agent registration refused: its agent_id is a generated agent's", zap.String("agent_id", a.ID),
+			zap.String("name", a.Name), zap.Object("by", by))
+		return Agent{}, false, fmt.Errorf("agent_id: %w: %q is the id of an agent registered through POST /agents/register; choose another agent_id",
+			ErrIDTaken, a.ID)
 	case errors.Is(err, ErrFull):
 		r.log.Warn("agent registration refused: AGENT_MAX_AGENTS reached",
 			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Int("max_agents", r.cfg.MaxAgents), zap.Object("by", by))
 		return Agent{}, false, fmt.Errorf("%w: it holds AGENT_MAX_AGENTS=%d agents; a new agent can register once others unregister or are evicted (a registered agent can still register again)",
 			ErrFull, r.cfg.MaxAgents)
+	case errors.Is(err, ErrMetadataBudget):
+		r.log.Warn("agent registration refused: AGENT_MAX_METADATA_TOTAL_BYTES reached",
+			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port),
+			zap.Int("metadata_bytes", len(a.Metadata)), zap.Int("max_metadata_total_bytes", r.cfg.MaxMetadataTotalBytes), zap.Object("by", by))
+		return Agent{}, false, r.budgetError("this registration's", len(a.Metadata), "the agent holds now")
 	case err != nil:
 		return Agent{}, false, err
 	}
@@ -262,16 +316,32 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, cre
 	r.log.Info("agent registered",
 		zap.String("agent_id", stored.ID), zap.String("name", stored.Name), zap.String("type", string(stored.Type)),
 		zap.String("host", stored.Host), zap.Int("port", stored.Port), zap.Strings("capabilities", stored.Capabilities),
-		zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
+		zap.String("announced_host", stored.AnnouncedHost), zap.String("address_source", string(stored.AddressSource)),
+		zap.Bool("chosen_id", stored.ChosenID), zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
 	r.changed()
 	return stored, created, nil
+}
+
+// storeLimits are the limits the store checks on each change.
+func (r *Registry) storeLimits() Limits {
+	return Limits{Agents: r.cfg.MaxAgents, MetadataBytes: r.cfg.MaxMetadataTotalBytes}
+}
+
+// budgetError tells a client refused by the metadata budget what it can
+// do: what sent the metadata, its size, and what it was compared with. It
+// names the setting, never what other agents hold.
+func (r *Registry) budgetError(what string, size int, than string) error {
+	return fmt.Errorf("%w: the agents' metadata leaves too little of AGENT_MAX_METADATA_TOTAL_BYTES=%d for %s %d bytes of metadata, more than %s; nothing was recorded. Metadata no larger than that, or none, is always accepted; more fits once agents unregister, are evicted or send less",
+		ErrMetadataBudget, r.cfg.MaxMetadataTotalBytes, what, size, than)
 }
 
 // Heartbeat records a heartbeat from by. status is what the agent sent
 // (empty means healthy); metadata, a JSON object as sent, replaces the
 // last heartbeat's unless it is empty or null. An unreachable agent is
 // revived: a late heartbeat never gets 404 while the agent is still
-// registered.
+// registered. Metadata growing the agent's past what MaxMetadataTotalBytes
+// leaves is refused with ErrMetadataBudget, and the heartbeat is not
+// recorded.
 func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, metadata json.RawMessage) (Agent, error) {
 	st, err := ParseReportedStatus(status)
 	if err != nil {
@@ -281,7 +351,7 @@ func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, m
 	if err != nil {
 		return Agent{}, err
 	}
-	a, before, err := r.store.Heartbeat(ctx, id, by.owner(), st, meta, r.now().UTC())
+	a, before, err := r.store.Heartbeat(ctx, id, by.owner(), st, meta, r.now().UTC(), r.storeLimits())
 	switch {
 	case errors.Is(err, ErrNotFound):
 		r.metrics.heartbeats.WithLabelValues("unknown").Inc()
@@ -289,6 +359,10 @@ func (r *Registry) Heartbeat(ctx context.Context, by Actor, id, status string, m
 	case errors.Is(err, ErrNotOwner):
 		r.log.Warn("agent heartbeat refused: the agent is bound to another token", zap.String("agent_id", id), zap.Object("by", by))
 		return Agent{}, &OwnerError{Agent: id}
+	case errors.Is(err, ErrMetadataBudget):
+		r.log.Warn("agent heartbeat refused: AGENT_MAX_METADATA_TOTAL_BYTES reached", zap.String("agent_id", id),
+			zap.Int("metadata_bytes", len(meta)), zap.Int("max_metadata_total_bytes", r.cfg.MaxMetadataTotalBytes), zap.Object("by", by))
+		return Agent{}, r.budgetError("this heartbeat's", len(meta), "its last heartbeat's")
 	case err != nil:
 		return Agent{}, err
 	}

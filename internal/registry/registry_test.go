@@ -815,6 +815,12 @@ func TestConfigValidate(t *testing.T) {
 		{"metadata depth 101", func(c *registry.Config) { c.MaxMetadataDepth = 101 }, []string{`AGENT_MAX_METADATA_DEPTH="101": must be from 1 (a flat object) to 100`}},
 		{"max agents 1", func(c *registry.Config) { c.MaxAgents = 1 }, nil},
 		{"max agents 0", func(c *registry.Config) { c.MaxAgents = 0 }, []string{`AGENT_MAX_AGENTS="0": must be from 1 to 10000000`}},
+		{"metadata total at the per-request limit", func(c *registry.Config) { c.MaxMetadataTotalBytes = c.MaxMetadataBytes }, nil},
+		{"metadata total 2", func(c *registry.Config) { c.MaxMetadataBytes, c.MaxMetadataTotalBytes = 2, 2 }, nil},
+		{"metadata total 1 TiB", func(c *registry.Config) { c.MaxMetadataTotalBytes = 1 << 40 }, nil},
+		{"metadata total 0", func(c *registry.Config) { c.MaxMetadataTotalBytes = 0 }, []string{`AGENT_MAX_METADATA_TOTAL_BYTES="0": must be from 2 (the empty object {}) to 1099511627776`}},
+		{"metadata total over 1 TiB", func(c *registry.Config) { c.MaxMetadataTotalBytes = 1<<40 + 1 }, []string{`AGENT_MAX_METADATA_TOTAL_BYTES="1099511627777": must be from 2`}},
+		{"metadata total below the per-request limit", func(c *registry.Config) { c.MaxMetadataTotalBytes = c.MaxMetadataBytes - 1 }, []string{`AGENT_MAX_METADATA_TOTAL_BYTES="65535": must be at least AGENT_MAX_METADATA_BYTES (65536)`}},
 		{"interval an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour }, nil},
 		{"interval over an hour", func(c *registry.Config) { c.HeartbeatInterval = time.Hour + time.Second }, []string{"AGENT_HEARTBEAT_INTERVAL=\"1h0m1s\": must be a whole number of seconds from 1s to 1h"}},
 		// Whole seconds, but 3 of them overflow a Duration: the product went
@@ -1100,6 +1106,86 @@ func TestMaxAgents(t *testing.T) {
 	}
 }
 
+// TestMetadataBudget: at AGENT_MAX_METADATA_TOTAL_BYTES a registration or
+// heartbeat that grows the metadata is refused with ErrMetadataBudget,
+// naming the setting and the request's own size but nothing of the other
+// agents; it is logged, changes nothing, and the gauge shows what is held.
+func TestMetadataBudget(t *testing.T) {
+	cfg := defaultConfig(t)
+	cfg.MaxMetadataBytes, cfg.MaxMetadataTotalBytes = 512, 1024
+	e := newEnv(t, cfg)
+	ctx := context.Background()
+	first := validRegistration()
+	first.Name, first.Metadata = "first", json.RawMessage(`{"secret":"`+strings.Repeat("s", 487)+`"}`) // 500 bytes
+	a := e.register(t, first)
+	second := validRegistration()
+	second.Name, second.Metadata = "second", objectOf(500)
+	b := e.register(t, second)
+	checkHeldGauge(t, e, 1000)
+
+	// 25 bytes of heartbeat metadata do not fit in the 24 left.
+	e.clock.Advance(time.Second)
+	_, err := e.reg.Heartbeat(ctx, registry.Actor{}, b.ID, "degraded", objectOf(25))
+	if !errors.Is(err, registry.ErrMetadataBudget) {
+		t.Fatalf("Heartbeat of 25 bytes with 24 left = %v, want ErrMetadataBudget", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"metadata budget is spent", "AGENT_MAX_METADATA_TOTAL_BYTES=1024", "this heartbeat's 25 bytes", "nothing was recorded"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the refusal %q does not say %q", msg, want)
+		}
+	}
+	for _, secret := range []string{"secret", "1000", " 24 ", a.ID, "first"} {
+		if strings.Contains(msg, secret) {
+			t.Errorf("the refusal %q reveals %q of what other agents hold", msg, secret)
+		}
+	}
+	if got, _ := e.reg.Get(ctx, b.ID); got.Status != registry.StatusHealthy || !got.LastSeen.Equal(t0) || got.HeartbeatMetadata != nil {
+		t.Errorf("a refused heartbeat changed the agent: %s seen %v, metadata %s", got.Status, got.LastSeen, got.HeartbeatMetadata)
+	}
+	if n := e.logs.FilterMessage("agent heartbeat refused: AGENT_MAX_METADATA_TOTAL_BYTES reached").Len(); n != 1 {
+		t.Errorf("the refused heartbeat was logged %d times, want once", n)
+	}
+	if _, err := e.reg.Heartbeat(ctx, registry.Actor{}, b.ID, "degraded", objectOf(24)); err != nil {
+		t.Errorf("Heartbeat of the 24 bytes left: %v", err)
+	}
+	checkHeldGauge(t, e, 1024)
+
+	// A new agent with metadata is refused; without, it registers.
+	third := validRegistration()
+	third.Name, third.Metadata = "third", objectOf(10)
+	_, _, err = e.reg.Register(ctx, third)
+	if !errors.Is(err, registry.ErrMetadataBudget) || !strings.Contains(err.Error(), "this registration's 10 bytes") || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("Register of 10 bytes at the budget = %v, want ErrMetadataBudget naming its own size only", err)
+	}
+	if n := e.logs.FilterMessage("agent registration refused: AGENT_MAX_METADATA_TOTAL_BYTES reached").Len(); n != 1 {
+		t.Errorf("the refused registration was logged %d times, want once", n)
+	}
+	third.Metadata = nil
+	e.register(t, third)
+
+	// Unregistering frees the agent's share.
+	if _, err := e.reg.Unregister(ctx, registry.Actor{}, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkHeldGauge(t, e, 524)
+	third.Metadata = objectOf(500)
+	e.register(t, third)
+	checkHeldGauge(t, e, 1024)
+}
+
+// checkHeldGauge checks orchestrator_agent_metadata_bytes.
+func checkHeldGauge(t *testing.T, e *env, want int) {
+	t.Helper()
+	exposition := fmt.Sprintf(`# HELP orchestrator_agent_metadata_bytes Agent metadata the registry holds: every agent's registration and last heartbeat metadata, as JSON text.
+# TYPE orchestrator_agent_metadata_bytes gauge
+orchestrator_agent_metadata_bytes %d
+`, want)
+	if err := testutil.GatherAndCompare(e.metrics, strings.NewReader(exposition), "orchestrator_agent_metadata_bytes"); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestLimitDefaults: a Config built in code without the limits gets their
 // defaults, as the environment gives them.
 func TestLimitDefaults(t *testing.T) {
@@ -1110,8 +1196,17 @@ func TestLimitDefaults(t *testing.T) {
 	if registry.DefaultMaxMetadataBytes != 64<<10 || registry.DefaultMaxMetadataDepth != 8 || registry.DefaultMaxAgents != 50_000 {
 		t.Errorf("defaults changed: %d bytes, depth %d, %d agents", registry.DefaultMaxMetadataBytes, registry.DefaultMaxMetadataDepth, registry.DefaultMaxAgents)
 	}
-	cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxAgents = 0, 0, 0
+	if cfg.MaxMetadataTotalBytes != registry.DefaultMaxMetadataTotalBytes || registry.DefaultMaxMetadataTotalBytes != 32<<20 {
+		t.Errorf("metadata budget: environment default %d, constant %d; want both 32 MiB", cfg.MaxMetadataTotalBytes, registry.DefaultMaxMetadataTotalBytes)
+	}
+	cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxAgents, cfg.MaxMetadataTotalBytes = 0, 0, 0, 0
 	e := newEnv(t, cfg)
+	if err := testutil.GatherAndCompare(e.metrics, strings.NewReader(`# HELP orchestrator_agent_metadata_budget_bytes AGENT_MAX_METADATA_TOTAL_BYTES: past it, registrations and heartbeats that grow an agent's metadata get 507.
+# TYPE orchestrator_agent_metadata_budget_bytes gauge
+orchestrator_agent_metadata_budget_bytes 3.3554432e+07
+`), "orchestrator_agent_metadata_budget_bytes"); err != nil {
+		t.Errorf("with a zero budget: %v", err)
+	}
 	r := validRegistration()
 	r.Metadata = objectOf(registry.DefaultMaxMetadataBytes + 1)
 	if _, _, err := e.reg.Register(context.Background(), r); !errors.Is(err, registry.ErrTooLarge) {

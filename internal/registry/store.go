@@ -18,6 +18,31 @@ var ErrNotFound = errors.New("agent not found")
 // as it may.
 var ErrFull = errors.New("the agent registry is full")
 
+// ErrMetadataBudget is returned for a registration or heartbeat whose
+// metadata would take the metadata the store holds past its budget.
+var ErrMetadataBudget = errors.New("the agent registry's metadata budget is spent")
+
+// ErrIDTaken is returned for a registration with a chosen ID that an
+// agent with a generated ID has.
+var ErrIDTaken = errors.New("agent id taken")
+
+// Limits bound what a Store holds. The caller passes them with each change
+// that could pass them, and the store checks them in the same atomic step
+// as the change, so that concurrent requests (or replicas sharing one
+// store) can never pass them together.
+type Limits struct {
+	// Agents is how many agents the store may hold.
+	Agents int
+	// MetadataBytes is how much metadata it may hold: the sum, over every
+	// agent, of Agent.MetadataBytes.
+	MetadataBytes int
+}
+
+// MetadataBytes is what a's metadata counts against the budget: the length
+// of its registration's and its last heartbeat's metadata, as the JSON text
+// the store was given (the registry gives it compact).
+func (a Agent) MetadataBytes() int { return len(a.Metadata) + len(a.HeartbeatMetadata) }
+
 // Store keeps the registered agents. Every method is safe for concurrent
 // use and atomic: a reader never sees half an update. The contract every
 // implementation must meet is the suite in package registrytest; the
@@ -36,15 +61,33 @@ type Store interface {
 	// and created is false. An agent that restarts thus keeps its ID.
 	// a.Owner is the caller's owner: a known agent with no owner takes
 	// it, one with an owner keeps it. A new agent is refused with ErrFull
-	// when the store already holds maxAgents agents (a known one never
-	// is), in the same atomic step as the insert.
-	Register(ctx context.Context, a Agent, maxAgents int) (stored Agent, created bool, err error)
+	// when the store already holds lim.Agents agents (a known one never
+	// is). A registration is refused with ErrMetadataBudget when it grows
+	// the metadata the store holds past lim.MetadataBytes: a new agent
+	// adds its MetadataBytes, a known one the difference between a's and
+	// its own (which the heartbeat metadata it loses counts in). One that
+	// does not grow it never is, even past the budget (a budget lowered
+	// while agents hold more). Both checks are one atomic step with the
+	// change, and a refused registration changes nothing.
+	//
+	// An agent with a.ChosenID is matched by its ID instead, and only an
+	// agent with a chosen ID matches it: a stored agent with a.ID and a
+	// chosen ID is updated as above (owner, limits, ID and RegisteredAt
+	// kept); one with a.ID and a generated ID refuses it with ErrIDTaken.
+	// Agents with chosen IDs are never matched by name, host and port,
+	// whatever their names, hosts and ports.
+	Register(ctx context.Context, a Agent, lim Limits) (stored Agent, created bool, err error)
 	// Heartbeat records that agent id reported status at the given time,
 	// and replaces its heartbeat metadata when metadata is not empty. It
 	// returns the agent as updated, and its liveness just before, so the
 	// caller sees a status change without reading the agent first.
-	// ErrNotFound when id is unknown; ErrNotOwner as above.
-	Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time) (updated Agent, previous Liveness, err error)
+	// ErrNotFound when id is unknown; ErrNotOwner as above. A heartbeat
+	// whose metadata is longer than the agent's last and would take the
+	// metadata the store holds past lim.MetadataBytes is refused with
+	// ErrMetadataBudget, atomically, and changes nothing, not even the
+	// liveness. Checking it must not read other agents: the store keeps
+	// its total as agents change.
+	Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time, lim Limits) (updated Agent, previous Liveness, err error)
 	// Delete removes agent id and returns it. ErrNotFound when unknown;
 	// ErrNotOwner as above.
 	Delete(ctx context.Context, id, owner string) (Agent, error)
@@ -66,6 +109,10 @@ type Store interface {
 	MarkUnreachable(ctx context.Context, cutoff time.Time) ([]Agent, error)
 	// Evict deletes every agent last seen before cutoff and returns them.
 	Evict(ctx context.Context, cutoff time.Time) ([]Agent, error)
+	// MetadataBytes returns the metadata the store holds, as the budget
+	// counts it: the sum of its agents' MetadataBytes. Delete and Evict
+	// free an agent's share.
+	MetadataBytes(ctx context.Context) (int, error)
 }
 
 // AgentCount is how many agents have one type and status.
@@ -99,12 +146,16 @@ type Candidate struct {
 
 // MemoryStore is a Store in process memory: fast, and lost on restart.
 type MemoryStore struct {
-	mu         sync.RWMutex
-	byID       map[string]*Agent
+	mu   sync.RWMutex
+	byID map[string]*Agent
+	// byIdentity holds the agents with generated IDs only.
 	byIdentity map[identity]*Agent
 	// capable indexes agents by (type, capability), so routing looks only
 	// at agents that can run the task.
 	capable map[capabilityKey]*bucket
+	// metadataBytes is the sum of the stored agents' MetadataBytes, kept
+	// by index, unindex and swap so the budget is checked without a scan.
+	metadataBytes int
 }
 
 type identity struct {
@@ -156,19 +207,29 @@ var _ Store = (*MemoryStore)(nil)
 func identityOf(a *Agent) identity { return identity{name: a.Name, host: a.Host, port: a.Port} }
 
 // Register implements Store.
-func (s *MemoryStore) Register(ctx context.Context, a Agent, maxAgents int) (Agent, bool, error) {
+func (s *MemoryStore) Register(ctx context.Context, a Agent, lim Limits) (Agent, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return Agent{}, false, err
 	}
 	a = a.clone() // the store's own copy: the caller may change its slices
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.byIdentity[identityOf(&a)]; ok {
+	old, ok := s.byIdentity[identityOf(&a)]
+	if a.ChosenID {
+		old, ok = s.byID[a.ID]
+		if ok && !old.ChosenID {
+			return Agent{}, false, ErrIDTaken
+		}
+	}
+	if ok {
 		if conflicts(old.Owner, a.Owner) {
 			return Agent{}, false, ErrNotOwner
 		}
 		if old.Owner != "" {
 			a.Owner = old.Owner
+		}
+		if s.overBudget(a.MetadataBytes()-old.MetadataBytes(), lim) {
+			return Agent{}, false, ErrMetadataBudget
 		}
 		s.unindex(old)
 		a.ID, a.RegisteredAt = old.ID, old.RegisteredAt
@@ -176,15 +237,25 @@ func (s *MemoryStore) Register(ctx context.Context, a Agent, maxAgents int) (Age
 		s.index(&stored)
 		return stored.clone(), false, nil
 	}
-	if len(s.byID) >= maxAgents {
+	if len(s.byID) >= lim.Agents {
 		return Agent{}, false, ErrFull
 	}
 	if _, taken := s.byID[a.ID]; taken || a.ID == "" {
 		return Agent{}, false, errors.New("registry: agent ID empty or already taken")
 	}
+	if s.overBudget(a.MetadataBytes(), lim) {
+		return Agent{}, false, ErrMetadataBudget
+	}
 	stored := a
 	s.index(&stored)
 	return stored.clone(), true, nil
+}
+
+// overBudget reports whether growing the stored metadata by grow bytes
+// would take it past lim.MetadataBytes. Shrinking, or keeping the size,
+// never is, even past the budget. Call it with s.mu held.
+func (s *MemoryStore) overBudget(grow int, lim Limits) bool {
+	return grow > 0 && grow > lim.MetadataBytes-s.metadataBytes
 }
 
 // clone returns a copy of a that shares no slice with it, so that neither
@@ -203,8 +274,11 @@ func (a Agent) clone() Agent {
 // modified in place: an update replaces the pointer, so an Agent a reader
 // copied out stays consistent.
 func (s *MemoryStore) index(a *Agent) {
+	s.metadataBytes += a.MetadataBytes()
 	s.byID[a.ID] = a
-	s.byIdentity[identityOf(a)] = a
+	if !a.ChosenID {
+		s.byIdentity[identityOf(a)] = a
+	}
 	for _, c := range a.Capabilities {
 		key := capabilityKey{a.Type, c}
 		b := s.capable[key]
@@ -217,8 +291,11 @@ func (s *MemoryStore) index(a *Agent) {
 }
 
 func (s *MemoryStore) unindex(a *Agent) {
+	s.metadataBytes -= a.MetadataBytes()
 	delete(s.byID, a.ID)
-	delete(s.byIdentity, identityOf(a))
+	if !a.ChosenID {
+		delete(s.byIdentity, identityOf(a))
+	}
 	for _, c := range a.Capabilities {
 		key := capabilityKey{a.Type, c}
 		if b := s.capable[key]; b != nil {
@@ -231,7 +308,7 @@ func (s *MemoryStore) unindex(a *Agent) {
 }
 
 // Heartbeat implements Store.
-func (s *MemoryStore) Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time) (Agent, Liveness, error) {
+func (s *MemoryStore) Heartbeat(ctx context.Context, id, owner string, status Status, metadata json.RawMessage, at time.Time, lim Limits) (Agent, Liveness, error) {
 	if err := ctx.Err(); err != nil {
 		return Agent{}, Liveness{}, err
 	}
@@ -250,6 +327,9 @@ func (s *MemoryStore) Heartbeat(ctx context.Context, id, owner string, status St
 	updated := *old
 	updated.Status, updated.LastSeen = status, at
 	if len(metadata) > 0 {
+		if s.overBudget(len(metadata)-len(old.HeartbeatMetadata), lim) {
+			return Agent{}, Liveness{}, ErrMetadataBudget
+		}
 		updated.HeartbeatMetadata = metadata
 	}
 	// Only the status and times change: the capability index holds the
@@ -262,8 +342,11 @@ func (s *MemoryStore) Heartbeat(ctx context.Context, id, owner string, status St
 // metadata).
 func (s *MemoryStore) swap(updated Agent) Agent {
 	p := &updated
+	s.metadataBytes += p.MetadataBytes() - s.byID[p.ID].MetadataBytes()
 	s.byID[p.ID] = p
-	s.byIdentity[identityOf(p)] = p
+	if !p.ChosenID {
+		s.byIdentity[identityOf(p)] = p
+	}
 	for _, c := range p.Capabilities {
 		b := s.capable[capabilityKey{p.Type, c}]
 		b.agents[b.pos[p.ID]] = p
@@ -402,4 +485,15 @@ func (s *MemoryStore) Evict(ctx context.Context, cutoff time.Time) ([]Agent, err
 		}
 	}
 	return evicted, nil
+}
+
+// MetadataBytes implements Store. It reads the running total: no agent is
+// visited.
+func (s *MemoryStore) MetadataBytes(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.metadataBytes, nil
 }

@@ -39,6 +39,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"metadata limit as a size string", "config: {agents: {maxMetadataBytes: 64Ki}}", "/config/agents/maxMetadataBytes': got string, want integer"},
 		{"metadata depth zero", "config: {agents: {maxMetadataDepth: 0}}", "/config/agents/maxMetadataDepth': minimum"},
 		{"metadata depth too deep", "config: {agents: {maxMetadataDepth: 101}}", "/config/agents/maxMetadataDepth': maximum"},
+		{"metadata budget zero", "config: {agents: {maxMetadataTotalBytes: 0}}", "/config/agents/maxMetadataTotalBytes': minimum"},
+		{"metadata budget past 1 TiB", "config: {agents: {maxMetadataTotalBytes: 1099511627777}}", "/config/agents/maxMetadataTotalBytes': maximum"},
 		{"no agent allowed", "config: {agents: {maxAgents: 0}}", "/config/agents/maxAgents': minimum"},
 		{"agent concurrency zero", "config: {tasks: {agentConcurrency: 0}}", "/config/tasks/agentConcurrency': minimum"},
 		{"result limit too small", "config: {tasks: {maxResultBytes: 512}}", "/config/tasks/maxResultBytes': minimum"},

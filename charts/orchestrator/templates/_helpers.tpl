@@ -206,6 +206,9 @@ that exits with code 2.
 {{- if le (include "orchestrator.durationSeconds" $agents.evictAfter | float64) $unreachable }}
 {{- fail (printf "config.agents.evictAfter=%s (AGENT_EVICT_AFTER) must be longer than config.agents.missedHeartbeats x config.agents.heartbeatInterval (%d x %s), after which an agent is only unreachable" $agents.evictAfter ($agents.missedHeartbeats | int) $agents.heartbeatInterval) }}
 {{- end }}
+{{- if lt ($agents.maxMetadataTotalBytes | float64) ($agents.maxMetadataBytes | float64) }}
+{{- fail (printf "config.agents.maxMetadataTotalBytes=%d (AGENT_MAX_METADATA_TOTAL_BYTES) must be at least config.agents.maxMetadataBytes=%d, or metadata that limit admits could never be stored" ($agents.maxMetadataTotalBytes | int64) ($agents.maxMetadataBytes | int64)) }}
+{{- end }}
 {{- if lt (include "orchestrator.durationSeconds" $tasks.retryBackoffMax | float64) (include "orchestrator.durationSeconds" $tasks.retryBackoff | float64) }}
 {{- fail (printf "config.tasks.retryBackoffMax=%s (TASK_RETRY_BACKOFF_MAX) must be at least config.tasks.retryBackoff=%s" $tasks.retryBackoffMax $tasks.retryBackoff) }}
 {{- end }}

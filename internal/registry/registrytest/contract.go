@@ -9,6 +9,10 @@
 // Times the suite stores are whole seconds in UTC and metadata values are
 // strings and float64s, so a store that serializes agents (as JSON, say)
 // can pass it unchanged; empty and nil slices and maps count as equal.
+// Metadata is counted against the budget as the JSON text the store is
+// given (always compact here); the suite recounts it from what List gives
+// back, compacted, so a store may reorder keys or add spaces, but must
+// give back no metadata as none.
 package registrytest
 
 import (
@@ -29,8 +33,11 @@ import (
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
-// unlimited is a maxAgents that never refuses an agent.
-const unlimited = math.MaxInt
+// unlimited are limits that never refuse a change.
+var unlimited = registry.Limits{Agents: math.MaxInt, MetadataBytes: math.MaxInt}
+
+// agentCap are limits of n agents and unlimited metadata.
+func agentCap(n int) registry.Limits { return registry.Limits{Agents: n, MetadataBytes: math.MaxInt} }
 
 // t0 is the time the suite's agents register at.
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -57,6 +64,13 @@ func TestStore(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"OwnerBindsChanges", testOwner},
 		{"MaxAgents", testMaxAgents},
 		{"MaxAgentsConcurrent", testMaxAgentsConcurrent},
+		{"MetadataBudget", testMetadataBudget},
+		{"MetadataBudgetRandom", testMetadataBudgetRandom},
+		{"MetadataBudgetConcurrent", testMetadataBudgetConcurrent},
+		{"ChosenIDRegisterAndUpdate", testChosenID},
+		{"ChosenIDOfGeneratedAgentRefused", testChosenIDTaken},
+		{"ChosenIDNotMatchedByIdentity", testChosenIDIdentity},
+		{"ChosenIDOwnerAndLimits", testChosenIDOwnerAndLimits},
 		{"Count", testCount},
 		{"CancelledContext", testCancelledContext},
 		{"Concurrent", testConcurrent},
@@ -83,6 +97,10 @@ func newAgent(id, name string, typ registry.Type, port, second int, caps ...stri
 		RegisteredAt: at(second),
 		LastSeen:     at(second),
 		Metadata:     raw(`{"zone":"a","gpus":2}`),
+		// What the registry records of an agent that announced its own
+		// address.
+		AnnouncedHost: "10.0.0.1",
+		AddressSource: registry.AddressAnnounced,
 	}
 }
 
@@ -145,6 +163,18 @@ func diffAgent(got, want registry.Agent) string {
 	}
 	if got.Owner != want.Owner {
 		field("Owner", got.Owner, want.Owner)
+	}
+	if got.ChosenID != want.ChosenID {
+		field("ChosenID", got.ChosenID, want.ChosenID)
+	}
+	if got.AnnouncedHost != want.AnnouncedHost {
+		field("AnnouncedHost", got.AnnouncedHost, want.AnnouncedHost)
+	}
+	if got.AddressSource != want.AddressSource {
+		field("AddressSource", got.AddressSource, want.AddressSource)
+	}
+	if got.HealthCheckEndpoint != want.HealthCheckEndpoint {
+		field("HealthCheckEndpoint", got.HealthCheckEndpoint, want.HealthCheckEndpoint)
 	}
 	if !equalJSON(got.Metadata, want.Metadata) {
 		field("Metadata", string(got.Metadata), string(want.Metadata))
@@ -263,7 +293,7 @@ func testReRegister(t *testing.T, s registry.Store) {
 	// An unrelated agent, so the index is not just one agent.
 	other := newAgent("o1", "other", registry.TypeCost, 9000, 1, "x", "y", "z")
 	mustRegister(t, s, other)
-	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":1}`), at(5)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":1}`), at(5), unlimited); err != nil {
 		t.Fatal(err)
 	}
 
@@ -377,7 +407,7 @@ func testNotFound(t *testing.T, s registry.Store) {
 		if _, err := s.Get(ctx, id); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
 		}
-		if _, _, err := s.Heartbeat(ctx, id, "", registry.StatusHealthy, nil, at(1)); !errors.Is(err, registry.ErrNotFound) {
+		if _, _, err := s.Heartbeat(ctx, id, "", registry.StatusHealthy, nil, at(1), unlimited); !errors.Is(err, registry.ErrNotFound) {
 			t.Errorf("Heartbeat(%q) = %v, want ErrNotFound", id, err)
 		}
 		if _, err := s.Delete(ctx, id, ""); !errors.Is(err, registry.ErrNotFound) {
@@ -391,7 +421,7 @@ func testNotFound(t *testing.T, s registry.Store) {
 	if _, err := s.Get(ctx, "a1"); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Get after Delete = %v, want ErrNotFound", err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(2)); !errors.Is(err, registry.ErrNotFound) {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(2), unlimited); !errors.Is(err, registry.ErrNotFound) {
 		t.Errorf("Heartbeat after Delete = %v, want ErrNotFound", err)
 	}
 	if _, err := s.Delete(ctx, "a1", ""); !errors.Is(err, registry.ErrNotFound) {
@@ -411,7 +441,7 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 
 	want := a
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(30), raw(`{"load":0.5}`)
-	got, previous, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":0.5}`), at(30))
+	got, previous, err := s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, raw(`{"load":0.5}`), at(30), unlimited)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +453,7 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 
 	// Empty (nil) metadata keeps the last heartbeat's.
 	want.Status, want.LastSeen = registry.StatusHealthy, at(60)
-	got, previous, err = s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(60))
+	got, previous, err = s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(60), unlimited)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,12 +465,12 @@ func testHeartbeat(t *testing.T, s registry.Store) {
 
 	// Metadata replaces it, even the empty object.
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusUnhealthy, at(90), raw(`{"queue":3}`)
-	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusUnhealthy, raw(`{"queue":3}`), at(90)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusUnhealthy, raw(`{"queue":3}`), at(90), unlimited); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with new metadata", mustGet(t, s, "a1"), want)
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusHealthy, at(120), nil
-	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, raw(`{}`), at(120)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, raw(`{}`), at(120), unlimited); err != nil {
 		t.Fatal(err)
 	}
 	checkAgent(t, "Heartbeat with empty metadata", mustGet(t, s, "a1"), want)
@@ -507,7 +537,7 @@ func testList(t *testing.T, s registry.Store) {
 	if _, created, err := s.Register(ctx, again, unlimited); err != nil || created {
 		t.Fatalf("Register again = %v, %v", created, err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "x", "", registry.StatusHealthy, nil, at(101)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "x", "", registry.StatusHealthy, nil, at(101), unlimited); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Delete(ctx, "y", ""); err != nil {
@@ -592,7 +622,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 	for _, ag := range []registry.Agent{a, b, c} {
 		mustRegister(t, s, ag)
 	}
-	if _, _, err := s.Heartbeat(ctx, "b", "", registry.StatusDegraded, nil, at(10)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "b", "", registry.StatusDegraded, nil, at(10), unlimited); err != nil {
 		t.Fatal(err)
 	}
 
@@ -632,7 +662,7 @@ func testMarkUnreachable(t *testing.T, s registry.Store) {
 		t.Errorf("second MarkUnreachable = %v, %v; want none", ids(again), err)
 	}
 	// A heartbeat revives; later marking sees the new last-seen time.
-	if _, _, err := s.Heartbeat(ctx, "a", "", registry.StatusHealthy, nil, at(25)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a", "", registry.StatusHealthy, nil, at(25), unlimited); err != nil {
 		t.Fatal(err)
 	}
 	if got := mustGet(t, s, "a").Status; got != registry.StatusHealthy {
@@ -746,7 +776,7 @@ func testNoAliasing(t *testing.T, s registry.Store) {
 	checkAgent(t, "after changing List's result", mustGet(t, s, "a1"), want)
 
 	hbMeta := raw(`{"load":"high"}`)
-	hb, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, hbMeta, at(1))
+	hb, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, hbMeta, at(1), unlimited)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -795,7 +825,7 @@ func testOwner(t *testing.T, s registry.Store) {
 	if _, _, err := s.Register(ctx, thief, unlimited); !errors.Is(err, registry.ErrNotOwner) {
 		t.Errorf("Register by another owner = %v, want ErrNotOwner", err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "a1", ownerB, registry.StatusUnhealthy, raw(`{"owned":true}`), at(2)); !errors.Is(err, registry.ErrNotOwner) {
+	if _, _, err := s.Heartbeat(ctx, "a1", ownerB, registry.StatusUnhealthy, raw(`{"owned":true}`), at(2), unlimited); !errors.Is(err, registry.ErrNotOwner) {
 		t.Errorf("Heartbeat by another owner = %v, want ErrNotOwner", err)
 	}
 	if _, err := s.Delete(ctx, "a1", ownerB); !errors.Is(err, registry.ErrNotOwner) {
@@ -811,7 +841,7 @@ func testOwner(t *testing.T, s registry.Store) {
 	// Its owner may.
 	want := a
 	want.Status, want.LastSeen, want.HeartbeatMetadata = registry.StatusDegraded, at(3), raw(`{"load":1}`)
-	if _, _, err := s.Heartbeat(ctx, "a1", ownerA, registry.StatusDegraded, raw(`{"load":1}`), at(3)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", ownerA, registry.StatusDegraded, raw(`{"load":1}`), at(3), unlimited); err != nil {
 		t.Fatalf("Heartbeat by the owner: %v", err)
 	}
 	checkAgent(t, "after the owner's heartbeat", mustGet(t, s, "a1"), want)
@@ -831,7 +861,7 @@ func testOwner(t *testing.T, s registry.Store) {
 	if stored, _, err = s.Register(ctx, anonymous, unlimited); err != nil || stored.Owner != ownerA {
 		t.Fatalf("Register again without an owner = owner %q, %v; want allowed, owner %s kept", stored.Owner, err, ownerA)
 	}
-	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(5)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "a1", "", registry.StatusHealthy, nil, at(5), unlimited); err != nil {
 		t.Errorf("Heartbeat without an owner: %v", err)
 	}
 	if got := mustGet(t, s, "a1"); got.Owner != ownerA || got.Version != "3.0.0" {
@@ -842,7 +872,7 @@ func testOwner(t *testing.T, s registry.Store) {
 	// nothing, and the first registration with an owner binds it.
 	free := newAgent("f1", "free", registry.TypeCost, 8002, 0, "x")
 	mustRegister(t, s, free)
-	if _, _, err := s.Heartbeat(ctx, "f1", ownerB, registry.StatusHealthy, nil, at(1)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "f1", ownerB, registry.StatusHealthy, nil, at(1), unlimited); err != nil {
 		t.Errorf("Heartbeat of an agent without an owner: %v", err)
 	}
 	if got := mustGet(t, s, "f1"); got.Owner != "" {
@@ -876,12 +906,12 @@ func testMaxAgents(t *testing.T, s registry.Store) {
 	ctx := context.Background()
 	for i := range 3 {
 		a := newAgent(fmt.Sprintf("a%d", i), fmt.Sprintf("agent-%d", i), registry.TypeCost, 8000+i, i, "x")
-		if _, created, err := s.Register(ctx, a, 3); err != nil || !created {
+		if _, created, err := s.Register(ctx, a, agentCap(3)); err != nil || !created {
 			t.Fatalf("Register %d of 3 = created %v, %v", i+1, created, err)
 		}
 	}
 	extra := newAgent("a3", "agent-3", registry.TypePerformance, 8003, 3, "y")
-	if _, _, err := s.Register(ctx, extra, 3); !errors.Is(err, registry.ErrFull) {
+	if _, _, err := s.Register(ctx, extra, agentCap(3)); !errors.Is(err, registry.ErrFull) {
 		t.Fatalf("Register of a 4th agent with maxAgents 3 = %v, want ErrFull", err)
 	}
 	if _, err := s.Get(ctx, "a3"); !errors.Is(err, registry.ErrNotFound) {
@@ -895,12 +925,12 @@ func testMaxAgents(t *testing.T, s registry.Store) {
 	// A known agent registers again at the limit, and even below it.
 	again := newAgent("again", "agent-0", registry.TypeCost, 8000, 10, "x", "z")
 	for _, max := range []int{3, 1} {
-		stored, created, err := s.Register(ctx, again, max)
+		stored, created, err := s.Register(ctx, again, agentCap(max))
 		if err != nil || created || stored.ID != "a0" {
 			t.Errorf("Register again of a0 with maxAgents %d = %s created %v, %v; want a0 updated", max, stored.ID, created, err)
 		}
 	}
-	if _, _, err := s.Register(ctx, extra, 1); !errors.Is(err, registry.ErrFull) {
+	if _, _, err := s.Register(ctx, extra, agentCap(1)); !errors.Is(err, registry.ErrFull) {
 		t.Errorf("Register of a new agent with maxAgents below the count = %v, want ErrFull", err)
 	}
 
@@ -908,10 +938,10 @@ func testMaxAgents(t *testing.T, s registry.Store) {
 	if _, err := s.Delete(ctx, "a1", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, created, err := s.Register(ctx, extra, 3); err != nil || !created {
+	if _, created, err := s.Register(ctx, extra, agentCap(3)); err != nil || !created {
 		t.Errorf("Register after a Delete = created %v, %v; want a new agent", created, err)
 	}
-	if _, _, err := s.Register(ctx, newAgent("a4", "agent-4", registry.TypeCost, 8004, 4), 3); !errors.Is(err, registry.ErrFull) {
+	if _, _, err := s.Register(ctx, newAgent("a4", "agent-4", registry.TypeCost, 8004, 4), agentCap(3)); !errors.Is(err, registry.ErrFull) {
 		t.Errorf("Register past the limit again = %v, want ErrFull", err)
 	}
 }
@@ -933,7 +963,7 @@ func testMaxAgentsConcurrent(t *testing.T, s registry.Store) {
 			for i := range perEach {
 				n := w*perEach + i
 				a := newAgent(fmt.Sprintf("id-%d", n), fmt.Sprintf("agent-%d", n), registry.TypeCost, 8000, 0, "x")
-				_, isNew, err := s.Register(ctx, a, maxAgent)
+				_, isNew, err := s.Register(ctx, a, agentCap(maxAgent))
 				switch {
 				case errors.Is(err, registry.ErrFull):
 					full.Add(1)
@@ -943,7 +973,7 @@ func testMaxAgentsConcurrent(t *testing.T, s registry.Store) {
 					created.Add(1)
 					// Registering again at the limit always works.
 					a.ID = a.ID + "-again"
-					if _, again, err := s.Register(ctx, a, maxAgent); err != nil || again {
+					if _, again, err := s.Register(ctx, a, agentCap(maxAgent)); err != nil || again {
 						errs <- fmt.Errorf("registering %s again = created %v, %w", a.Name, again, err)
 					}
 				}
@@ -999,16 +1029,16 @@ func testCount(t *testing.T, s registry.Store) {
 	} {
 		mustRegister(t, s, a)
 	}
-	if _, _, err := s.Heartbeat(ctx, "c3", "", registry.StatusDegraded, nil, at(100)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "c3", "", registry.StatusDegraded, nil, at(100), unlimited); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "r1", "", registry.StatusUnhealthy, nil, at(100)); err != nil {
+	if _, _, err := s.Heartbeat(ctx, "r1", "", registry.StatusUnhealthy, nil, at(100), unlimited); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.MarkUnreachable(ctx, at(30)); err != nil { // p1 and r2
 		t.Fatal(err)
 	}
-	if _, _, err := s.Heartbeat(ctx, "p1", "", registry.StatusHealthy, nil, at(40)); err != nil { // p1 back
+	if _, _, err := s.Heartbeat(ctx, "p1", "", registry.StatusHealthy, nil, at(40), unlimited); err != nil { // p1 back
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -1043,13 +1073,14 @@ func testCancelledContext(t *testing.T, s registry.Store) {
 	checks := map[string]error{}
 	_, _, checks["Register"] = s.Register(ctx, newAgent("b1", "b", registry.TypeCost, 8002, 1, "x"), unlimited)
 	_, checks["Count"] = s.Count(ctx, at(0))
-	_, _, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, nil, at(1))
+	_, _, checks["Heartbeat"] = s.Heartbeat(ctx, "a1", "", registry.StatusDegraded, nil, at(1), unlimited)
 	_, checks["Delete"] = s.Delete(ctx, "a1", "")
 	_, checks["Get"] = s.Get(ctx, "a1")
 	_, checks["List"] = s.List(ctx, "")
 	_, checks["Candidates"] = s.Candidates(ctx, registry.TypeCost, "x", nil)
 	_, checks["MarkUnreachable"] = s.MarkUnreachable(ctx, at(100))
 	_, checks["Evict"] = s.Evict(ctx, at(100))
+	_, checks["MetadataBytes"] = s.MetadataBytes(ctx)
 	for name, err := range checks {
 		if err == nil {
 			t.Errorf("%s with a cancelled context succeeded", name)
@@ -1072,6 +1103,10 @@ func testConcurrent(t *testing.T, s registry.Store) {
 	types := registry.Types[:3]
 	capabilities := []string{"c0", "c1", "c2", "c3"}
 	ctx := context.Background()
+	// Less than the 24 agents' metadata could take (about 22 bytes each),
+	// so some changes are refused while others delete and evict.
+	const maxBytes = 300
+	lim := budget(maxBytes)
 	var nextID atomic.Int64
 	var mu sync.Mutex
 	var known []string // every ID Register returned
@@ -1120,7 +1155,10 @@ func testConcurrent(t *testing.T, s registry.Store) {
 						LastSeen:     now,
 						Metadata:     raw(fmt.Sprintf(`{"worker":%d}`, w)),
 					}
-					stored, _, err := s.Register(ctx, a, unlimited)
+					stored, _, err := s.Register(ctx, a, lim)
+					if errors.Is(err, registry.ErrMetadataBudget) {
+						continue
+					}
 					if err != nil {
 						fail("Register: %v", err)
 						continue
@@ -1133,10 +1171,10 @@ func testConcurrent(t *testing.T, s registry.Store) {
 					mu.Unlock()
 				case 3, 4:
 					status := registry.ReportedStatuses[rng.IntN(len(registry.ReportedStatuses))]
-					a, _, err := s.Heartbeat(ctx, pickKnown(), "", status, raw(fmt.Sprintf(`{"i":%d}`, i)), now)
+					a, _, err := s.Heartbeat(ctx, pickKnown(), "", status, raw(fmt.Sprintf(`{"i":%d}`, i)), now, lim)
 					if err == nil && (a.Status != status || !a.LastSeen.Equal(now)) {
 						fail("Heartbeat returned %s seen %v, want %s seen %v", a.Status, a.LastSeen, status, now)
-					} else if err != nil && !errors.Is(err, registry.ErrNotFound) {
+					} else if err != nil && !errors.Is(err, registry.ErrNotFound) && !errors.Is(err, registry.ErrMetadataBudget) {
 						fail("Heartbeat: %v", err)
 					}
 				case 5:
@@ -1188,6 +1226,9 @@ func testConcurrent(t *testing.T, s registry.Store) {
 		t.Error(err)
 	}
 	CheckConsistent(t, s, types, capabilities)
+	if n := held(t, s); n > maxBytes {
+		t.Errorf("MetadataBytes = %d after the concurrent run, past the budget of %d", n, maxBytes)
+	}
 	if len(list(t, s, "")) == 0 {
 		t.Log("no agent left after the concurrent run; consistency checked on an empty store")
 	}
@@ -1195,7 +1236,8 @@ func testConcurrent(t *testing.T, s registry.Store) {
 
 // CheckConsistent fails t unless the store's views of its agents agree:
 // List, Get and Candidates show the same agents with the same fields, each
-// once, and no two agents share a name, host and port.
+// once, no two agents share a name, host and port, and MetadataBytes is
+// the sum of the listed agents' metadata.
 func CheckConsistent(t *testing.T, s registry.Store, types []registry.Type, capabilities []string) {
 	t.Helper()
 	ctx := context.Background()
@@ -1232,6 +1274,13 @@ func CheckConsistent(t *testing.T, s registry.Store, types []registry.Type, capa
 	}
 	if got := counts(t, s, time.Time{}); !reflect.DeepEqual(got, listed) {
 		t.Errorf("Count = %v, but List shows %v", got, listed)
+	}
+	metadata := 0
+	for _, a := range all {
+		metadata += metadataSize(a)
+	}
+	if got := held(t, s); got != metadata {
+		t.Errorf("MetadataBytes = %d, but the listed agents hold %d", got, metadata)
 	}
 	for _, typ := range types {
 		for _, c := range capabilities {
