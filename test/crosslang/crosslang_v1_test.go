@@ -24,23 +24,6 @@ import (
 	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
-// agentV1 is what GET /api/v1/agents/{agent_id} answers (V1SPEC.md's
-// AgentV1), as far as these tests read it.
-type agentV1 struct {
-	AgentID       string         `json:"agent_id"`
-	AgentName     string         `json:"agent_name"`
-	AgentType     string         `json:"agent_type"`
-	Endpoint      string         `json:"endpoint"`
-	Host          string         `json:"host"`
-	Port          int            `json:"port"`
-	Capabilities  []string       `json:"capabilities"`
-	Status        string         `json:"status"`
-	Version       string         `json:"version"`
-	Metadata      map[string]any `json:"metadata"`
-	AnnouncedHost string         `json:"announced_host"`
-	AddressSource string         `json:"address_source"`
-}
-
 // The ids check.py's protocol scenario registers (OptiInfra's defaults).
 const (
 	performanceAgentID = "performance-agent-001"
@@ -106,13 +89,13 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 	want := map[string]orchestrator.Agent{
 		performanceAgentID: {ID: performanceAgentID, Name: performanceAgentID, Type: "performance", Host: "localhost", Port: 8002,
 			Capabilities: []string{"metrics_collection", "performance_analysis", "optimization", "load_testing"},
-			Status:       orchestrator.AgentHealthy, Version: "0.2.0"},
+			Status:       orchestrator.AgentHealthy, Version: "0.2.0", AnnouncedHost: "localhost", AddressSource: orchestrator.AddressAnnounced},
 		resourceAgentID: {ID: resourceAgentID, Name: resourceAgentID, Type: "resource", Host: "127.0.0.1", Port: 8003,
 			Capabilities: []string{"gpu_monitoring", "cpu_monitoring", "memory_monitoring"},
-			Status:       orchestrator.AgentHealthy, Version: "0.1.0"},
+			Status:       orchestrator.AgentHealthy, Version: "0.1.0", AnnouncedHost: "127.0.0.1", AddressSource: orchestrator.AddressAnnounced},
 		applicationAgentID: {ID: applicationAgentID, Name: "Application Agent", Type: "application", Host: "127.0.0.1", Port: 8004,
 			Capabilities: []string{"quality_monitoring", "regression_detection"},
-			Status:       orchestrator.AgentHealthy, Version: "0.1.0"},
+			Status:       orchestrator.AgentHealthy, Version: "0.1.0", AnnouncedHost: "0.0.0.0", AddressSource: orchestrator.AddressFromRequest},
 	}
 	lastSeen := map[string]time.Time{}
 	for id, w := range want {
@@ -135,9 +118,9 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 		t.Errorf("GET /agents/type/application lists %v, %v; want %s", ids, err, applicationAgentID)
 	}
 	// The application agent announced 0.0.0.0: the registry kept where the
-	// registration came from, and says so.
+	// registration came from, and says so in the /api/v1 view too.
 	if a := getAgentV1(t, client, base, "", applicationAgentID); a.Host != "127.0.0.1" || a.AnnouncedHost != "0.0.0.0" ||
-		a.AddressSource != "request" || a.Endpoint != "http://127.0.0.1:8004" {
+		a.AddressSource != orchestrator.AddressFromRequest || a.Endpoint != "http://127.0.0.1:8004" {
 		t.Errorf("GET /api/v1/agents/%s = %+v, want host 127.0.0.1 announced_host 0.0.0.0 address_source request", applicationAgentID, a)
 	}
 	// The heartbeat loops (the id in the body for two, in the path for the
@@ -165,6 +148,7 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 		`^ok both listings: `,
 		`^ok register with an unsafe or missing agent_id -> 400 naming agent_id$`,
 		`^ok unknown id: heartbeat \(both forms\), GET, DELETE -> 404`,
+		`^ok X-Forwarded-For without HTTP_TRUSTED_PROXIES is ignored`,
 		`^ok dialect B register with a dialect-A agent's generated id -> 409 naming agent_id`,
 		`^ok deregister -> 200; then heartbeat, GET and DELETE -> 404; the listing is empty$`,
 		`^deregistered performance-agent-001$`,
@@ -192,7 +176,7 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 	if err != nil || a.Host != "127.0.0.1" || a.Port != agentPort || a.Type != "application" || a.Status != orchestrator.AgentHealthy {
 		t.Fatalf("GET /agents/%s = %+v, %v; want application agent at 127.0.0.1:%d, healthy", taskAgentID, a, err, agentPort)
 	}
-	if v := getAgentV1(t, client, base, "", taskAgentID); v.AnnouncedHost != "0.0.0.0" || v.AddressSource != "request" {
+	if v := getAgentV1(t, client, base, "", taskAgentID); v.AnnouncedHost != "0.0.0.0" || v.AddressSource != orchestrator.AddressFromRequest {
 		t.Errorf("GET /api/v1/agents/%s = %+v, want announced_host 0.0.0.0 address_source request", taskAgentID, v)
 	}
 	params := map[string]any{"values": []any{2.0, 4.0}, "service": "checkout"}
@@ -296,6 +280,46 @@ func TestPythonV1AgentsWithTokens(t *testing.T) {
 	}
 }
 
+// TestPythonV1AgentsBehindAProxy runs check.py's proxy scenario against an
+// orchestrator that trusts 127.0.0.1 as a proxy: X-Forwarded-For then
+// stands for the request's address, as a pod's would in a cluster, so an
+// agent announcing 0.0.0.0 or loopback is registered at the forwarded
+// address, and one outside AGENT_ALLOWED_NETWORKS is refused.
+func TestPythonV1AgentsBehindAProxy(t *testing.T) {
+	baseline := runtime.NumGoroutine()
+	transport := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 4}
+	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	t.Cleanup(func() { checkGoroutines(t, baseline, transport) })
+
+	python := pythonWith(t, "httpx")
+	root := repoRoot(t)
+	bin := buildOrchestrator(t, root)
+	orchPort := freePort(t)
+	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(orchPort))
+	orch := start(t, "orchestrator", t.TempDir(), []string{
+		"PORT=" + strconv.Itoa(orchPort),
+		"HTTP_HOST=127.0.0.1",
+		"HTTP_TRUSTED_PROXIES=127.0.0.1/32",
+		"LOG_LEVEL=debug",
+		"SHUTDOWN_DELAY=0s",
+	}, bin)
+	waitReady(t, client, base, orch)
+	check := start(t, "check.py proxy", t.TempDir(), []string{"PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"},
+		python, filepath.Join(root, "test", "crosslang", "v1", "check.py"), "proxy", "--orchestrator-url", base)
+	expectPassed(t, check, "proxy", 60*time.Second, []string{
+		`^ok behind a trusted proxy: 0\.0\.0\.0 and loopback announcements register the forwarded address; others are kept$`,
+		`^ok a forwarded address outside AGENT_ALLOWED_NETWORKS -> 403, nothing registered$`,
+	})
+	api, err := orchestrator.NewClient(base, orchestrator.WithHTTPClient(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := api.ListAgents(context.Background(), ""); err != nil || len(list) != 0 {
+		t.Errorf("GET /agents after check.py proxy = %v, %v; want none", agentIDs(list), err)
+	}
+	stopOrchestrator(t, orch)
+}
+
 // expectPassed waits for check.py to exit and fails the test unless it
 // exited 0 having printed "<scenario> checks passed" and a line matching
 // each of lines.
@@ -321,7 +345,7 @@ func failureOf(check *process) string {
 
 // getAgentV1 reads GET /api/v1/agents/{id}, failing the test unless it
 // answers 200 with JSON.
-func getAgentV1(t *testing.T, client *http.Client, base, token, id string) agentV1 {
+func getAgentV1(t *testing.T, client *http.Client, base, token, id string) orchestrator.AgentV1 {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, base+"/api/v1/agents/"+id, nil)
 	if err != nil {
@@ -342,7 +366,7 @@ func getAgentV1(t *testing.T, client *http.Client, base, token, id string) agent
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /api/v1/agents/%s = %d %s, want 200", id, resp.StatusCode, body)
 	}
-	var a agentV1
+	var a orchestrator.AgentV1
 	if err := json.Unmarshal(body, &a); err != nil {
 		t.Fatalf("GET /api/v1/agents/%s: %v in %s", id, err, body)
 	}

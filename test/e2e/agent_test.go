@@ -229,21 +229,22 @@ func testAgentV1(t *testing.T, ns, agentImage, base string, api *orchestrator.Cl
 	}
 
 	ok := t.Run("a dialect-B agent pod announcing 0.0.0.0 is registered at its pod IP", func(t *testing.T) {
-		var a agentV1
+		var a orchestrator.AgentV1
 		eventually.True(t, 2*time.Minute, "GET /api/v1/agents/"+pod+" to answer the agent, healthy", func() bool {
 			var code int
 			a, code = getAgentV1(t, base, operatorToken, pod)
-			return code == http.StatusOK && a.Status == string(orchestrator.AgentHealthy)
+			return code == http.StatusOK && a.Status == orchestrator.AgentHealthy
 		})
 		t.Logf("REPORT agent v1: Deployment applied to registered and healthy in %s", time.Since(deployed).Round(100*time.Millisecond))
-		if a.AgentID != pod || a.Host != podIP || a.Port != agentPort || a.AddressSource != "request" ||
+		if a.AgentID != pod || a.Host != podIP || a.Port != agentPort || a.AddressSource != orchestrator.AddressFromRequest ||
 			a.AnnouncedHost != "0.0.0.0" || a.AgentType != agentV1Type || a.Endpoint != fmt.Sprintf("http://%s:%d", podIP, agentPort) {
 			t.Errorf("GET /api/v1/agents/%s = %+v, want host %s (the pod IP, the request's address) port %d, "+
 				"announced_host 0.0.0.0, address_source request, type %s", pod, a, podIP, agentPort, agentV1Type)
 		}
 		// The same agent in dialect A's view, by its chosen id.
-		if got, err := api.GetAgent(ctx, pod); err != nil || got.Host != podIP || got.Port != agentPort {
-			t.Errorf("GET /agents/%s = %+v, %v; want host %s port %d", pod, got, err, podIP, agentPort)
+		if got, err := api.GetAgent(ctx, pod); err != nil || got.Host != podIP || got.Port != agentPort ||
+			got.AddressSource != orchestrator.AddressFromRequest {
+			t.Errorf("GET /agents/%s = %+v, %v; want host %s port %d address_source request", pod, got, err, podIP, agentPort)
 		}
 		// A heartbeat after the registration moves last_heartbeat on.
 		registered := a.RegisteredAt
@@ -309,24 +310,9 @@ func testAgentV1(t *testing.T, ns, agentImage, base string, api *orchestrator.Cl
 	})
 }
 
-// agentV1 is what GET /api/v1/agents/{agent_id} answers, as far as this
-// suite reads it.
-type agentV1 struct {
-	AgentID       string    `json:"agent_id"`
-	AgentType     string    `json:"agent_type"`
-	Endpoint      string    `json:"endpoint"`
-	Host          string    `json:"host"`
-	Port          int       `json:"port"`
-	Status        string    `json:"status"`
-	RegisteredAt  time.Time `json:"registered_at"`
-	LastHeartbeat time.Time `json:"last_heartbeat"`
-	AnnouncedHost string    `json:"announced_host"`
-	AddressSource string    `json:"address_source"`
-}
-
 // getAgentV1 reads GET /api/v1/agents/{id} with token: the agent when the
 // answer is 200, and the status code (0 when the request failed).
-func getAgentV1(t *testing.T, base, token, id string) (agentV1, int) {
+func getAgentV1(t *testing.T, base, token, id string) (orchestrator.AgentV1, int) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, base+"/api/v1/agents/"+id, nil)
 	if err != nil {
@@ -336,10 +322,10 @@ func getAgentV1(t *testing.T, base, token, id string) (agentV1, int) {
 	resp, err := newHTTPClient().Do(req)
 	if err != nil {
 		t.Logf("GET /api/v1/agents/%s: %v", id, err)
-		return agentV1{}, 0
+		return orchestrator.AgentV1{}, 0
 	}
 	defer resp.Body.Close()
-	var a agentV1
+	var a orchestrator.AgentV1
 	if resp.StatusCode == http.StatusOK {
 		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
 			t.Fatalf("GET /api/v1/agents/%s: %v", id, err)

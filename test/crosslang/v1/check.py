@@ -14,6 +14,14 @@ unexpected exception. Each check that passed prints "ok <what>".
       the caller can read the registry; then deregisters them
       ("deregistered <id>" each) and checks they are gone.
 
+  check.py proxy --orchestrator-url URL
+      an orchestrator with HTTP_TRUSTED_PROXIES=127.0.0.1/32, as behind an
+      ingress on the same machine: X-Forwarded-For names the request's
+      address, so an announced 0.0.0.0 or loopback host registers the
+      right-most forwarded address that is not the proxy (a pod's, here
+      10.x), and one outside AGENT_ALLOWED_NETWORKS is 403. (protocol
+      checks that without trusted proxies X-Forwarded-For is ignored.)
+
   check.py auth --orchestrator-url URL
       an orchestrator with agent and operator tokens, taken from the
       environment (never the command line): CHECK_AGENT_TOKEN,
@@ -317,6 +325,15 @@ async def bad_inputs(raw, app):
                  "heartbeat without agent_id", "agent_id")
     ok("unknown id: heartbeat (both forms), GET, DELETE -> 404; heartbeat without agent_id -> 400")
 
+    # Without trusted proxies, X-Forwarded-For is nobody's word.
+    r = await raw.post("/api/v1/agents/register", headers={"X-Forwarded-For": "10.9.8.7"},
+                       json=dict(base, agent_id="forwarded-agent", endpoint="http://0.0.0.0:8106"))
+    body = expect_status(r, 200, "register 0.0.0.0 with X-Forwarded-For and no trusted proxies")
+    expect((body["host"], body["address_source"]) == ("127.0.0.1", "request"),
+           "X-Forwarded-For from an untrusted peer was used: %s" % json.dumps(body))
+    expect_status(await raw.delete("/api/v1/agents/forwarded-agent"), 200, "DELETE forwarded-agent")
+    ok("X-Forwarded-For without HTTP_TRUSTED_PROXIES is ignored: 0.0.0.0 registers the peer, 127.0.0.1")
+
     # A dialect-A agent's generated id is never taken over by dialect B.
     r = await raw.post("/agents/register", json={"name": "dialect-a-agent", "type": "cost",
                                                  "host": "127.0.0.1", "port": 8105, "capabilities": ["x"]})
@@ -327,6 +344,45 @@ async def bad_inputs(raw, app):
     expect(a["type"] == "cost" and a["port"] == 8105, "the dialect-A agent changed: %s" % json.dumps(a))
     expect_status(await raw.post("/agents/%s/unregister" % generated), 200, "dialect A unregister")
     ok("dialect B register with a dialect-A agent's generated id -> 409 naming agent_id, the agent unchanged")
+
+
+# proxy ---------------------------------------------------------------------
+
+async def proxy(args):
+    raw = httpx.AsyncClient(base_url=args.orchestrator_url, timeout=10.0)
+    cases = (
+        # (announced endpoint, X-Forwarded-For, host, address_source)
+        ("http://0.0.0.0:8201", "10.9.8.7", "10.9.8.7", "request"),
+        ("http://localhost:8202", "10.9.8.7", "10.9.8.7", "request"),
+        ("http://127.0.0.1:8203", "10.9.8.7", "10.9.8.7", "request"),
+        ("http://0.0.0.0:8204", "10.6.6.6, 10.9.8.7, 127.0.0.1", "10.9.8.7", "request"),
+        ("http://0.0.0.0:8205", None, "127.0.0.1", "request"),
+        ("http://127.0.0.1:8206", None, "127.0.0.1", "announced"),
+        ("http://10.1.2.3:8207", "10.9.8.7", "10.1.2.3", "announced"),
+    )
+    try:
+        for i, (endpoint, xff, host, source) in enumerate(cases):
+            agent_id = "proxied-agent-%d" % i
+            headers = {"X-Forwarded-For": xff} if xff else {}
+            r = await raw.post("/api/v1/agents/register", headers=headers, json={
+                "agent_id": agent_id, "agent_type": "resource", "endpoint": endpoint, "capabilities": ["x"]})
+            what = "register %s with X-Forwarded-For %r through a trusted proxy" % (endpoint, xff)
+            body = expect_status(r, 200, what)
+            expect((body["host"], body["address_source"]) == (host, source),
+                   "%s: host %r address_source %r, want %r %r" % (what, body["host"], body["address_source"], host, source))
+            got = expect_status(await raw.get("/api/v1/agents/" + agent_id), 200, "GET " + agent_id)
+            announced = endpoint.split("//")[1].rsplit(":", 1)[0]
+            expect((got["host"], got["announced_host"], got["address_source"]) == (host, announced, source),
+                   "GET /api/v1/agents/%s: %s" % (agent_id, json.dumps(got)))
+            expect_status(await raw.delete("/api/v1/agents/" + agent_id), 200, "DELETE " + agent_id)
+        ok("behind a trusted proxy: 0.0.0.0 and loopback announcements register the forwarded address; others are kept")
+        r = await raw.post("/api/v1/agents/register", headers={"X-Forwarded-For": "203.0.113.9"}, json={
+            "agent_id": "proxied-outside", "agent_type": "resource", "endpoint": "http://0.0.0.0:8208"})
+        expect_error(r, 403, "register 0.0.0.0 forwarded from 203.0.113.9, outside AGENT_ALLOWED_NETWORKS")
+        expect_error(await raw.get("/api/v1/agents/proxied-outside"), 404, "GET the refused agent")
+        ok("a forwarded address outside AGENT_ALLOWED_NETWORKS -> 403, nothing registered")
+    finally:
+        await raw.aclose()
 
 
 # auth ----------------------------------------------------------------------
@@ -406,13 +462,13 @@ async def auth(args):
 
 def main(argv):
     p = argparse.ArgumentParser(description="checks the orchestrator's /api/v1 agent dialect")
-    p.add_argument("scenario", choices=("protocol", "auth"))
+    p.add_argument("scenario", choices=("protocol", "proxy", "auth"))
     p.add_argument("--orchestrator-url", default=os.environ.get("ORCHESTRATOR_URL", "http://127.0.0.1:8080"))
     p.add_argument("--heartbeat-seconds", type=int, default=30,
                    help="the orchestrator's AGENT_HEARTBEAT_INTERVAL in seconds")
     args = p.parse_args(argv)
     try:
-        asyncio.run(protocol(args) if args.scenario == "protocol" else auth(args))
+        asyncio.run({"protocol": protocol, "proxy": proxy, "auth": auth}[args.scenario](args))
     except Mismatch as e:
         print("FAIL:", e, file=sys.stderr, flush=True)
         return 1

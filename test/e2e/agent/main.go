@@ -145,9 +145,9 @@ func (a *agent) run() error {
 
 	var keep func(context.Context) error
 	if a.dialect == "v1" {
-		a.v1 = newV1Agent(a.orchestrator, a.token, v1Registration{
-			AgentID: a.id, AgentName: a.name, AgentType: a.typ, Version: version,
-			Host: a.host, Port: a.port, Capabilities: a.capabilities, Status: "active",
+		a.v1 = newV1Agent(a.orchestrator, a.token, orchestrator.RegistrationV1{
+			AgentID: a.id, AgentName: a.name, AgentType: orchestrator.AgentType(a.typ), Version: version,
+			Host: a.host, Port: a.port, Capabilities: a.capabilities, Status: orchestrator.StatusWordActive,
 		})
 		a.keeper = a.v1
 		keep = func(ctx context.Context) error { return a.v1.Run(ctx, log.Printf) }

@@ -12,39 +12,17 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
 // The agent's dialect-B (/api/v1) side, as OptiInfra's application agent
-// speaks it: it registers {"agent_id","agent_name","agent_type","version",
+// speaks it, on the SDK's wire types of the dialect (pkg/orchestrator's
+// v1.go): it registers {"agent_id","agent_name","agent_type","version",
 // "host","port","capabilities","status":"active"} through POST
 // /api/v1/agents/register (200 is success, anything else failure),
 // heartbeats {"status":"active"} to POST /api/v1/agents/{agent_id}/heartbeat
-// and deletes itself with DELETE /api/v1/agents/{agent_id}. The types are
-// this agent's own: the SDK (pkg/orchestrator) speaks dialect A.
-
-// v1Registration is the application agent's registration body.
-type v1Registration struct {
-	AgentID      string   `json:"agent_id"`
-	AgentName    string   `json:"agent_name"`
-	AgentType    string   `json:"agent_type"`
-	Version      string   `json:"version"`
-	Host         string   `json:"host"`
-	Port         int      `json:"port"`
-	Capabilities []string `json:"capabilities"`
-	Status       string   `json:"status"`
-}
-
-// v1Registered is what this agent reads of the 200 answer to a
-// registration: where the orchestrator will deliver its tasks, and how
-// often to heartbeat.
-type v1Registered struct {
-	AgentID                  string `json:"agent_id"`
-	HeartbeatIntervalSeconds int    `json:"heartbeat_interval_seconds"`
-	HeartbeatURL             string `json:"heartbeat_url"`
-	Host                     string `json:"host"`
-	Port                     int    `json:"port"`
-	AddressSource            string `json:"address_source"`
-}
+// and deletes itself with DELETE /api/v1/agents/{agent_id}.
 
 // v1Error is an answer other than the one expected.
 type v1Error struct {
@@ -73,14 +51,14 @@ func statusOf(err error) int {
 type v1Agent struct {
 	base  string // the orchestrator's base URL, without a trailing slash
 	token string
-	reg   v1Registration
+	reg   orchestrator.RegistrationV1
 	http  *http.Client
 
 	mu         sync.Mutex
-	registered v1Registered // zero until registered
+	registered orchestrator.RegisterResponseV1 // zero until registered
 }
 
-func newV1Agent(base, token string, reg v1Registration) *v1Agent {
+func newV1Agent(base, token string, reg orchestrator.RegistrationV1) *v1Agent {
 	return &v1Agent{
 		base: strings.TrimRight(base, "/"), token: token, reg: reg,
 		http: &http.Client{Timeout: callTimeout},
@@ -98,13 +76,13 @@ func (v *v1Agent) AgentID() string {
 }
 
 // Registered is the orchestrator's answer to the last registration.
-func (v *v1Agent) Registered() v1Registered {
+func (v *v1Agent) Registered() orchestrator.RegisterResponseV1 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.registered
 }
 
-func (v *v1Agent) set(r v1Registered) {
+func (v *v1Agent) set(r orchestrator.RegisterResponseV1) {
 	v.mu.Lock()
 	v.registered = r
 	v.mu.Unlock()
@@ -121,7 +99,7 @@ func (v *v1Agent) Run(ctx context.Context, logf func(string, ...any)) error {
 	backoff, interval := firstBackoff, 30*time.Second
 	for ctx.Err() == nil {
 		if v.AgentID() == "" {
-			var r v1Registered
+			var r orchestrator.RegisterResponseV1
 			err := v.call(ctx, http.MethodPost, "/api/v1/agents/register", v.reg, &r)
 			if err == nil && r.AgentID != v.reg.AgentID {
 				err = fmt.Errorf("registered as %q, not as %q", r.AgentID, v.reg.AgentID)
@@ -149,14 +127,14 @@ func (v *v1Agent) Run(ctx context.Context, logf func(string, ...any)) error {
 		}
 		id := v.AgentID()
 		err := v.call(ctx, http.MethodPost, "/api/v1/agents/"+url.PathEscape(id)+"/heartbeat",
-			map[string]string{"status": "active"}, nil)
+			orchestrator.HeartbeatV1{Status: orchestrator.StatusWordActive}, nil)
 		switch {
 		case err == nil:
 			backoff = firstBackoff
 		case ctx.Err() != nil:
 		case statusOf(err) == http.StatusNotFound:
 			logf("heartbeat: the orchestrator does not know %s: registering again", id)
-			v.set(v1Registered{})
+			v.set(orchestrator.RegisterResponseV1{})
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, maxBackoff)
 			continue
@@ -174,7 +152,7 @@ func (v *v1Agent) Run(ctx context.Context, logf func(string, ...any)) error {
 	if err := v.call(dctx, http.MethodDelete, "/api/v1/agents/"+url.PathEscape(id), nil, nil); err != nil {
 		return fmt.Errorf("deleting %s: %w", id, err)
 	}
-	v.set(v1Registered{})
+	v.set(orchestrator.RegisterResponseV1{})
 	logf("deleted %s through /api/v1", id)
 	return nil
 }
