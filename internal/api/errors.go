@@ -55,6 +55,8 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.As(err, &field):
 		writeError(w, http.StatusBadRequest, field.Error())
+	case errors.Is(err, registry.ErrIDTaken):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrNotOwner):
 		writeError(w, http.StatusForbidden, err.Error())
 	case errors.Is(err, registry.ErrFull), errors.Is(err, registry.ErrMetadataBudget):
