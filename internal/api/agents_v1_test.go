@@ -81,9 +81,9 @@ func checkAgentV1(t testing.TB, what string, m map[string]any) map[string]any {
 }
 
 // listV1 reads GET path of the dialect and returns the agents by id.
-func (f *fixture) listV1(t testing.TB, path string, header ...string) map[string]map[string]any {
+func (f *fixture) listV1(t testing.TB, path string) map[string]map[string]any {
 	t.Helper()
-	m := expect(t, "GET "+path, f.v1(http.MethodGet, path, "", header...), http.StatusOK)
+	m := expect(t, "GET "+path, f.v1(http.MethodGet, path, ""), http.StatusOK)
 	wantKeys(t, "GET "+path, m, agentListKeys...)
 	raw, ok := m["agents"].([]any)
 	if !ok {
