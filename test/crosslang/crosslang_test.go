@@ -115,7 +115,8 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := orchestrator.Agent{ID: agentID, Name: agentName, Type: agentType, Host: "127.0.0.1", Port: agentPort,
-		Capabilities: agentCapabilities, Status: orchestrator.AgentHealthy, Version: agentVersion}
+		Capabilities: agentCapabilities, Status: orchestrator.AgentHealthy, Version: agentVersion,
+		AnnouncedHost: "127.0.0.1", AddressSource: orchestrator.AddressAnnounced}
 	got := first
 	got.RegisteredAt, got.LastSeen, got.Metadata = time.Time{}, time.Time{}, nil
 	if !reflect.DeepEqual(got, want) {
