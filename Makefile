@@ -37,7 +37,7 @@ APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shel
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 
 # Every fuzz target, as package:Function.
-FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask ./internal/api:FuzzRegisterV1 ./internal/api:FuzzHeartbeatV1
 
 .PHONY: help
 help: ## List the targets

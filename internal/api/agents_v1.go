@@ -100,6 +100,9 @@ func v1Status(word string) (string, error) {
 func renameFields(err error, names map[string]string) error {
 	var field *registry.FieldError
 	if !errors.As(err, &field) {
+		if name, ok := names["host"]; ok && errors.Is(err, registry.ErrHostNotAllowed) {
+			return &hostFieldError{field: name, err: err}
+		}
 		return err
 	}
 	name, ok := names[field.Field]
@@ -108,6 +111,16 @@ func renameFields(err error, names map[string]string) error {
 	}
 	return &registry.FieldError{Field: name, Msg: field.Msg, Err: field.Err}
 }
+
+// hostFieldError is a host refused by AGENT_ALLOWED_NETWORKS that the
+// request named in another field than host (endpoint).
+type hostFieldError struct {
+	field string
+	err   error
+}
+
+func (e *hostFieldError) Error() string { return e.err.Error() }
+func (e *hostFieldError) Unwrap() error { return e.err }
 
 // parseEndpoint reads an agent's announced endpoint: an http:// URL with a
 // host and a port, nothing else. Tasks go to POST <endpoint>/task, over

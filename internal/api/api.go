@@ -84,13 +84,13 @@ type Options struct {
 
 // New returns the service's HTTP handler: the router behind the middleware.
 func New(opts Options) (http.Handler, error) {
-	metrics, err := newHTTPMetrics(opts.Registry, opts.InFlight)
-	if err != nil {
-		return nil, err
-	}
 	trusted, err := registry.ParseNetworks(opts.Config.TrustedProxies)
 	if err != nil {
 		return nil, fmt.Errorf("HTTP_TRUSTED_PROXIES: %w", err)
+	}
+	metrics, err := newHTTPMetrics(opts.Registry, opts.InFlight)
+	if err != nil {
+		return nil, err
 	}
 	rt := &router{mux: mux.NewRouter(), static: map[string]map[string]http.Handler{}}
 
