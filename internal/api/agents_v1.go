@@ -409,10 +409,6 @@ func getAgentV1Handler(agents Agents) http.HandlerFunc {
 // listAgentsV1Handler serves GET /api/v1/agents, of one type with
 // ?agent_type=.
 func listAgentsV1Handler(agents Agents) http.HandlerFunc {
-	type list struct {
-		Agents []agentV1JSON `json:"agents"`
-		Count  int           `json:"count"`
-	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		var typ registry.Type
 		if name := r.URL.Query().Get("agent_type"); name != "" {
@@ -428,13 +424,10 @@ func listAgentsV1Handler(agents Agents) http.HandlerFunc {
 			writeDomainError(w, r, err)
 			return
 		}
-		out := list{Agents: make([]agentV1JSON, len(found)), Count: len(found)}
-		for i, a := range found {
-			if out.Agents[i], err = toAgentV1JSON(a); err != nil {
-				writeDomainError(w, r, err)
-				return
-			}
-		}
-		writeJSON(w, http.StatusOK, out)
+		writeList(w, r, "agents", len(found), func(i int) (agentV1JSON, error) {
+			a, err := toAgentV1JSON(found[i])
+			found[i] = registry.Agent{} // written: let its metadata go
+			return a, err
+		})
 	}
 }

@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/api"
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/registry"
 )
@@ -176,7 +177,7 @@ func keysOfAgents(m map[string]map[string]any) []string {
 // TestRegisterV1Address: where the registered host comes from, by what
 // the agent announced and where the request came from.
 func TestRegisterV1Address(t *testing.T) {
-	f := newFixtureWith(t, Config{MaxBodyBytes: 1 << 20, TrustedProxies: []string{"10.0.0.0/24"}}, zapcore.DebugLevel,
+	f := newFixtureWith(t, api.Config{MaxBodyBytes: 1 << 20, TrustedProxies: []string{"10.0.0.0/24"}}, zapcore.DebugLevel,
 		fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig})
 	body := func(id, endpoint string) string {
 		return `{"agent_id":"` + id + `","agent_type":"performance","endpoint":"` + endpoint + `"}`
@@ -255,7 +256,7 @@ func TestClientAddr(t *testing.T) {
 		for _, v := range tc.xff {
 			r.Header.Add("X-Forwarded-For", v)
 		}
-		got := clientAddr(r, trusted)
+		got := api.ClientAddr(r, trusted)
 		if (tc.want == "" && got.IsValid()) || (tc.want != "" && got != netip.MustParseAddr(tc.want)) {
 			t.Errorf("clientAddr(%s, X-Forwarded-For %q) = %v, want %q", tc.remote, tc.xff, got, tc.want)
 		}
@@ -263,20 +264,20 @@ func TestClientAddr(t *testing.T) {
 	// Nothing trusted: the header never counts.
 	r := httptest.NewRequest(http.MethodPost, "/", nil)
 	r.RemoteAddr, r.Header["X-Forwarded-For"] = "10.0.0.1:1", []string{"10.9.9.9"}
-	if got := clientAddr(r, nil); got != netip.MustParseAddr("10.0.0.1") {
+	if got := api.ClientAddr(r, nil); got != netip.MustParseAddr("10.0.0.1") {
 		t.Errorf("clientAddr without trusted proxies = %v, want the peer", got)
 	}
 }
 
 func TestTrustedProxiesSetting(t *testing.T) {
-	if err := (Config{MaxBodyBytes: 1, TrustedProxies: []string{"10.0.0.0/8", " fd00::/8 ", ""}}).Validate(); err != nil {
+	if err := (api.Config{MaxBodyBytes: 1, TrustedProxies: []string{"10.0.0.0/8", " fd00::/8 ", ""}}).Validate(); err != nil {
 		t.Errorf("valid HTTP_TRUSTED_PROXIES: %v", err)
 	}
-	err := (Config{MaxBodyBytes: 1, TrustedProxies: []string{"10.0.0.0/8", "proxy"}}).Validate()
+	err := (api.Config{MaxBodyBytes: 1, TrustedProxies: []string{"10.0.0.0/8", "proxy"}}).Validate()
 	if err == nil || !strings.Contains(err.Error(), `HTTP_TRUSTED_PROXIES="10.0.0.0/8,proxy"`) {
 		t.Errorf("Validate of a bad CIDR = %v, want an error naming HTTP_TRUSTED_PROXIES", err)
 	}
-	if _, err := New(Options{Config: Config{MaxBodyBytes: 1, TrustedProxies: []string{"proxy"}}}); err == nil {
+	if _, err := api.New(api.Options{Config: api.Config{MaxBodyBytes: 1, TrustedProxies: []string{"proxy"}}}); err == nil {
 		t.Error("New with a bad HTTP_TRUSTED_PROXIES succeeded")
 	}
 }
@@ -463,7 +464,7 @@ func TestV1Limits(t *testing.T) {
 	// The cap counts agents of both dialects.
 	expectError(t, "a dialect A agent", f.call(http.MethodPost, "/agents/register", mustJSON(t, agentBody("a", 8001))), http.StatusInsufficientStorage)
 	// A body over HTTP_MAX_BODY_BYTES is 413 on every route of the dialect.
-	small := newFixture(t, Config{MaxBodyBytes: 16})
+	small := newFixture(t, api.Config{MaxBodyBytes: 16})
 	for _, path := range []string{"/api/v1/agents/register", "/api/v1/agents/heartbeat", "/api/v1/agents/x/heartbeat"} {
 		expectError(t, path, small.v1(http.MethodPost, path, `{"agent_id":"`+strings.Repeat("x", 32)+`"}`), http.StatusRequestEntityTooLarge)
 	}
@@ -609,7 +610,7 @@ func TestOpenAPIErrorAnswersV1(t *testing.T) {
 	const owner, other = "agent-token-0123456789", "agent-token-other-0123"
 	cfg := testAgentsConfig
 	cfg.MaxAgents, cfg.MaxMetadataBytes, cfg.MaxMetadataDepth, cfg.MaxMetadataTotalBytes = 2, 256, 3, 300
-	f := newFixtureWith(t, Config{MaxBodyBytes: 4096}, zapcore.InfoLevel, fixtureOptions{
+	f := newFixtureWith(t, api.Config{MaxBodyBytes: 4096}, zapcore.InfoLevel, fixtureOptions{
 		agents: cfg, dispatch: testDispatchConfig, auth: auth.Config{AgentTokens: owner + "," + other},
 	})
 	as := func(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }

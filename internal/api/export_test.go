@@ -53,3 +53,6 @@ func (m *middleware) Requests() *prometheus.CounterVec { return m.metrics.reques
 
 // Mux is the gorilla/mux router behind rt, for tests.
 func (rt *router) Mux() *mux.Router { return rt.mux }
+
+// ClientAddr is clientAddr, for tests.
+var ClientAddr = clientAddr
