@@ -27,16 +27,17 @@ export SKAFFOLD_UPDATE_CHECK := false
 
 # Debian packages the image build, the benchmarks, the linters, the local
 # Kubernetes node (hack/localkube/versions.env) and the cross-language agent
-# test (Flask and requests, as OptiInfra's Python agents use) need.
+# tests (Flask and requests, and httpx for the async /api/v1 clients, as
+# OptiInfra's Python agents use) need.
 APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck \
                 etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl \
-                python3-flask python3-requests
+                python3-flask python3-requests python3-httpx
 
 # Shell scripts, for shellcheck.
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 
 # Every fuzz target, as package:Function.
-FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask ./internal/api:FuzzRegisterV1 ./internal/api:FuzzHeartbeatV1
 
 .PHONY: help
 help: ## List the targets
@@ -58,7 +59,7 @@ test-go: ## Unit, handler and process-level tests with the race detector
 	go test -race -count=1 ./...
 
 .PHONY: test-crosslang
-test-crosslang: ## A Python (Flask) agent against the real binary: register, heartbeat, tasks, unregister
+test-crosslang: ## Python agents (Flask; async httpx for /api/v1) against the real binary: register, heartbeat, tasks, unregister
 	go test -race -tags crosslang -count=1 ./test/crosslang/
 
 .PHONY: fuzz

@@ -36,6 +36,9 @@ type agentJSON struct {
 	RegisteredAt time.Time       `json:"registered_at"`
 	LastSeen     time.Time       `json:"last_seen"`
 	Metadata     json.RawMessage `json:"metadata"`
+	// Additive: what the agent announced, and whether host is it.
+	AnnouncedHost string                 `json:"announced_host"`
+	AddressSource registry.AddressSource `json:"address_source"`
 }
 
 func toAgentJSON(a registry.Agent) (agentJSON, error) {
@@ -48,6 +51,7 @@ func toAgentJSON(a registry.Agent) (agentJSON, error) {
 		Capabilities: a.Capabilities, Status: a.Status, Version: a.Version,
 		RegisteredAt: a.RegisteredAt, LastSeen: a.LastSeen, Metadata: meta,
 	}
+	out.AnnouncedHost, out.AddressSource = announcedOf(a)
 	if out.Capabilities == nil {
 		out.Capabilities = []string{}
 	}

@@ -26,7 +26,7 @@ import (
 var (
 	registerKeys  = []string{"agent_id", "registered_at", "heartbeat_url", "heartbeat_interval_seconds"}
 	heartbeatKeys = []string{"received", "next_interval_seconds", "timestamp"}
-	agentKeys     = []string{"id", "name", "type", "host", "port", "capabilities", "status", "version", "registered_at", "last_seen", "metadata"}
+	agentKeys     = []string{"id", "name", "type", "host", "port", "capabilities", "status", "version", "registered_at", "last_seen", "metadata", "announced_host", "address_source"}
 	agentListKeys = []string{"agents", "count"}
 )
 

@@ -4,6 +4,7 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -21,6 +22,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
+	"github.com/optiinfra/orchestrator/internal/registry"
 )
 
 // Config is what the HTTP layer reads from the environment.
@@ -31,6 +33,12 @@ type Config struct {
 	// the server slow, panic or fail its readiness. Never enable it in
 	// production.
 	FaultsEnabled bool `env:"FAULTS_ENABLED, default=false"`
+	// TrustedProxies are the CIDRs of the proxies in front of the service
+	// whose X-Forwarded-For header is believed when an /api/v1 agent
+	// registers from an unspecified or loopback address (see clientAddr).
+	// Empty, the default, believes no header: the request's address is
+	// the direct peer's.
+	TrustedProxies []string `env:"HTTP_TRUSTED_PROXIES"`
 }
 
 // maxBodyBytes is the largest HTTP_MAX_BODY_BYTES: a body is decoded in
@@ -39,13 +47,21 @@ const maxBodyBytes = 1 << 30
 
 // Validate reports the first setting that cannot be used, naming its variable.
 func (c Config) Validate() error {
-	return bound.Int("HTTP_MAX_BODY_BYTES", c.MaxBodyBytes, 1, maxBodyBytes)
+	var errs []error
+	if err := bound.Int("HTTP_MAX_BODY_BYTES", c.MaxBodyBytes, 1, maxBodyBytes); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := registry.ParseNetworks(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("HTTP_TRUSTED_PROXIES=%q: %w", strings.Join(c.TrustedProxies, ","), err))
+	}
+	return errors.Join(errs...)
 }
 
 // MarshalLogObject lets the startup line show the effective settings.
 func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt64("max_body_bytes", c.MaxBodyBytes)
 	enc.AddBool("faults_enabled", c.FaultsEnabled)
+	enc.AddString("trusted_proxies", strings.Join(c.TrustedProxies, ","))
 	return nil
 }
 
@@ -70,6 +86,10 @@ type Options struct {
 
 // New returns the service's HTTP handler: the router behind the middleware.
 func New(opts Options) (http.Handler, error) {
+	trusted, err := registry.ParseNetworks(opts.Config.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP_TRUSTED_PROXIES: %w", err)
+	}
 	metrics, err := newHTTPMetrics(opts.Metrics, opts.InFlight)
 	if err != nil {
 		return nil, err
@@ -90,6 +110,7 @@ func New(opts Options) (http.Handler, error) {
 	rt.handle("/openapi.yaml", loud, openAPIHandler(), http.MethodGet, http.MethodHead)
 	if opts.Agents != nil {
 		mountAgents(rt, opts.Agents, opts.Auth)
+		mountAgentsV1(rt, opts.Agents, opts.Auth, trusted)
 	}
 	if opts.Tasks != nil {
 		mountTasks(rt, opts.Tasks, opts.Auth)

@@ -55,6 +55,8 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.As(err, &field):
 		writeError(w, http.StatusBadRequest, field.Error())
+	case errors.Is(err, registry.ErrIDTaken):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrNotOwner):
 		writeError(w, http.StatusForbidden, err.Error())
 	case errors.Is(err, registry.ErrFull), errors.Is(err, registry.ErrMetadataBudget):
@@ -66,7 +68,12 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, registry.ErrNotFound), errors.Is(err, dispatch.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, registry.ErrHostNotAllowed):
-		writeError(w, http.StatusForbidden, "host: "+err.Error())
+		field := "host"
+		var named *hostFieldError
+		if errors.As(err, &named) {
+			field = named.field
+		}
+		writeError(w, http.StatusForbidden, field+": "+err.Error())
 	case errors.Is(err, dispatch.ErrFinished):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.As(err, &noAgt):

@@ -67,3 +67,6 @@ func (m *middleware) WithoutPlainProbes() *Middleware {
 		inFlight: m.inFlight, maxBodyBytes: m.maxBodyBytes,
 	}
 }
+
+// ClientAddr is clientAddr, for tests.
+var ClientAddr = clientAddr

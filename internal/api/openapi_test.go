@@ -388,6 +388,9 @@ func (s *spec) exchange(t *testing.T, f *fixture, method, target string, body []
 			r = bytes.NewReader(body)
 		}
 		req := httptest.NewRequest(method, target, r)
+		// A pod's address: the /api/v1 examples announce localhost and
+		// 0.0.0.0, which register the request's address.
+		req.RemoteAddr = "10.244.1.7:40312"
 		if body != nil {
 			req.Header.Set("Content-Type", "application/json")
 		}
@@ -501,7 +504,9 @@ func (s *spec) taskExample(t *testing.T) (agentType, taskType string) {
 
 // operationOrder is the order the examples run in where it matters: the
 // registration example's agent is the {id} of the agent operations and is
-// unregistered before tasks are submitted (its host does not exist), and
+// unregistered before tasks are submitted (its host does not exist), the
+// /api/v1 examples register the {agent_id} of their operations (named in
+// the examples) before they use it and unregister it last, and
 // the task example's task is read before it is cancelled. The other
 // operations follow, in path order.
 var operationOrder = []string{
@@ -514,6 +519,14 @@ var operationOrder = []string{
 	"GET /agents/type/{type}",
 	"HEAD /agents/type/{type}",
 	"POST /agents/{id}/unregister",
+	"POST /api/v1/agents/register",
+	"POST /api/v1/agents/heartbeat",
+	"POST /api/v1/agents/{agent_id}/heartbeat",
+	"GET /api/v1/agents/{agent_id}",
+	"HEAD /api/v1/agents/{agent_id}",
+	"GET /api/v1/agents",
+	"HEAD /api/v1/agents",
+	"DELETE /api/v1/agents/{agent_id}",
 	"POST /tasks",
 	"GET /tasks/{id}",
 	"HEAD /tasks/{id}",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/netip"
 
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/registry"
@@ -25,6 +26,21 @@ func mountAgents(rt *router, agents Agents, a *auth.Authenticator) {
 	rt.handle("/agents", loud, requireRole(a, listAgentsHandler(agents), auth.Operator), readMethods...)
 	rt.handle("/agents/type/{type}", loud, requireRole(a, listAgentsHandler(agents), auth.Operator), readMethods...)
 	rt.handle("/agents/{id}", loud, requireRole(a, getAgentHandler(agents), auth.Operator), readMethods...)
+}
+
+// mountAgentsV1 registers the /api/v1 agent routes (agents_v1.go), over
+// the same registry and with the same roles as mountAgents: registration
+// and heartbeats the agent role's, DELETE the agent role's or an
+// operator's, reads the operator role's. trusted are the proxies whose
+// X-Forwarded-For tells where a registration came from. The routes
+// without variables come first: mux tries routes in order.
+func mountAgentsV1(rt *router, agents Agents, a *auth.Authenticator, trusted []netip.Prefix) {
+	rt.handle("/api/v1/agents/register", loud, requireRole(a, registerV1Handler(agents, trusted), auth.Agent), http.MethodPost)
+	rt.handle("/api/v1/agents/heartbeat", quiet, requireRole(a, heartbeatBodyV1Handler(agents), auth.Agent), http.MethodPost)
+	rt.handle("/api/v1/agents", loud, requireRole(a, listAgentsV1Handler(agents), auth.Operator), readMethods...)
+	rt.handle("/api/v1/agents/{agent_id}/heartbeat", quiet, requireRole(a, heartbeatPathV1Handler(agents), auth.Agent), http.MethodPost)
+	rt.handle("/api/v1/agents/{agent_id}", loud, requireRole(a, deleteV1Handler(agents), auth.Agent, auth.Operator), http.MethodDelete)
+	rt.handle("/api/v1/agents/{agent_id}", loud, requireRole(a, getAgentV1Handler(agents), auth.Operator), readMethods...)
 }
 
 // mountTasks registers the task routes, all of them the operator role's.

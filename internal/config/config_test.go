@@ -101,6 +101,7 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"HTTP_READ_HEADER_TIMEOUT": "soon"}, `HTTP_READ_HEADER_TIMEOUT="soon": must be a duration`},
 		{map[string]string{"HTTP_MAX_HEADER_BYTES": "10"}, `HTTP_MAX_HEADER_BYTES="10": must be between`},
 		{map[string]string{"HTTP_MAX_BODY_BYTES": "0"}, `HTTP_MAX_BODY_BYTES="0": must be from 1 to 1073741824`},
+		{map[string]string{"HTTP_TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}, `HTTP_TRUSTED_PROXIES="10.0.0.0/8,proxy.local": "proxy.local" is not a CIDR`},
 		{map[string]string{"LOG_LEVEL": "verbose"}, `LOG_LEVEL="verbose": must be one of debug, info, warn, error`},
 		{map[string]string{"LOG_FORMAT": "xml"}, `LOG_FORMAT="xml": must be json or console`},
 		{map[string]string{"FAULTS_ENABLED": "yes please"}, `FAULTS_ENABLED="yes please": must be true or false`},
@@ -118,6 +119,26 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 				t.Fatalf("error = %q, want one line containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestTrustedProxies: the chart sets HTTP_TRUSTED_PROXIES to "" by
+// default, which trusts no proxy; a list is read as CIDRs.
+func TestTrustedProxies(t *testing.T) {
+	for value, want := range map[string]string{"": "", "10.0.0.0/24, fd00::/64": "10.0.0.0/24,fd00::/64"} {
+		cfg, err := Load(context.Background(), map[string]string{"HTTP_TRUSTED_PROXIES": value})
+		if err != nil {
+			t.Fatalf("HTTP_TRUSTED_PROXIES=%q: %v", value, err)
+		}
+		var got []string
+		for _, p := range cfg.API.TrustedProxies {
+			if p = strings.TrimSpace(p); p != "" {
+				got = append(got, p)
+			}
+		}
+		if strings.Join(got, ",") != want {
+			t.Errorf("HTTP_TRUSTED_PROXIES=%q read as %q, want %q", value, cfg.API.TrustedProxies, want)
+		}
 	}
 }
 

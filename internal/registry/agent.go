@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -89,7 +90,33 @@ type Agent struct {
 	// the latter rather than growing one object forever.
 	Metadata          json.RawMessage
 	HeartbeatMetadata json.RawMessage
+	// ChosenID is true for an agent that chose its own ID (the /api/v1
+	// dialect), false for one whose ID the registry generated. Only the
+	// latter are found again by name, host and port; the former by their
+	// ID.
+	ChosenID bool
+	// AnnouncedHost is the host the agent sent; Host differs from it when
+	// AddressSource is AddressRequest.
+	AnnouncedHost string
+	// AddressSource says where Host comes from.
+	AddressSource AddressSource
+	// HealthCheckEndpoint is the health path or URL the agent announced
+	// (the /api/v1 dialect); the orchestrator shows it and never calls it.
+	HealthCheckEndpoint string
 }
+
+// AddressSource says where an agent's registered host comes from.
+type AddressSource string
+
+// The address sources.
+const (
+	// AddressAnnounced: the host the agent sent.
+	AddressAnnounced AddressSource = "announced"
+	// AddressRequest: the address its registration came from, because
+	// the host it sent was unspecified (0.0.0.0, ::), or loopback while
+	// the request was not.
+	AddressRequest AddressSource = "request"
+)
 
 // AllMetadata is the registration metadata with the last heartbeat's laid
 // over it, key by key: what GET /agents shows. Nil when neither has any.
@@ -124,6 +151,10 @@ func (a Agent) HasCapability(taskType string) bool {
 
 // Registration is what an agent sends to register.
 type Registration struct {
+	// ID is the ID the agent chose (the /api/v1 dialect), a safe path
+	// segment; empty to have the registry generate one. An agent with a
+	// chosen ID is found again by that ID, never by name, host and port.
+	ID           string
 	Name         string
 	Type         string
 	Host         string
@@ -135,6 +166,16 @@ type Registration struct {
 	// Owner is the fingerprint of the agent token the request carried,
 	// empty without one (agent authentication off): see Agent.Owner.
 	Owner string
+	// From is the address the registration came from; when it is set, an
+	// unspecified Host, or a loopback one while From is not loopback,
+	// registers From instead (AddressRequest). The zero value keeps Host
+	// as sent.
+	From netip.Addr
+	// Status is the status the agent reports as it registers; empty
+	// means healthy.
+	Status string
+	// HealthCheckEndpoint: see Agent.HealthCheckEndpoint.
+	HealthCheckEndpoint string
 }
 
 // Limits on registration fields. They keep one agent's record small;
@@ -145,7 +186,23 @@ const (
 	maxCapabilities  = 64
 	maxCapabilityLen = 64
 	maxVersionLen    = 64
+	maxHealthLen     = 512
 )
+
+// chosenIDPattern is what an agent-chosen ID may look like: one safe URL
+// path segment (never "." or ".."), as it appears in the routes.
+var chosenIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidChosenID reports why id cannot be an agent-chosen ID, or nil.
+func ValidChosenID(id string) error {
+	if id == "" {
+		return errors.New("is required")
+	}
+	if !chosenIDPattern.MatchString(id) {
+		return fmt.Errorf("%.80q must be 1 to 128 letters, digits or . _ - (starting with a letter or digit)", id)
+	}
+	return nil
+}
 
 // capabilityPattern is what a capability (and so a task type) may look
 // like. Task types label metrics, so they must stay short and plain.
@@ -191,6 +248,11 @@ func (r Registration) validate(lim metadataLimits) (Agent, error) {
 	fieldErr := func(field, format string, args ...any) (Agent, error) {
 		return Agent{}, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
+	if r.ID != "" {
+		if err := ValidChosenID(r.ID); err != nil {
+			return fieldErr("agent_id", "%s", err)
+		}
+	}
 	name := strings.TrimSpace(r.Name)
 	switch {
 	case name == "":
@@ -232,20 +294,56 @@ func (r Registration) validate(lim metadataLimits) (Agent, error) {
 	if len(r.Version) > maxVersionLen || strings.ContainsFunc(r.Version, isControl) {
 		return fieldErr("version", "must be at most %d printable characters", maxVersionLen)
 	}
+	status, err := ParseReportedStatus(r.Status)
+	if err != nil {
+		return fieldErr("status", "%s", err)
+	}
+	if len(r.HealthCheckEndpoint) > maxHealthLen || strings.ContainsFunc(r.HealthCheckEndpoint, isControl) {
+		return fieldErr("health_check_endpoint", "must be at most %d printable characters", maxHealthLen)
+	}
 	meta, err := lim.check(r.Metadata)
 	if err != nil {
 		return Agent{}, err
 	}
+	announced := strings.ToLower(host)
+	registered, source := announced, AddressAnnounced
+	if from := r.From.Unmap().WithZone(""); from.IsValid() && (isUnspecified(announced) || isLoopback(announced) && !from.IsLoopback()) {
+		registered, source = from.String(), AddressRequest
+	}
 	return Agent{
-		Name:         name,
-		Type:         typ,
-		Host:         strings.ToLower(host),
-		Port:         r.Port,
-		Capabilities: caps,
-		Version:      r.Version,
-		Metadata:     meta,
-		Owner:        r.Owner,
+		ID:                  r.ID,
+		ChosenID:            r.ID != "",
+		Name:                name,
+		Type:                typ,
+		Host:                registered,
+		Port:                r.Port,
+		Capabilities:        caps,
+		Version:             r.Version,
+		Metadata:            meta,
+		Owner:               r.Owner,
+		Status:              status,
+		AnnouncedHost:       announced,
+		AddressSource:       source,
+		HealthCheckEndpoint: r.HealthCheckEndpoint,
 	}, nil
+}
+
+// isUnspecified is true for the addresses that mean "every interface"
+// (0.0.0.0, ::): an agent that announces one says where it listens, not
+// where it can be reached.
+func isUnspecified(host string) bool {
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Unmap().IsUnspecified()
+}
+
+// isLoopback is true for localhost and the loopback addresses: reachable
+// from the orchestrator only when it runs on the agent's machine.
+func isLoopback(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Unmap().IsLoopback()
 }
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

@@ -261,9 +261,12 @@ func (r *Registry) changed() {
 }
 
 // Register validates reg, checks its host against the allowed networks,
-// and stores the agent healthy and seen now. Registering again with the
-// same name, host and port returns the same ID (created is false), unless
-// the agent is bound to another token than reg.Owner (an *OwnerError). A
+// and stores the agent seen now, with the status it reports (healthy by
+// default). Registering again with the same name, host and port returns
+// the same ID (created is false); with a chosen reg.ID, registering again
+// with that ID does, and an ID that a generated-ID agent has is refused
+// with ErrIDTaken. Either way, not when the agent is bound to another
+// token than reg.Owner (an *OwnerError). A
 // new agent beyond MaxAgents is refused with ErrFull; metadata that would
 // take the registry's past MaxMetadataTotalBytes with ErrMetadataBudget.
 func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, created bool, err error) {
@@ -276,13 +279,24 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, cre
 	}
 	by := Actor{Token: reg.Owner}
 	now := r.now().UTC()
-	a.ID, a.RegisteredAt, a.LastSeen, a.Status = r.newID(), now, now, StatusHealthy
+	if !a.ChosenID {
+		a.ID = r.newID()
+	}
+	a.RegisteredAt, a.LastSeen = now, now
 	stored, created, err := r.store.Register(ctx, a, r.storeLimits())
 	switch {
 	case errors.Is(err, ErrNotOwner):
-		r.log.Warn("agent registration refused: the agent is bound to another token",
+		r.log.Warn("agent registration refused: the agent is bound to another token", zap.String("agent_id", reg.ID),
 			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Object("by", by))
+		if a.ChosenID {
+			return Agent{}, false, &OwnerError{Agent: a.ID}
+		}
 		return Agent{}, false, &OwnerError{Agent: fmt.Sprintf("%q at %s", a.Name, net.JoinHostPort(a.Host, strconv.Itoa(a.Port)))}
+	case errors.Is(err, ErrIDTaken):
+		r.log.Warn("agent registration refused: its agent_id is a generated agent's", zap.String("agent_id", a.ID),
+			zap.String("name", a.Name), zap.Object("by", by))
+		return Agent{}, false, fmt.Errorf("agent_id: %w: %q is the id of an agent registered through POST /agents/register; choose another agent_id",
+			ErrIDTaken, a.ID)
 	case errors.Is(err, ErrFull):
 		r.log.Warn("agent registration refused: AGENT_MAX_AGENTS reached",
 			zap.String("name", a.Name), zap.String("host", a.Host), zap.Int("port", a.Port), zap.Int("max_agents", r.cfg.MaxAgents), zap.Object("by", by))
@@ -300,7 +314,8 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (a Agent, cre
 	r.log.Info("agent registered",
 		zap.String("agent_id", stored.ID), zap.String("name", stored.Name), zap.String("type", string(stored.Type)),
 		zap.String("host", stored.Host), zap.Int("port", stored.Port), zap.Strings("capabilities", stored.Capabilities),
-		zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
+		zap.String("announced_host", stored.AnnouncedHost), zap.String("address_source", string(stored.AddressSource)),
+		zap.Bool("chosen_id", stored.ChosenID), zap.Bool("new", created), zap.String("owner", stored.Owner), zap.Object("by", by))
 	r.changed()
 	return stored, created, nil
 }

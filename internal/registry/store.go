@@ -22,6 +22,10 @@ var ErrFull = errors.New("the agent registry is full")
 // metadata would take the metadata the store holds past its budget.
 var ErrMetadataBudget = errors.New("the agent registry's metadata budget is spent")
 
+// ErrIDTaken is returned for a registration with a chosen ID that an
+// agent with a generated ID has.
+var ErrIDTaken = errors.New("agent id taken")
+
 // Limits bound what a Store holds. The caller passes them with each change
 // that could pass them, and the store checks them in the same atomic step
 // as the change, so that concurrent requests (or replicas sharing one
@@ -65,6 +69,13 @@ type Store interface {
 	// does not grow it never is, even past the budget (a budget lowered
 	// while agents hold more). Both checks are one atomic step with the
 	// change, and a refused registration changes nothing.
+	//
+	// An agent with a.ChosenID is matched by its ID instead, and only an
+	// agent with a chosen ID matches it: a stored agent with a.ID and a
+	// chosen ID is updated as above (owner, limits, ID and RegisteredAt
+	// kept); one with a.ID and a generated ID refuses it with ErrIDTaken.
+	// Agents with chosen IDs are never matched by name, host and port,
+	// whatever their names, hosts and ports.
 	Register(ctx context.Context, a Agent, lim Limits) (stored Agent, created bool, err error)
 	// Heartbeat records that agent id reported status at the given time,
 	// and replaces its heartbeat metadata when metadata is not empty. It
@@ -135,8 +146,9 @@ type Candidate struct {
 
 // MemoryStore is a Store in process memory: fast, and lost on restart.
 type MemoryStore struct {
-	mu         sync.RWMutex
-	byID       map[string]*Agent
+	mu   sync.RWMutex
+	byID map[string]*Agent
+	// byIdentity holds the agents with generated IDs only.
 	byIdentity map[identity]*Agent
 	// capable indexes agents by (type, capability), so routing looks only
 	// at agents that can run the task.
@@ -202,7 +214,14 @@ func (s *MemoryStore) Register(ctx context.Context, a Agent, lim Limits) (Agent,
 	a = a.clone() // the store's own copy: the caller may change its slices
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.byIdentity[identityOf(&a)]; ok {
+	old, ok := s.byIdentity[identityOf(&a)]
+	if a.ChosenID {
+		old, ok = s.byID[a.ID]
+		if ok && !old.ChosenID {
+			return Agent{}, false, ErrIDTaken
+		}
+	}
+	if ok {
 		if conflicts(old.Owner, a.Owner) {
 			return Agent{}, false, ErrNotOwner
 		}
@@ -257,7 +276,9 @@ func (a Agent) clone() Agent {
 func (s *MemoryStore) index(a *Agent) {
 	s.metadataBytes += a.MetadataBytes()
 	s.byID[a.ID] = a
-	s.byIdentity[identityOf(a)] = a
+	if !a.ChosenID {
+		s.byIdentity[identityOf(a)] = a
+	}
 	for _, c := range a.Capabilities {
 		key := capabilityKey{a.Type, c}
 		b := s.capable[key]
@@ -272,7 +293,9 @@ func (s *MemoryStore) index(a *Agent) {
 func (s *MemoryStore) unindex(a *Agent) {
 	s.metadataBytes -= a.MetadataBytes()
 	delete(s.byID, a.ID)
-	delete(s.byIdentity, identityOf(a))
+	if !a.ChosenID {
+		delete(s.byIdentity, identityOf(a))
+	}
 	for _, c := range a.Capabilities {
 		key := capabilityKey{a.Type, c}
 		if b := s.capable[key]; b != nil {
@@ -321,7 +344,9 @@ func (s *MemoryStore) swap(updated Agent) Agent {
 	p := &updated
 	s.metadataBytes += p.MetadataBytes() - s.byID[p.ID].MetadataBytes()
 	s.byID[p.ID] = p
-	s.byIdentity[identityOf(p)] = p
+	if !p.ChosenID {
+		s.byIdentity[identityOf(p)] = p
+	}
 	for _, c := range p.Capabilities {
 		b := s.capable[capabilityKey{p.Type, c}]
 		b.agents[b.pos[p.ID]] = p

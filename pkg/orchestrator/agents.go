@@ -95,6 +95,12 @@ type Agent struct {
 	// Metadata is the registration's metadata overlaid with the last
 	// heartbeat's.
 	Metadata map[string]any `json:"metadata"`
+	// AnnouncedHost is the host the agent announced; Host differs from it
+	// when AddressSource is AddressFromRequest (an /api/v1 agent that
+	// announced 0.0.0.0, or loopback from another machine).
+	AnnouncedHost string `json:"announced_host"`
+	// AddressSource says where Host comes from.
+	AddressSource AddressSource `json:"address_source"`
 }
 
 // AgentList is the answer of GET /agents and GET /agents/type/{type}.

@@ -135,7 +135,7 @@ func TestContractAgents(t *testing.T) {
 	}
 	want := orchestrator.Agent{ID: id, Name: reg.Name, Type: reg.Type, Host: reg.Host, Port: reg.Port, Capabilities: reg.Capabilities,
 		Status: orchestrator.AgentHealthy, Version: reg.Version, RegisteredAt: got.RegisteredAt, LastSeen: got.LastSeen,
-		Metadata: map[string]any{"region": "eu-west-1", "cpu_percent": 12.5}}
+		Metadata: map[string]any{"region": "eu-west-1", "cpu_percent": 12.5}, AnnouncedHost: reg.Host, AddressSource: orchestrator.AddressAnnounced}
 	if !reflect.DeepEqual(got, want) || got.LastSeen.Before(got.RegisteredAt) {
 		t.Errorf("GetAgent =\n %+v\nwant\n %+v", got, want)
 	}

@@ -33,6 +33,14 @@ var wireSchemas = map[string]struct {
 	"TaskAccepted":      {reflect.TypeFor[TaskAccepted](), true},
 	"Task":              {reflect.TypeFor[Task](), true},
 	"TaskList":          {reflect.TypeFor[TaskList](), true},
+	// The /api/v1 dialect.
+	"RegistrationV1":       {reflect.TypeFor[RegistrationV1](), false},
+	"RegisterResponseV1":   {reflect.TypeFor[RegisterResponseV1](), true},
+	"HeartbeatV1":          {reflect.TypeFor[HeartbeatV1](), false},
+	"HeartbeatResponseV1":  {reflect.TypeFor[HeartbeatResponseV1](), true},
+	"UnregisterResponseV1": {reflect.TypeFor[UnregisterResponseV1](), true},
+	"AgentV1":              {reflect.TypeFor[AgentV1](), true},
+	"AgentListV1":          {reflect.TypeFor[AgentListV1](), true},
 }
 
 // loadOpenAPI loads the server's own document, the one it serves.

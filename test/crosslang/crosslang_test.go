@@ -1,15 +1,18 @@
 //go:build crosslang
 
-// Package crosslang runs the real orchestrator binary against a Python agent
-// written the way OptiInfra's existing agents are (Flask + requests), and
-// checks the whole agent protocol end to end: register, heartbeat, task
-// delivery, retries and unregister on SIGTERM.
+// Package crosslang runs the real orchestrator binary against Python agents
+// written the way OptiInfra's existing agents are, and checks both agent
+// protocols end to end: dialect A (agent/agent.py, Flask + requests:
+// register, heartbeat, task delivery, retries and unregister on SIGTERM)
+// and the /api/v1 dialect B (v1/, async httpx clients shaped like the
+// performance, resource and application agents: register, both heartbeat
+// forms, restarts, listings, bad input, tokens, a routed task, delete).
 //
 //	go test -race -tags crosslang -count=1 ./test/crosslang/
 //
-// It needs Debian's python3-flask and python3-requests for /usr/bin/python3
-// (or the interpreter named by CROSSLANG_PYTHON), and fails when they are
-// missing rather than skip.
+// It needs Debian's python3-flask, python3-requests and python3-httpx for
+// /usr/bin/python3 (or the interpreter named by CROSSLANG_PYTHON), and fails
+// when they are missing rather than skip.
 package crosslang
 
 import (
@@ -69,7 +72,7 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	// Registered first, so it runs last: every process is gone by then.
 	t.Cleanup(func() { checkGoroutines(t, baseline, transport) })
 
-	python := pythonWithFlask(t)
+	python := pythonWith(t, "flask", "requests")
 	root := repoRoot(t)
 	bin := buildOrchestrator(t, root)
 
@@ -115,7 +118,8 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := orchestrator.Agent{ID: agentID, Name: agentName, Type: agentType, Host: "127.0.0.1", Port: agentPort,
-		Capabilities: agentCapabilities, Status: orchestrator.AgentHealthy, Version: agentVersion}
+		Capabilities: agentCapabilities, Status: orchestrator.AgentHealthy, Version: agentVersion,
+		AnnouncedHost: "127.0.0.1", AddressSource: orchestrator.AddressAnnounced}
 	got := first
 	got.RegisteredAt, got.LastSeen, got.Metadata = time.Time{}, time.Time{}, nil
 	if !reflect.DeepEqual(got, want) {
@@ -238,7 +242,7 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// SIGTERM: the agent unregisters and exits 0; the orchestrator forgets it.
-	if err := agent.signal(syscall.SIGTERM); err != nil {
+	if err := agent.terminate(); err != nil {
 		t.Fatalf("SIGTERM to the agent: %v", err)
 	}
 	sigterm := time.Now()
@@ -257,7 +261,7 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	}
 
 	// The orchestrator drains and exits 0 on SIGTERM.
-	if err := orch.signal(syscall.SIGTERM); err != nil {
+	if err := orch.terminate(); err != nil {
 		t.Fatalf("SIGTERM to the orchestrator: %v", err)
 	}
 	sigterm = time.Now()
@@ -272,9 +276,9 @@ func taskLine(taskID, taskType string, status int) *regexp.Regexp {
 	return regexp.MustCompile(fmt.Sprintf(`^task %s %s -> %d$`, regexp.QuoteMeta(taskID), regexp.QuoteMeta(taskType), status))
 }
 
-// pythonWithFlask returns the interpreter the agent runs on, failing the test
-// when it cannot import flask and requests.
-func pythonWithFlask(t *testing.T) string {
+// pythonWith returns the interpreter the agents run on, failing the test
+// when it cannot import every one of modules (Debian's python3-<module>).
+func pythonWith(t *testing.T, modules ...string) string {
 	t.Helper()
 	python := os.Getenv("CROSSLANG_PYTHON")
 	if python == "" {
@@ -282,10 +286,14 @@ func pythonWithFlask(t *testing.T) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, python, "-c", "import flask, requests").CombinedOutput()
+	out, err := exec.CommandContext(ctx, python, "-c", "import "+strings.Join(modules, ", ")).CombinedOutput()
 	if err != nil {
-		t.Fatalf("%s cannot import flask and requests (%v): %s\n"+
-			"install them: apt-get install python3-flask python3-requests", python, err, bytes.TrimSpace(out))
+		packages := make([]string, len(modules))
+		for i, m := range modules {
+			packages[i] = "python3-" + m
+		}
+		t.Fatalf("%s cannot import %s (%v): %s\ninstall them: apt-get install %s",
+			python, strings.Join(modules, ", "), err, bytes.TrimSpace(out), strings.Join(packages, " "))
 	}
 	return python
 }
@@ -305,8 +313,27 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// buildOrchestrator builds ./cmd/orchestrator, with the race detector when
-// it is available, so that data races under real traffic fail the test.
+// built is the orchestrator binary the tests share: built once, by the
+// first test that needs it, into a directory TestMain removes.
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	log  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// buildOrchestrator builds ./cmd/orchestrator once for the package's tests,
+// with the race detector when it is available, so that data races under
+// real traffic fail the test.
 //
 // CROSSLANG_ORCHESTRATOR names a binary already built to use instead.
 func buildOrchestrator(t *testing.T, root string) string {
@@ -315,24 +342,36 @@ func buildOrchestrator(t *testing.T, root string) string {
 		t.Logf("using CROSSLANG_ORCHESTRATOR=%s", bin)
 		return bin
 	}
-	bin := filepath.Join(t.TempDir(), "orchestrator")
-	build := func(extra ...string) ([]byte, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		args := append(append([]string{"build"}, extra...), "-o", bin, "./cmd/orchestrator")
-		c := exec.CommandContext(ctx, "go", args...)
-		c.Dir = root
-		return c.CombinedOutput()
-	}
-	started := time.Now()
-	if out, err := build("-race"); err != nil {
-		t.Logf("go build -race failed, building without the race detector: %v\n%s", err, out)
-		if out, err := build(); err != nil {
-			t.Fatalf("go build ./cmd/orchestrator: %v\n%s", err, out)
+	built.once.Do(func() {
+		built.dir, built.err = os.MkdirTemp("", "crosslang-orchestrator-")
+		if built.err != nil {
+			return
 		}
+		bin := filepath.Join(built.dir, "orchestrator")
+		build := func(extra ...string) ([]byte, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			args := append(append([]string{"build"}, extra...), "-o", bin, "./cmd/orchestrator")
+			c := exec.CommandContext(ctx, "go", args...)
+			c.Dir = root
+			return c.CombinedOutput()
+		}
+		started := time.Now()
+		if out, err := build("-race"); err != nil {
+			built.log = fmt.Sprintf("go build -race failed, built without the race detector: %v\n%s\n", err, out)
+			if out, err := build(); err != nil {
+				built.err = fmt.Errorf("go build ./cmd/orchestrator: %w\n%s", err, out)
+				return
+			}
+		}
+		built.bin = bin
+		built.log += fmt.Sprintf("built the orchestrator in %s", time.Since(started).Round(time.Millisecond))
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	t.Logf("built the orchestrator in %s", time.Since(started).Round(time.Millisecond))
-	return bin
+	t.Log(built.log)
+	return built.bin
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -351,6 +390,7 @@ func freePort(t *testing.T) int {
 type process struct {
 	name   string
 	cmd    *exec.Cmd
+	stdin  io.WriteCloser // the process's stdin, a pipe closed when it ends
 	out    *lines
 	exited chan struct{} // closed once Wait returned
 	err    error         // Wait's error, set before exited is closed
@@ -370,6 +410,11 @@ func start(t *testing.T, name, dir string, env []string, argv ...string) *proces
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	p := &process{name: name, cmd: c, out: &lines{}, exited: make(chan struct{})}
 	c.Stdout, c.Stderr = p.out, p.out
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p.stdin = stdin
 	c.WaitDelay = 5 * time.Second // a grandchild holding the pipes open cannot hang Wait
 	if err := c.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -406,7 +451,8 @@ func start(t *testing.T, name, dir string, env []string, argv ...string) *proces
 	return p
 }
 
-func (p *process) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+// terminate sends SIGTERM to the process.
+func (p *process) terminate() error { return p.cmd.Process.Signal(syscall.SIGTERM) }
 
 func (p *process) state() string {
 	select {

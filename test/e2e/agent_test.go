@@ -27,6 +27,11 @@ const (
 	agentPort       = 8000
 	agentType       = "cost"
 	agentCapability = "e2e-echo"
+	// The same agent speaking the /api/v1 dialect (AGENT_DIALECT=v1), as
+	// OptiInfra's application agent: a type of its own, so tasks for it
+	// can only be routed to it.
+	agentV1Deployment = "e2e-agent-v1"
+	agentV1Type       = "application"
 	// Tokens for this test only: the chart keeps them in its Secret and
 	// mounts them; the agent reads its token from the same Secret.
 	agentToken    = "e2e-agent-token-0123456789abcdef"
@@ -40,9 +45,11 @@ const (
 // agent pod (test/e2e/agent, its own image) registers through the
 // orchestrator's Service with its pod IP, heartbeats, receives a task
 // routed to it and answers it; the result is read back through the API;
-// deleting the agent unregisters it. Both token roles are on, with the
-// tokens in the chart's Secret, so the mounted token files are exercised
-// too.
+// deleting the agent unregisters it. Then the same image in the /api/v1
+// dialect announces "host":"0.0.0.0" and is registered at its pod IP, the
+// address its registration came from, and gets its task the same way.
+// Both token roles are on, with the tokens in the chart's Secret, so the
+// mounted token files are exercised too.
 func TestAgentTask(t *testing.T) {
 	agentImage := os.Getenv("E2E_AGENT_IMAGE")
 	if env("E2E_AGENT", "run") == "skip" {
@@ -73,7 +80,8 @@ func TestAgentTask(t *testing.T) {
 	})
 
 	deployed := time.Now()
-	applyAgent(t, ns, agentImage)
+	applyAgent(t, ns, agentImage, agentDeployment,
+		envFrom("AGENT_HOST", "status.podIP"), envValue("AGENT_TYPE", agentType))
 	kubectl(t, ns, "rollout", "status", "deployment/"+agentDeployment, "--timeout=3m")
 	var pods corev1.PodList
 	getJSON(t, ns, &pods, "pods", "--selector", "app.kubernetes.io/name="+agentDeployment)
@@ -185,6 +193,8 @@ func TestAgentTask(t *testing.T) {
 		}
 	})
 
+	testAgentV1(t, ns, agentImage, base, api)
+
 	t.Run("no token reaches the orchestrator's log", func(t *testing.T) {
 		logs := kubectl(t, ns, "logs", "deployment/"+deployment)
 		for _, token := range []string{agentToken, operatorToken} {
@@ -195,20 +205,169 @@ func TestAgentTask(t *testing.T) {
 	})
 }
 
-// applyAgent runs the test agent as a Deployment that meets the
+// testAgentV1 is TestAgentTask's dialect-B part: the test agent with
+// AGENT_DIALECT=v1 registers through POST /api/v1/agents/register
+// announcing "host":"0.0.0.0", its pod name as its agent_id; the
+// orchestrator registers the pod IP the request came from
+// (address_source "request"), routes a task to it there, and forgets it
+// when the pod's SIGTERM path deletes it.
+func testAgentV1(t *testing.T, ns, agentImage, base string, api *orchestrator.Client) {
+	ctx := context.Background()
+	deployed := time.Now()
+	applyAgent(t, ns, agentImage, agentV1Deployment,
+		envValue("AGENT_DIALECT", "v1"), envValue("AGENT_HOST", "0.0.0.0"), envValue("AGENT_TYPE", agentV1Type))
+	kubectl(t, ns, "rollout", "status", "deployment/"+agentV1Deployment, "--timeout=3m")
+	var pods corev1.PodList
+	getJSON(t, ns, &pods, "pods", "--selector", "app.kubernetes.io/name="+agentV1Deployment)
+	if len(pods.Items) != 1 {
+		t.Fatalf("want one dialect-B agent pod, got %d", len(pods.Items))
+	}
+	pod := pods.Items[0].Name // its agent_id: AGENT_ID defaults to the hostname
+	podIP := strings.TrimSpace(kubectl(t, ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"))
+	if podIP == "" {
+		t.Fatalf("pod %s has no IP", pod)
+	}
+
+	ok := t.Run("a dialect-B agent pod announcing 0.0.0.0 is registered at its pod IP", func(t *testing.T) {
+		var a orchestrator.AgentV1
+		eventually.True(t, 2*time.Minute, "GET /api/v1/agents/"+pod+" to answer the agent, healthy", func() bool {
+			var code int
+			a, code = getAgentV1(t, base, operatorToken, pod)
+			return code == http.StatusOK && a.Status == orchestrator.AgentHealthy
+		})
+		t.Logf("REPORT agent v1: Deployment applied to registered and healthy in %s", time.Since(deployed).Round(100*time.Millisecond))
+		if a.AgentID != pod || a.Host != podIP || a.Port != agentPort || a.AddressSource != orchestrator.AddressFromRequest ||
+			a.AnnouncedHost != "0.0.0.0" || a.AgentType != agentV1Type || a.Endpoint != fmt.Sprintf("http://%s:%d", podIP, agentPort) {
+			t.Errorf("GET /api/v1/agents/%s = %+v, want host %s (the pod IP, the request's address) port %d, "+
+				"announced_host 0.0.0.0, address_source request, type %s", pod, a, podIP, agentPort, agentV1Type)
+		}
+		// The same agent in dialect A's view, by its chosen id.
+		if got, err := api.GetAgent(ctx, pod); err != nil || got.Host != podIP || got.Port != agentPort ||
+			got.AddressSource != orchestrator.AddressFromRequest {
+			t.Errorf("GET /agents/%s = %+v, %v; want host %s port %d address_source request", pod, got, err, podIP, agentPort)
+		}
+		// A heartbeat after the registration moves last_heartbeat on.
+		registered := a.RegisteredAt
+		eventually.True(t, time.Duration(3*heartbeatSeconds)*time.Second+10*time.Second, "a heartbeat to move last_heartbeat past registered_at", func() bool {
+			a, code := getAgentV1(t, base, operatorToken, pod)
+			return code == http.StatusOK && a.LastHeartbeat.After(registered.Add(time.Second))
+		})
+	})
+	if !ok {
+		t.FailNow()
+	}
+
+	t.Run("a task is routed to the dialect-B agent pod", func(t *testing.T) {
+		created, err := api.SubmitTask(ctx, orchestrator.TaskRequest{
+			TaskType: agentCapability, AgentType: agentV1Type,
+			Parameters: json.RawMessage(`{"dialect":"v1","n":7}`), TimeoutSeconds: new(20),
+		})
+		if err != nil {
+			t.Fatalf("POST /tasks: %v", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		done, err := api.WaitTask(wctx, created.TaskID, 250*time.Millisecond)
+		if err != nil {
+			t.Fatalf("waiting for the task to finish: %v", err)
+		}
+		if done.Status != orchestrator.TaskCompleted || done.AgentID != pod || done.RetryCount != 0 {
+			t.Fatalf("task = %+v, want completed by agent %s on the first attempt", done, pod)
+		}
+		var result struct {
+			Hostname   string         `json:"hostname"`
+			Host       string         `json:"host"`
+			AgentID    string         `json:"agent_id"`
+			Dialect    string         `json:"dialect"`
+			Parameters map[string]any `json:"parameters"`
+		}
+		if err := json.Unmarshal(done.Result, &result); err != nil {
+			t.Fatalf("result %s: %v", done.Result, err)
+		}
+		if result.Hostname != pod || result.Host != podIP || result.AgentID != pod || result.Dialect != "v1" ||
+			result.Parameters["n"] != float64(7) {
+			t.Errorf("result %s: want it from pod %s, registered at %s, dialect v1, the parameters echoed", done.Result, pod, podIP)
+		}
+	})
+
+	t.Run("deleting the dialect-B agent pod deletes it from the registry", func(t *testing.T) {
+		deleted := time.Now()
+		kubectl(t, ns, "delete", "deployment", agentV1Deployment, "--wait=true", "--timeout=2m")
+		eventually.True(t, time.Minute, "GET /api/v1/agents/"+pod+" to answer 404", func() bool {
+			_, code := getAgentV1(t, base, operatorToken, pod)
+			return code == http.StatusNotFound
+		})
+		t.Logf("REPORT agent v1: Deployment deleted to unregistered in %s", time.Since(deleted).Round(100*time.Millisecond))
+		// Its SIGTERM path deleted it (an eviction would take
+		// AGENT_EVICT_AFTER, 24h): the orchestrator logged the unregister.
+		unregistered := false
+		for line := range strings.Lines(kubectl(t, ns, "logs", "deployment/"+deployment)) {
+			unregistered = unregistered || (strings.Contains(line, pod) && strings.Contains(line, "unregister"))
+		}
+		if !unregistered {
+			t.Errorf("the orchestrator's log has no unregister line for %s", pod)
+		}
+	})
+}
+
+// getAgentV1 reads GET /api/v1/agents/{id} with token: the agent when the
+// answer is 200, and the status code (0 when the request failed).
+func getAgentV1(t *testing.T, base, token, id string) (orchestrator.AgentV1, int) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, base+"/api/v1/agents/"+id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := newHTTPClient().Do(req)
+	if err != nil {
+		t.Logf("GET /api/v1/agents/%s: %v", id, err)
+		return orchestrator.AgentV1{}, 0
+	}
+	defer resp.Body.Close()
+	var a orchestrator.AgentV1
+	if resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+			t.Fatalf("GET /api/v1/agents/%s: %v", id, err)
+		}
+	}
+	return a, resp.StatusCode
+}
+
+// envValue and envFrom are container environment entries: a value, and a
+// field of the pod (the downward API).
+func envValue(name, value string) map[string]any {
+	return map[string]any{"name": name, "value": value}
+}
+
+func envFrom(name, fieldPath string) map[string]any {
+	return map[string]any{"name": name, "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": fieldPath}}}
+}
+
+// applyAgent runs the test agent as the Deployment name that meets the
 // "restricted" Pod Security Standard as the chart's pods do: non-root,
 // read-only root, no capabilities, no service account token. It reads its
-// token from the chart's Secret and registers its pod IP.
-func applyAgent(t *testing.T, ns, image string) {
+// token from the chart's Secret; env adds to the settings every agent
+// gets (the orchestrator, its port, capabilities and token file).
+func applyAgent(t *testing.T, ns, image, name string, env ...map[string]any) {
 	t.Helper()
-	labels := map[string]string{"app.kubernetes.io/name": agentDeployment, "app.kubernetes.io/component": "e2e-agent"}
+	labels := map[string]string{"app.kubernetes.io/name": name, "app.kubernetes.io/component": "e2e-agent"}
+	containerEnv := []any{
+		envValue("ORCHESTRATOR_URL", fmt.Sprintf("http://%s:%d", deployment, orchestratorPort)),
+		envValue("AGENT_PORT", fmt.Sprint(agentPort)),
+		envValue("AGENT_CAPABILITIES", agentCapability),
+		envValue("AGENT_TOKEN_FILE", "/etc/agent/token"),
+	}
+	for _, e := range env {
+		containerEnv = append(containerEnv, e)
+	}
 	httpGet := func(path string) map[string]any {
 		return map[string]any{"httpGet": map[string]any{"path": path, "port": "http"}, "periodSeconds": 1, "failureThreshold": 3}
 	}
 	manifest := map[string]any{
 		"apiVersion": "apps/v1",
 		"kind":       "Deployment",
-		"metadata":   map[string]any{"name": agentDeployment, "labels": labels},
+		"metadata":   map[string]any{"name": name, "labels": labels},
 		"spec": map[string]any{
 			"replicas": 1,
 			"selector": map[string]any{"matchLabels": labels},
@@ -227,15 +386,8 @@ func applyAgent(t *testing.T, ns, image string) {
 						"image":           image,
 						"imagePullPolicy": "IfNotPresent",
 						"ports":           []any{map[string]any{"name": "http", "containerPort": agentPort, "protocol": "TCP"}},
-						"env": []any{
-							map[string]any{"name": "ORCHESTRATOR_URL", "value": fmt.Sprintf("http://%s:%d", deployment, orchestratorPort)},
-							map[string]any{"name": "AGENT_HOST", "valueFrom": map[string]any{"fieldRef": map[string]any{"fieldPath": "status.podIP"}}},
-							map[string]any{"name": "AGENT_PORT", "value": fmt.Sprint(agentPort)},
-							map[string]any{"name": "AGENT_TYPE", "value": agentType},
-							map[string]any{"name": "AGENT_CAPABILITIES", "value": agentCapability},
-							map[string]any{"name": "AGENT_TOKEN_FILE", "value": "/etc/agent/token"},
-						},
-						"volumeMounts": []any{map[string]any{"name": "token", "mountPath": "/etc/agent", "readOnly": true}},
+						"env":             containerEnv,
+						"volumeMounts":    []any{map[string]any{"name": "token", "mountPath": "/etc/agent", "readOnly": true}},
 						// Ready once registered: rollout status waits for that.
 						"startupProbe":   httpGet("/live"),
 						"livenessProbe":  httpGet("/live"),
@@ -267,13 +419,13 @@ func applyAgent(t *testing.T, ns, image string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(t.TempDir(), "agent.json")
+	file := filepath.Join(t.TempDir(), name+".json")
 	if err := os.WriteFile(file, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	kubectl(t, ns, "apply", "-f", file)
 	t.Cleanup(func() {
-		if _, err := tryCmd(2*time.Minute, "kubectl", "--namespace", ns, "delete", "deployment", agentDeployment,
+		if _, err := tryCmd(2*time.Minute, "kubectl", "--namespace", ns, "delete", "deployment", name,
 			"--ignore-not-found", "--wait=true", "--timeout=90s"); err != nil {
 			t.Logf("cleanup: %v", err)
 		}

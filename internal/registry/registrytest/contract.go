@@ -67,6 +67,10 @@ func TestStore(t *testing.T, newStore func(t *testing.T) registry.Store) {
 		{"MetadataBudget", testMetadataBudget},
 		{"MetadataBudgetRandom", testMetadataBudgetRandom},
 		{"MetadataBudgetConcurrent", testMetadataBudgetConcurrent},
+		{"ChosenIDRegisterAndUpdate", testChosenID},
+		{"ChosenIDOfGeneratedAgentRefused", testChosenIDTaken},
+		{"ChosenIDNotMatchedByIdentity", testChosenIDIdentity},
+		{"ChosenIDOwnerAndLimits", testChosenIDOwnerAndLimits},
 		{"Count", testCount},
 		{"CancelledContext", testCancelledContext},
 		{"Concurrent", testConcurrent},
@@ -93,6 +97,10 @@ func newAgent(id, name string, typ registry.Type, port, second int, caps ...stri
 		RegisteredAt: at(second),
 		LastSeen:     at(second),
 		Metadata:     raw(`{"zone":"a","gpus":2}`),
+		// What the registry records of an agent that announced its own
+		// address.
+		AnnouncedHost: "10.0.0.1",
+		AddressSource: registry.AddressAnnounced,
 	}
 }
 
@@ -155,6 +163,18 @@ func diffAgent(got, want registry.Agent) string {
 	}
 	if got.Owner != want.Owner {
 		field("Owner", got.Owner, want.Owner)
+	}
+	if got.ChosenID != want.ChosenID {
+		field("ChosenID", got.ChosenID, want.ChosenID)
+	}
+	if got.AnnouncedHost != want.AnnouncedHost {
+		field("AnnouncedHost", got.AnnouncedHost, want.AnnouncedHost)
+	}
+	if got.AddressSource != want.AddressSource {
+		field("AddressSource", got.AddressSource, want.AddressSource)
+	}
+	if got.HealthCheckEndpoint != want.HealthCheckEndpoint {
+		field("HealthCheckEndpoint", got.HealthCheckEndpoint, want.HealthCheckEndpoint)
 	}
 	if !equalJSON(got.Metadata, want.Metadata) {
 		field("Metadata", string(got.Metadata), string(want.Metadata))

@@ -4,19 +4,32 @@
 // a cluster. It registers with the orchestrator, heartbeats at the interval
 // it is told, serves POST /task, and unregisters on SIGTERM.
 //
+// With AGENT_DIALECT=v1 it speaks the orchestrator's /api/v1 dialect
+// instead (v1.go), as OptiInfra's application agent does: it registers
+// through POST /api/v1/agents/register with an id of its own choosing,
+// announcing "host":"0.0.0.0" by default (the orchestrator then registers
+// the address the request came from: the pod IP), heartbeats through
+// POST /api/v1/agents/{id}/heartbeat, and deletes itself with
+// DELETE /api/v1/agents/{id} on SIGTERM. Tasks reach it the same way.
+//
 // Settings, from the environment:
 //
 //	ORCHESTRATOR_URL    the orchestrator's base URL (required), e.g. http://orch-orchestrator:8080
-//	AGENT_HOST          the host the orchestrator delivers tasks to (required; the pod IP
-//	                    from the downward API in Kubernetes)
+//	AGENT_DIALECT       "a" (default): /agents/...; "v1": /api/v1/agents/...
+//	AGENT_HOST          the host the orchestrator delivers tasks to (required in dialect A; the pod IP
+//	                    from the downward API in Kubernetes); in dialect v1 the host it announces
+//	                    (default 0.0.0.0: the orchestrator takes the request's address)
 //	AGENT_PORT          the port this agent listens on and registers (default 8000)
+//	AGENT_ID            dialect v1 only: the agent's own id (default: the hostname, i.e. the pod name)
 //	AGENT_NAME          the registered name (default: the hostname, i.e. the pod name)
 //	AGENT_TYPE          cost, performance, resource or application (default cost)
 //	AGENT_CAPABILITIES  comma-separated task types it handles (default e2e-echo)
 //	AGENT_TOKEN_FILE    a file whose first line is the agent bearer token (optional)
 //
 // A task of a type it handles is answered 200 with
-// {"task_id","status":"completed","result":{"hostname","host","agent_name","task_type","parameters"},"execution_time_ms"};
+// {"task_id","status":"completed","result":{"hostname","host","agent_name","agent_id","dialect","task_type","parameters"},"execution_time_ms"},
+// host being where the orchestrator registered it (in dialect v1, from its
+// answer to the registration);
 // any other type gets 400 {"task_id","status":"failed","error"}. GET /live
 // always answers 200; GET /ready answers 200 once registered.
 package main
@@ -44,12 +57,18 @@ const version = "e2e-1"
 
 type agent struct {
 	orchestrator string
+	dialect      string // "a" or "v1"
+	id           string // dialect v1: the agent's own id
 	name, typ    string
 	host         string
 	port         int
 	capabilities []string
 	token        string
 	hostname     string
+
+	// keeper keeps the registration alive; set by run.
+	keeper interface{ AgentID() string }
+	v1     *v1Agent // the keeper in dialect v1
 }
 
 func main() {
@@ -69,6 +88,7 @@ func fromEnv() (*agent, error) {
 	hostname, _ := os.Hostname()
 	a := &agent{
 		orchestrator: os.Getenv("ORCHESTRATOR_URL"),
+		dialect:      getenv("AGENT_DIALECT", "a"),
 		name:         getenv("AGENT_NAME", hostname),
 		typ:          getenv("AGENT_TYPE", "cost"),
 		host:         os.Getenv("AGENT_HOST"),
@@ -77,8 +97,19 @@ func fromEnv() (*agent, error) {
 	if a.orchestrator == "" {
 		return nil, errors.New("ORCHESTRATOR_URL is not set")
 	}
-	if a.host == "" {
-		return nil, errors.New("AGENT_HOST is not set")
+	switch a.dialect {
+	case "a":
+		if a.host == "" {
+			return nil, errors.New("AGENT_HOST is not set")
+		}
+	case "v1":
+		a.id = getenv("AGENT_ID", hostname)
+		if a.id == "" {
+			return nil, errors.New("AGENT_ID is not set and there is no hostname")
+		}
+		a.host = getenv("AGENT_HOST", "0.0.0.0")
+	default:
+		return nil, fmt.Errorf(`AGENT_DIALECT=%q: must be "a" or "v1"`, a.dialect)
 	}
 	port, err := strconv.Atoi(getenv("AGENT_PORT", "8000"))
 	if err != nil || port < 1 || port > 65535 {
@@ -112,32 +143,44 @@ func (a *agent) run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	var opts []orchestrator.Option
-	if a.token != "" {
-		opts = append(opts, orchestrator.WithToken(a.token))
-	}
-	client, err := orchestrator.NewClient(a.orchestrator, opts...)
-	if err != nil {
-		return err
-	}
-	hb := &orchestrator.Heartbeater{
-		Client: client,
-		Registration: orchestrator.Registration{
-			Name: a.name, Type: orchestrator.AgentType(a.typ), Host: a.host, Port: a.port,
-			Capabilities: a.capabilities, Version: version,
-			Metadata: map[string]any{"hostname": a.hostname, "e2e": true},
-		},
-		Report: func() orchestrator.HeartbeatRequest {
-			return orchestrator.HeartbeatRequest{Status: orchestrator.AgentHealthy, Metadata: map[string]any{"hostname": a.hostname}}
-		},
-		Logf: log.Printf,
+	var keep func(context.Context) error
+	if a.dialect == "v1" {
+		a.v1 = newV1Agent(a.orchestrator, a.token, orchestrator.RegistrationV1{
+			AgentID: a.id, AgentName: a.name, AgentType: orchestrator.AgentType(a.typ), Version: version,
+			Host: a.host, Port: a.port, Capabilities: a.capabilities, Status: orchestrator.StatusWordActive,
+		})
+		a.keeper = a.v1
+		keep = func(ctx context.Context) error { return a.v1.Run(ctx, log.Printf) }
+	} else {
+		var opts []orchestrator.Option
+		if a.token != "" {
+			opts = append(opts, orchestrator.WithToken(a.token))
+		}
+		client, err := orchestrator.NewClient(a.orchestrator, opts...)
+		if err != nil {
+			return err
+		}
+		hb := &orchestrator.Heartbeater{
+			Client: client,
+			Registration: orchestrator.Registration{
+				Name: a.name, Type: orchestrator.AgentType(a.typ), Host: a.host, Port: a.port,
+				Capabilities: a.capabilities, Version: version,
+				Metadata: map[string]any{"hostname": a.hostname, "e2e": true},
+			},
+			Report: func() orchestrator.HeartbeatRequest {
+				return orchestrator.HeartbeatRequest{Status: orchestrator.AgentHealthy, Metadata: map[string]any{"hostname": a.hostname}}
+			},
+			Logf: log.Printf,
+		}
+		a.keeper = hb
+		keep = hb.Run
 	}
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /task", orchestrator.TaskFunc(a.runTask))
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if hb.AgentID() == "" {
+		if a.keeper.AgentID() == "" {
 			http.Error(w, "not registered yet", http.StatusServiceUnavailable)
 			return
 		}
@@ -154,12 +197,12 @@ func (a *agent) run() error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(listener) }()
-	log.Printf("listening on %s; orchestrator %s; registering as %s (%s) at %s:%d with capabilities %v",
-		srv.Addr, a.orchestrator, a.name, a.typ, a.host, a.port, a.capabilities)
+	log.Printf("listening on %s; orchestrator %s; registering (dialect %s) as %s (%s) at %s:%d with capabilities %v",
+		srv.Addr, a.orchestrator, a.dialect, a.name, a.typ, a.host, a.port, a.capabilities)
 
 	// Until SIGTERM; then it leaves the registry first, so no new task is
 	// routed here, and the requests in flight finish after.
-	runErr := hb.Run(ctx)
+	runErr := keep(ctx)
 	if runErr != nil && ctx.Err() != nil {
 		// Unregistering failed: the orchestrator stops routing here once
 		// the heartbeats stop. Not a reason to exit non-zero.
@@ -184,10 +227,16 @@ func (a *agent) runTask(_ context.Context, d orchestrator.Delivery) (any, error)
 		return nil, orchestrator.Reject(fmt.Errorf("task type %q not supported", d.TaskType))
 	}
 	log.Printf("task %s (%s) done", d.TaskID, d.TaskType)
+	host := a.host
+	if a.v1 != nil {
+		host = a.v1.Registered().Host // where the orchestrator registered it
+	}
 	return map[string]any{
 		"hostname":   a.hostname,
-		"host":       a.host,
+		"host":       host,
 		"agent_name": a.name,
+		"agent_id":   a.keeper.AgentID(),
+		"dialect":    a.dialect,
 		"task_type":  d.TaskType,
 		"parameters": d.Parameters,
 	}, nil
