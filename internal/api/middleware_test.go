@@ -15,10 +15,10 @@ import (
 	"github.com/optiinfra/orchestrator/internal/app"
 )
 
-// TestProbeAllocations pins what a probe allocates through the whole
-// chain: its generated request id and nothing else (the recorder is
-// recycled, the metric series cached on the route, the Content-Type value
-// shared). The kubelet and load balancers call the probes by the thousand.
+// TestProbeAllocations pins what a plain probe allocates through the whole
+// chain: nothing (no request id is generated for one, the metric series
+// are cached on the route, the Content-Type value is shared). The kubelet
+// and load balancers call the probes by the thousand.
 func TestProbeAllocations(t *testing.T) {
 	f := newFixtureAt(t, defaultConfig, zapcore.InfoLevel) // probes are logged at debug: not written, as in production
 	for _, path := range probes {
@@ -29,8 +29,11 @@ func TestProbeAllocations(t *testing.T) {
 			f.handler.ServeHTTP(w, req)
 		}
 		serve() // the route's metric series are created on first use
-		if n := testing.AllocsPerRun(1000, serve); n > 1 {
-			t.Errorf("GET %s allocates %v times per request; want 1 (its request id)", path, n)
+		if n := testing.AllocsPerRun(1000, serve); n > 0 {
+			t.Errorf("GET %s allocates %v times per request; want none", path, n)
+		}
+		if id := w.h.Get(api.RequestIDHeader); id != "" {
+			t.Errorf("GET %s without an X-Request-Id answered one (%q): plain probes generate none", path, id)
 		}
 	}
 }
@@ -38,10 +41,14 @@ func TestProbeAllocations(t *testing.T) {
 // TestMetricsFollowTheStatus checks the per-route series cache: a route
 // whose answers change status counts each under its own code.
 func TestMetricsFollowTheStatus(t *testing.T) {
-	f := newFixture(t, defaultConfig)
 	unready := errors.New("not yet")
 	var failing error
-	f.health.AddReadinessCheck("switch", func() error { return failing })
+	f := newFixtureWith(t, defaultConfig, zapcore.DebugLevel, fixtureOptions{
+		agents: testAgentsConfig, dispatch: testDispatchConfig,
+		beforeStart: func(svc *app.Service) {
+			svc.Health.AddReadinessCheck("switch", func() error { return failing })
+		},
+	})
 	for _, fail := range []bool{false, true, true, false, false, false} {
 		failing = nil
 		if fail {

@@ -151,6 +151,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 // Register readiness checks before Start: Health refuses them after.
 func (s *Service) Start(ctx context.Context) (stop func()) {
 	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.Health.Freeze()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Health.Run(bgCtx) })
 	wg.Go(func() { s.Agents.Run(bgCtx) })

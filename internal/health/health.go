@@ -202,6 +202,16 @@ func (h *Health) AddReadinessDependency(name string, probe func(context.Context)
 	h.add(&check{name: name, kind: Readiness, fn: d.cached, dep: d})
 }
 
+// Freeze ends the registration of checks: a check added from now on
+// panics. Run freezes the checks itself; a caller that starts Run in a
+// goroutine freezes them first, so that a check added too late fails every
+// time rather than only when the goroutine happened to start first.
+func (h *Health) Freeze() {
+	h.mu.Lock()
+	h.running = true
+	h.mu.Unlock()
+}
+
 func (h *Health) add(c *check) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -225,9 +235,7 @@ func (h *Health) add(c *check) {
 
 // Run runs the dependency checks until ctx ends, then waits for them to stop.
 func (h *Health) Run(ctx context.Context) {
-	h.mu.Lock()
-	h.running = true
-	h.mu.Unlock()
+	h.Freeze()
 
 	var wg sync.WaitGroup
 	for _, c := range h.list() {
