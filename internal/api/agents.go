@@ -158,14 +158,25 @@ func unregisterHandler(agents Agents) http.HandlerFunc {
 
 // getAgentHandler serves GET /agents/{id}.
 func getAgentHandler(agents Agents) http.HandlerFunc {
+	return getAgentAs(agents, "id", toAgentJSON)
+}
+
+// listAgentsHandler serves GET /agents and GET /agents/type/{type}.
+func listAgentsHandler(agents Agents) http.HandlerFunc {
+	return listAgentsAs(agents, "type", func(r *http.Request) string { return mux.Vars(r)["type"] }, toAgentJSON)
+}
+
+// getAgentAs serves one agent, named by the path variable idVar, in the
+// shape convert gives it: each dialect reads the same registry.
+func getAgentAs[T any](agents Agents, idVar string, convert func(registry.Agent) (T, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		id := mux.Vars(r)["id"]
+		id := mux.Vars(r)[idVar]
 		a, err := agents.Get(r.Context(), id)
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "agent", id))
 			return
 		}
-		out, err := toAgentJSON(a)
+		out, err := convert(a)
 		if err != nil {
 			writeDomainError(w, r, err)
 			return
@@ -174,14 +185,16 @@ func getAgentHandler(agents Agents) http.HandlerFunc {
 	}
 }
 
-// listAgentsHandler serves GET /agents and GET /agents/type/{type}.
-func listAgentsHandler(agents Agents) http.HandlerFunc {
+// listAgentsAs serves the agents of the type typeOf reads from the request
+// (every type when empty; typeField names it in a 400), in the shape
+// convert gives each, streamed.
+func listAgentsAs[T any](agents Agents, typeField string, typeOf func(*http.Request) string, convert func(registry.Agent) (T, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var typ registry.Type
-		if name, ok := mux.Vars(r)["type"]; ok {
+		if name := typeOf(r); name != "" {
 			t, err := registry.ParseType(name)
 			if err != nil {
-				writeError(w, http.StatusBadRequest, "type: "+err.Error())
+				writeError(w, http.StatusBadRequest, typeField+": "+err.Error())
 				return
 			}
 			typ = t
@@ -191,8 +204,8 @@ func listAgentsHandler(agents Agents) http.HandlerFunc {
 			writeDomainError(w, r, err)
 			return
 		}
-		writeList(w, r, "agents", len(list), func(i int) (agentJSON, error) {
-			a, err := toAgentJSON(list[i])
+		writeList(w, r, "agents", len(list), func(i int) (T, error) {
+			a, err := convert(list[i])
 			list[i] = registry.Agent{} // written: let its metadata go
 			return a, err
 		})

@@ -390,44 +390,11 @@ func deleteV1Handler(agents Agents) http.HandlerFunc {
 
 // getAgentV1Handler serves GET /api/v1/agents/{agent_id}.
 func getAgentV1Handler(agents Agents) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		id := mux.Vars(r)["agent_id"]
-		a, err := agents.Get(r.Context(), id)
-		if err != nil {
-			writeDomainError(w, r, notFoundAs(err, "agent", id))
-			return
-		}
-		out, err := toAgentV1JSON(a)
-		if err != nil {
-			writeDomainError(w, r, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, out)
-	}
+	return getAgentAs(agents, "agent_id", toAgentV1JSON)
 }
 
 // listAgentsV1Handler serves GET /api/v1/agents, of one type with
 // ?agent_type=.
 func listAgentsV1Handler(agents Agents) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var typ registry.Type
-		if name := r.URL.Query().Get("agent_type"); name != "" {
-			t, err := registry.ParseType(name)
-			if err != nil {
-				writeError(w, http.StatusBadRequest, "agent_type: "+err.Error())
-				return
-			}
-			typ = t
-		}
-		found, err := agents.List(r.Context(), typ)
-		if err != nil {
-			writeDomainError(w, r, err)
-			return
-		}
-		writeList(w, r, "agents", len(found), func(i int) (agentV1JSON, error) {
-			a, err := toAgentV1JSON(found[i])
-			found[i] = registry.Agent{} // written: let its metadata go
-			return a, err
-		})
-	}
+	return listAgentsAs(agents, "agent_type", func(r *http.Request) string { return r.URL.Query().Get("agent_type") }, toAgentV1JSON)
 }
