@@ -985,3 +985,32 @@ func TestTaskResultTooLarge(t *testing.T) {
 		t.Errorf("agent got %d deliveries, want 1", n)
 	}
 }
+
+// TestAgentRegistrationStartsAWaitingTask: a task waiting for a free slot
+// starts as soon as another capable agent registers, not when the busy
+// agent frees its slot (300 s away here). The registry wakes the
+// dispatcher on every registration and heartbeat: app.New wires that, and
+// this is what catches the wiring going missing.
+func TestAgentRegistrationStartsAWaitingTask(t *testing.T) {
+	cfg := testDispatchConfig
+	cfg.AgentConcurrency = 1
+	f := newFixtureWith(t, defaultConfig, zapcore.DebugLevel, fixtureOptions{agents: testAgentsConfig, dispatch: cfg})
+	busy := newStubAgent(t, stubHold)
+	f.registerStub(t, busy, "busy-agent", "cost", "analyze")
+	running := f.submit(t, `{"task_type":"analyze","agent_type":"cost","timeout_seconds":300}`)["task_id"].(string)
+	receive(t, "delivery to the busy agent", busy.arrived)
+	queued := f.submit(t, `{"task_type":"analyze","agent_type":"cost","timeout_seconds":300}`)
+	if queued["status"] != "pending" {
+		t.Fatalf("second task = %v, want pending: the only agent's one slot is taken", queued)
+	}
+	free := newStubAgent(t, stubComplete)
+	f.registerStub(t, free, "free-agent", "cost", "analyze")
+	if id := receive(t, "delivery to the agent that registered", free.arrived); id != queued["task_id"] {
+		t.Fatalf("the new agent got task %s, want the waiting task %v", id, queued["task_id"])
+	}
+	if task := f.waitTask(t, queued["task_id"].(string)); task["status"] != "completed" {
+		t.Errorf("waiting task = %v, want completed by the agent that registered", task)
+	}
+	expect(t, "DELETE running", f.call(http.MethodDelete, "/tasks/"+running, ""), http.StatusOK)
+	receive(t, "abort", busy.aborted)
+}
