@@ -77,23 +77,13 @@ func TestPythonAgentAgainstOrchestrator(t *testing.T) {
 	bin := buildOrchestrator(t, root)
 
 	// The orchestrator.
-	orchPort := freePort(t)
-	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(orchPort))
-	orch := start(t, "orchestrator", t.TempDir(), []string{
-		"PORT=" + strconv.Itoa(orchPort),
-		"HTTP_HOST=127.0.0.1",
-		"AGENT_HEARTBEAT_INTERVAL=1s",
-		"LOG_LEVEL=debug",
-		"SHUTDOWN_DELAY=0s",
-		"TASK_RETRY_BACKOFF=50ms",
-		"TASK_RETRY_BACKOFF_MAX=200ms",
-	}, bin)
+	base, orch := startOrchestrator(t, client, bin,
+		"AGENT_HEARTBEAT_INTERVAL=1s", "TASK_RETRY_BACKOFF=50ms", "TASK_RETRY_BACKOFF_MAX=200ms")
 	api, err := orchestrator.NewClient(base, orchestrator.WithHTTPClient(client))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	waitReady(t, client, base, orch)
 
 	// The Python agent.
 	agentPort := freePort(t)
@@ -576,6 +566,20 @@ func (l *lines) String() string {
 }
 
 // waitReady waits for the orchestrator's /ready to answer 200.
+// startOrchestrator runs the binary on a free loopback port with debug
+// logs, no shutdown delay and env on top, and returns its base URL once
+// /ready answers 200.
+func startOrchestrator(t *testing.T, client *http.Client, bin string, env ...string) (string, *process) {
+	t.Helper()
+	port := strconv.Itoa(freePort(t))
+	orch := start(t, "orchestrator", t.TempDir(), append([]string{
+		"PORT=" + port, "HTTP_HOST=127.0.0.1", "LOG_LEVEL=debug", "SHUTDOWN_DELAY=0s",
+	}, env...), bin)
+	base := "http://" + net.JoinHostPort("127.0.0.1", port)
+	waitReady(t, client, base, orch)
+	return base, orch
+}
+
 func waitReady(t *testing.T, client *http.Client, base string, orch *process) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -50,21 +49,12 @@ func TestPythonV1AgentsAgainstOrchestrator(t *testing.T) {
 	root := repoRoot(t)
 	bin := buildOrchestrator(t, root)
 
-	orchPort := freePort(t)
-	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(orchPort))
-	orch := start(t, "orchestrator", t.TempDir(), []string{
-		"PORT=" + strconv.Itoa(orchPort),
-		"HTTP_HOST=127.0.0.1",
-		"AGENT_HEARTBEAT_INTERVAL=1s",
-		"LOG_LEVEL=debug",
-		"SHUTDOWN_DELAY=0s",
-	}, bin)
+	base, orch := startOrchestrator(t, client, bin, "AGENT_HEARTBEAT_INTERVAL=1s")
 	api, err := orchestrator.NewClient(base, orchestrator.WithHTTPClient(client))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	waitReady(t, client, base, orch)
 	pyEnv := []string{"PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"}
 	v1 := filepath.Join(root, "test", "crosslang", "v1")
 
@@ -236,21 +226,12 @@ func TestPythonV1AgentsWithTokens(t *testing.T) {
 	root := repoRoot(t)
 	bin := buildOrchestrator(t, root)
 
-	orchPort := freePort(t)
-	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(orchPort))
-	orch := start(t, "orchestrator", t.TempDir(), []string{
-		"PORT=" + strconv.Itoa(orchPort),
-		"HTTP_HOST=127.0.0.1",
-		"LOG_LEVEL=debug",
-		"SHUTDOWN_DELAY=0s",
-		"AUTH_AGENT_TOKENS=" + agentToken + "," + otherToken,
-		"AUTH_OPERATOR_TOKENS=" + operatorToken,
-	}, bin)
+	base, orch := startOrchestrator(t, client, bin,
+		"AUTH_AGENT_TOKENS="+agentToken+","+otherToken, "AUTH_OPERATOR_TOKENS="+operatorToken)
 	api, err := orchestrator.NewClient(base, orchestrator.WithHTTPClient(client), orchestrator.WithToken(operatorToken))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitReady(t, client, base, orch)
 
 	check := start(t, "check.py auth", t.TempDir(), []string{
 		"PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1",
@@ -294,16 +275,7 @@ func TestPythonV1AgentsBehindAProxy(t *testing.T) {
 	python := pythonWith(t, "httpx")
 	root := repoRoot(t)
 	bin := buildOrchestrator(t, root)
-	orchPort := freePort(t)
-	base := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(orchPort))
-	orch := start(t, "orchestrator", t.TempDir(), []string{
-		"PORT=" + strconv.Itoa(orchPort),
-		"HTTP_HOST=127.0.0.1",
-		"HTTP_TRUSTED_PROXIES=127.0.0.1/32",
-		"LOG_LEVEL=debug",
-		"SHUTDOWN_DELAY=0s",
-	}, bin)
-	waitReady(t, client, base, orch)
+	base, orch := startOrchestrator(t, client, bin, "HTTP_TRUSTED_PROXIES=127.0.0.1/32")
 	check := start(t, "check.py proxy", t.TempDir(), []string{"PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"},
 		python, filepath.Join(root, "test", "crosslang", "v1", "check.py"), "proxy", "--orchestrator-url", base)
 	expectPassed(t, check, "proxy", 60*time.Second, []string{
