@@ -123,7 +123,7 @@ func FuzzHeartbeat(f *testing.F) {
 	for _, s := range []string{
 		`{"status":"healthy","metadata":{"cpu":0.5}}`, `{"status":"degraded"}`, `{"status":"unhealthy","metadata":{}}`,
 		`{"status":""}`, `{"status":null}`, `{"status":"sleepy"}`, `{"status":"unreachable"}`, `{"status":5}`,
-		`{"metadata":[]}`, `{"metadata":null}`, `{"STATUS":"degraded"}`, `{"status":"degraded","status":"healthy"}`,
+		`{"metadata":[]}`, `{"metadata":null}`, `{"metadata":{"n":1230e78945678901234567894565}}`, `{"STATUS":"degraded"}`, `{"status":"degraded","status":"healthy"}`,
 		`{"status":"healthy"} {}`, `{"status":"he\u0061lthy"}`,
 	} {
 		f.Add([]byte(s))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -33,9 +34,14 @@ func (lim metadataLimits) check(raw json.RawMessage) (json.RawMessage, error) {
 	if raw[0] != '{' {
 		return nil, &FieldError{Field: field, Msg: "must be an object, not " + jsonKindOf(raw[0])}
 	}
-	if !withinDepth(raw, lim.maxDepth) {
+	tooDeep, huge := scan(raw, lim.maxDepth)
+	if tooDeep {
 		return nil, &FieldError{Field: field, Msg: fmt.Sprintf(
 			"nests objects and arrays more than %d levels deep, counting the metadata object itself (AGENT_MAX_METADATA_DEPTH)", lim.maxDepth)}
+	}
+	if huge != nil {
+		return nil, &FieldError{Field: field, Msg: fmt.Sprintf(
+			"holds the number %.40q, beyond the range of a 64-bit float (about ±1.8e308), which most JSON clients cannot read", huge)}
 	}
 	if !utf8.Valid(raw) {
 		return nil, &FieldError{Field: field, Msg: "is not valid UTF-8"}
@@ -48,12 +54,17 @@ func (lim metadataLimits) check(raw json.RawMessage) (json.RawMessage, error) {
 	return out.Bytes(), nil
 }
 
-// withinDepth reports whether the objects and arrays of the JSON text js
-// nest at most max levels deep ({} is one level, {"a":[]} two). It reads
-// brackets outside strings only, and stops at the first level too deep.
-func withinDepth(js []byte, max int) bool {
+// scan reads the JSON text js once and reports the first of two things
+// that would make it unreadable to the clients that list agents: objects
+// and arrays nested more than max levels deep ({} is one level, {"a":[]}
+// two; it stops there), or a number literal too large for a 64-bit float
+// (json.Unmarshal into any, JavaScript and the portal all fail or turn it
+// into Infinity), which it returns. It reads brackets and numbers outside
+// strings only.
+func scan(js []byte, max int) (tooDeep bool, huge []byte) {
 	depth, inString, escaped := 0, false, false
-	for _, c := range js {
+	for i := 0; i < len(js); i++ {
+		c := js[i]
 		switch {
 		case inString:
 			switch {
@@ -68,13 +79,35 @@ func withinDepth(js []byte, max int) bool {
 			inString = true
 		case c == '{' || c == '[':
 			if depth++; depth > max {
-				return false
+				return true, nil
 			}
 		case c == '}' || c == ']':
 			depth--
+		case c == '-' || c >= '0' && c <= '9':
+			end := i + 1
+			for end < len(js) && isNumberByte(js[end]) {
+				end++
+			}
+			if n := js[i:end]; huge == nil && mayOverflow(n) {
+				if _, err := strconv.ParseFloat(string(n), 64); err != nil {
+					huge = n
+				}
+			}
+			i = end - 1
 		}
 	}
-	return true
+	return false, huge
+}
+
+func isNumberByte(c byte) bool {
+	return c >= '0' && c <= '9' || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-'
+}
+
+// mayOverflow reports whether the number literal n could exceed a float64:
+// only one with an exponent or more than 300 digits can, so the common
+// case is never parsed.
+func mayOverflow(n []byte) bool {
+	return len(n) > 300 || bytes.IndexAny(n, "eE") >= 0
 }
 
 // jsonKindOf names the kind of JSON value that starts with c.

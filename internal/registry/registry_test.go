@@ -1034,6 +1034,12 @@ func TestMetadataLimits(t *testing.T) {
 		{"a number", `-1`, "", "must be an object, not a number", false},
 		{"a boolean", `true`, "", "must be an object, not true or false", false},
 		{"not UTF-8", "{\"a\":\"\xff\"}", "", "not valid UTF-8", false},
+		{"the largest float64s", `{"a":1.7976931348623157e308,"b":-1.7976931348623157E+308}`, `{"a":1.7976931348623157e308,"b":-1.7976931348623157E+308}`, "", false},
+		{"an underflow reads as zero", `{"a":1e-400}`, `{"a":1e-400}`, "", false},
+		{"a huge exponent", `{"a":[1230e78945678901234567894565]}`, "", `holds the number "1230e78945678901234567894565", beyond the range of a 64-bit float`, false},
+		{"just past float64", `{"a":-1.8e308}`, "", `"-1.8e308", beyond the range`, false},
+		{"200 digits and an exponent", `{"a":1` + strings.Repeat("0", 199) + `e110}`, "", "beyond the range of a 64-bit float", false},
+		{"numbers in strings are text", `{"1e999":"1e999"}`, `{"1e999":"1e999"}`, "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
