@@ -107,7 +107,7 @@ func isNumberByte(c byte) bool {
 // only one with an exponent or more than 300 digits can, so the common
 // case is never parsed.
 func mayOverflow(n []byte) bool {
-	return len(n) > 300 || bytes.IndexAny(n, "eE") >= 0
+	return len(n) > 300 || bytes.ContainsAny(n, "eE")
 }
 
 // jsonKindOf names the kind of JSON value that starts with c.
