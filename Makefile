@@ -31,7 +31,7 @@ export SKAFFOLD_UPDATE_CHECK := false
 # OptiInfra's Python agents use) need.
 APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shellcheck \
                 etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl \
-                python3-flask python3-requests python3-httpx
+                python3-flask python3-requests python3-httpx postgresql
 
 # Shell scripts, for shellcheck.
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
