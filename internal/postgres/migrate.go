@@ -24,7 +24,7 @@ var migrationFiles embed.FS
 // in ASCII).
 const migrationLockID = 0x6f72636865737472
 
-// ErrSchemaTooNew: the database was migrated by a newer orchestrator than
+// ErrSchemaTooNew means the database was migrated by a newer orchestrator than
 // this one, which must not write to a schema it does not know.
 var ErrSchemaTooNew = errors.New("database schema is newer than this orchestrator")
 

@@ -231,7 +231,7 @@ func start(opts Options) (*Server, error) {
 	initdb := s.command(filepath.Join(bin, "initdb"), "--pgdata", s.dataDir(), "--username", User,
 		"--pwfile", pwfile, "--auth", "scram-sha-256", "--encoding", "UTF8", "--locale", "C", "--no-sync")
 	if out, err := initdb.CombinedOutput(); err != nil {
-		return fail(fmt.Errorf("pgtest: initdb: %v\n%s", err, out))
+		return fail(fmt.Errorf("pgtest: initdb: %w\n%s", err, out))
 	}
 	_ = os.Remove(pwfile)
 	if s.port, err = freePort(); err != nil {
@@ -277,7 +277,7 @@ func (s *Server) Start() error {
 	if s.cmd != nil {
 		return errors.New("pgtest: the server is running")
 	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	logf, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
@@ -299,7 +299,7 @@ func (s *Server) Start() error {
 		if time.Now().After(deadline) {
 			s.stopLocked(syscall.SIGKILL)
 			log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-			return fmt.Errorf("pgtest: postgres did not accept connections within a minute: %v\n%s", err, log)
+			return fmt.Errorf("pgtest: postgres did not accept connections within a minute: %w\n%s", err, log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -320,9 +320,9 @@ func (s *Server) Kill() {
 	// The postmaster's children notice its death and exit; wait until the
 	// port is free so that Start can bind it again.
 	for i := 0; i < 200; i++ {
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)))
+		ln, err := new(net.ListenConfig).Listen(context.Background(), "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)))
 		if err == nil {
-			ln.Close()
+			_ = ln.Close()
 			_ = os.Remove(filepath.Join(s.dataDir(), "postmaster.pid"))
 			return
 		}
@@ -369,7 +369,7 @@ func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
 
 // command runs name as the server's user, killed if this process dies.
 func (s *Server) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
+	cmd := exec.CommandContext(context.Background(), name, args...) //nolint:gosec // G204: PostgreSQL's own programs, found by binDir; the server outlives any one call
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Credential: s.cred}
 	cmd.Dir = s.dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
@@ -406,7 +406,7 @@ func credentialOf(name string) (*syscall.Credential, error) {
 }
 
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := new(net.ListenConfig).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
