@@ -84,6 +84,10 @@ func TestDatabaseOutage(t *testing.T) {
 	if check["status"] != "failed" || strings.Contains(check["error"].(string), srv.Password()) {
 		t.Errorf("/health's database check = %v, want failed, without the password", check)
 	}
+	metrics := f.get("/metrics")
+	if metrics.Code != http.StatusOK || strings.Contains(metrics.Body.String(), srv.Password()) {
+		t.Errorf("/metrics with the database down = %d; want 200, without the password", metrics.Code)
+	}
 	for _, e := range f.logs.All() {
 		for _, v := range e.ContextMap() {
 			if s, ok := v.(string); ok && strings.Contains(s, srv.Password()) {
