@@ -38,10 +38,10 @@ var _ registry.Store = (*AgentStore)(nil)
 // in different orders (a deadlock PostgreSQL would end after a second).
 const sweepLockID = 0x6167656e7473 // "agents"
 
-// maxAttempts bounds how often a transaction is run again after a
+// maxAgentTxAttempts bounds how often a transaction is run again after a
 // deadlock, a serialization failure or a registration racing another for
 // the same agent.
-const maxAttempts = 5
+const maxAgentTxAttempts = 5
 
 // agentColumns are the columns scanAgent reads, in its order.
 const agentColumns = `id, name, type, host, port, capabilities, status, version, registered_at, last_seen,
@@ -93,24 +93,24 @@ func capabilitiesOf(a registry.Agent) []string {
 
 // inTx runs fn in a transaction, again after a deadlock or a
 // serialization failure, and maps connection failures to
-// storeerr.ErrUnavailable. fn returning errRetry runs it again too.
+// storeerr.ErrUnavailable. fn returning errRegisterAgain runs it again too.
 func (s *AgentStore) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	var err error
-	for range maxAttempts {
+	for range maxAgentTxAttempts {
 		err = pgx.BeginFunc(ctx, s.pool, fn)
-		if !isRetryable(err) && !errors.Is(err, errRetry) {
+		if !isRetryable(err) && !errors.Is(err, errRegisterAgain) {
 			break
 		}
 	}
-	if errors.Is(err, errRetry) {
+	if errors.Is(err, errRegisterAgain) {
 		err = errors.New("registry: the agent changed concurrently too often; try again")
 	}
 	return unavailable(ctx, err)
 }
 
-// errRetry makes inTx run its function again: a registration lost a race
+// errRegisterAgain makes inTx run its function again: a registration lost a race
 // for its agent's row to another, and must now find that row.
-var errRetry = errors.New("retry")
+var errRegisterAgain = errors.New("retry")
 
 // Register implements registry.Store.
 func (s *AgentStore) Register(ctx context.Context, a registry.Agent, lim registry.Limits) (registry.Agent, bool, error) {
@@ -118,7 +118,7 @@ func (s *AgentStore) Register(ctx context.Context, a registry.Agent, lim registr
 	var created bool
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		stored, created, err = register(ctx, tx, a, lim)
+		stored, created, err = registerAgent(ctx, tx, a, lim)
 		return err
 	})
 	if err != nil {
@@ -127,9 +127,9 @@ func (s *AgentStore) Register(ctx context.Context, a registry.Agent, lim registr
 	return stored, created, nil
 }
 
-// register is Register in tx. It locks the agent's row (the one found, or
+// registerAgent is Register in tx. It locks the agent's row (the one found, or
 // the one it inserts) before agent_totals, as every transaction does.
-func register(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limits) (registry.Agent, bool, error) {
+func registerAgent(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limits) (registry.Agent, bool, error) {
 	find := `SELECT ` + agentColumns + `, metadata_bytes FROM agents
 		WHERE name = $1 AND host = $2 AND port = $3 AND NOT chosen_id FOR UPDATE`
 	args := []any{a.Name, a.Host, a.Port}
@@ -141,7 +141,7 @@ func register(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Lim
 	old, err := scanAgent(tx.QueryRow(ctx, find, args...), &oldBytes)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return insert(ctx, tx, a, lim)
+		return insertAgent(ctx, tx, a, lim)
 	case err != nil:
 		return registry.Agent{}, false, err
 	case a.ChosenID && !old.ChosenID:
@@ -152,7 +152,7 @@ func register(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Lim
 	if old.Owner != "" {
 		a.Owner = old.Owner
 	}
-	if err := grow(ctx, tx, a.MetadataBytes()-oldBytes, lim); err != nil {
+	if err := growMetadata(ctx, tx, a.MetadataBytes()-oldBytes, lim); err != nil {
 		return registry.Agent{}, false, err
 	}
 	stored, err := scanAgent(tx.QueryRow(ctx, `UPDATE agents SET
@@ -167,8 +167,8 @@ func register(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Lim
 	return stored, false, err
 }
 
-// insert stores a new agent, then counts it in agent_totals within lim.
-func insert(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limits) (registry.Agent, bool, error) {
+// insertAgent stores a new agent, then counts it in agent_totals within lim.
+func insertAgent(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limits) (registry.Agent, bool, error) {
 	if a.ID == "" {
 		return registry.Agent{}, false, errors.New("registry: agent ID empty")
 	}
@@ -192,7 +192,7 @@ func insert(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limit
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return registry.Agent{}, false, err
 		}
-		return registry.Agent{}, false, errRetry
+		return registry.Agent{}, false, errRegisterAgain
 	}
 	if err != nil {
 		return registry.Agent{}, false, err
@@ -212,12 +212,12 @@ func insert(ctx context.Context, tx pgx.Tx, a registry.Agent, lim registry.Limit
 	return stored, true, err
 }
 
-// grow changes the metadata agent_totals holds by delta bytes, refusing
+// growMetadata changes the metadata agent_totals holds by delta bytes, refusing
 // with ErrMetadataBudget to grow it past lim. Shrinking, or keeping the
 // size, is never refused, even past the budget. The condition is
 // evaluated on the row as it is once locked, so concurrent changes pass
 // the budget together never.
-func grow(ctx context.Context, tx pgx.Tx, delta int, lim registry.Limits) error {
+func growMetadata(ctx context.Context, tx pgx.Tx, delta int, lim registry.Limits) error {
 	if delta == 0 {
 		return nil
 	}
@@ -240,7 +240,7 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 	var before registry.Liveness
 	if len(metadata) == 0 {
 		var err error
-		updated, before, err = heartbeat(ctx, s.pool, id, owner, status, at)
+		updated, before, err = heartbeatOnly(ctx, s.pool, id, owner, status, at)
 		return updated, before, unavailable(ctx, err)
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -258,7 +258,7 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 		}
 		before.Status, before.LastSeen = registry.Status(prevStatus), before.LastSeen.UTC()
 		delta := len(metadata) - held
-		if err := grow(ctx, tx, delta, lim); err != nil {
+		if err := growMetadata(ctx, tx, delta, lim); err != nil {
 			return err
 		}
 		updated, err = scanAgent(tx.QueryRow(ctx, `UPDATE agents
@@ -273,16 +273,16 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 	return updated, before, nil
 }
 
-// heartbeat records a heartbeat without metadata in one statement: the
+// heartbeatOnly records a heartbeat without metadata in one statement: the
 // common case, which touches one row and not agent_totals.
-func heartbeat(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time) (registry.Agent, registry.Liveness, error) {
+func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time) (registry.Agent, registry.Liveness, error) {
 	var before registry.Liveness
 	var prevStatus string
 	a, err := scanAgent(db.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
 		UPDATE agents SET status = $3, last_seen = $4
 		FROM old
 		WHERE agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
-		RETURNING `+qualified("agents")+`, old.status, old.last_seen`, id, owner, status, at), &prevStatus, &before.LastSeen)
+		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at), &prevStatus, &before.LastSeen)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return registry.Agent{}, registry.Liveness{}, notFoundOrNotOwner(ctx, db, id)
 	}
@@ -293,8 +293,8 @@ func heartbeat(ctx context.Context, db *pgxpool.Pool, id, owner string, status r
 	return a, before, nil
 }
 
-// qualified is agentColumns prefixed with table, for statements that join.
-func qualified(table string) string {
+// agentColumnsOf is agentColumns prefixed with table, for statements that join.
+func agentColumnsOf(table string) string {
 	return table + `.id, ` + table + `.name, ` + table + `.type, ` + table + `.host, ` + table + `.port, ` +
 		table + `.capabilities, ` + table + `.status, ` + table + `.version, ` + table + `.registered_at, ` +
 		table + `.last_seen, ` + table + `.owner, ` + table + `.metadata, ` + table + `.heartbeat_metadata, ` +
