@@ -666,7 +666,7 @@ func unreachable(err error) bool {
 		switch {
 		case len(pgErr.Code) >= 2 && pgErr.Code[:2] == "08", // connection exception
 			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // admin/crash shutdown, cannot connect now
-			pgErr.Code == "53300",                        // too many connections
+			pgErr.Code == "53300",                          // too many connections
 			pgErr.Code == "25006" || pgErr.Code == "40001": // read-only standby after a failover; serialization
 			return true
 		}
