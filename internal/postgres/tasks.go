@@ -249,8 +249,13 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 	return out, err
 }
 
-// claimPage is how many waiting tasks a claim reads at a time.
-const claimPage = 100
+// claimPage is how many waiting tasks a claim reads at a time; minNext
+// keeps a replica whose look at the queue fails from looking again in a
+// tight loop.
+const (
+	claimPage = 100
+	minNext   = 10 * time.Millisecond
+)
 
 // Claim implements dispatch.Queue.
 func (s *TaskStore) Claim(ctx context.Context, req dispatch.ClaimRequest) (dispatch.ClaimResult, error) {
@@ -302,44 +307,47 @@ func (s *TaskStore) Claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 				break
 			}
 		}
-		if len(ids) == 0 {
-			return nil
+		if len(ids) > 0 {
+			rows, err = tx.Query(ctx, `UPDATE tasks t SET status = 'dispatched', agent_id = c.agent_id,
+					attempts = t.attempts + 1, retry_count = t.attempts,
+					tried = CASE WHEN c.agent_id = ANY (t.tried) THEN t.tried ELSE array_append(t.tried, c.agent_id) END,
+					started_at = coalesce(t.started_at, now()), not_before = NULL,
+					lease_owner = $3, lease_expires = now() + $4 * interval '1 microsecond'
+				FROM unnest($1::text[], $2::text[]) AS c(id, agent_id)
+				WHERE t.id = c.id AND t.status IN ('pending', 'retrying')
+				RETURNING `+prefixed("t.", taskColumns)+`, t.attempts`,
+				ids, agents, req.Owner, req.Lease.Microseconds())
+			if err != nil {
+				return err
+			}
+			res.Claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (dispatch.Claimed, error) {
+				var attempt int32
+				t, err := scanTask(r, &attempt)
+				return dispatch.Claimed{Task: t, Lease: dispatch.Lease{ID: t.ID, Owner: req.Owner, Attempt: int(attempt)}}, err
+			})
+			if err != nil {
+				return err
+			}
 		}
-		rows, err = tx.Query(ctx, `UPDATE tasks t SET status = 'dispatched', agent_id = c.agent_id,
-				attempts = t.attempts + 1, retry_count = t.attempts,
-				tried = CASE WHEN c.agent_id = ANY (t.tried) THEN t.tried ELSE array_append(t.tried, c.agent_id) END,
-				started_at = coalesce(t.started_at, now()), not_before = NULL,
-				lease_owner = $3, lease_expires = now() + $4 * interval '1 microsecond'
-			FROM unnest($1::text[], $2::text[]) AS c(id, agent_id)
-			WHERE t.id = c.id AND t.status IN ('pending', 'retrying')
-			RETURNING `+prefixed("t.", taskColumns)+`, t.attempts`,
-			ids, agents, req.Owner, req.Lease.Microseconds())
-		if err != nil {
+		// What is left. now() is the transaction's start, which the pages
+		// used as well: a backoff that ended since then is still ahead
+		// here, so its task is claimed on the next look, not forgotten.
+		var next pgtype.Float8
+		if err := tx.QueryRow(ctx, `SELECT
+				EXISTS (SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying')),
+				EXTRACT(EPOCH FROM least(
+					(SELECT min(not_before) FROM tasks WHERE status = 'retrying' AND not_before > now()),
+					(SELECT min(deadline) FROM tasks WHERE status IN ('pending', 'retrying'))) - clock_timestamp())::float8`).
+			Scan(&res.Waiting, &next); err != nil {
 			return err
 		}
-		res.Claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (dispatch.Claimed, error) {
-			var attempt int32
-			t, err := scanTask(r, &attempt)
-			return dispatch.Claimed{Task: t, Lease: dispatch.Lease{ID: t.ID, Owner: req.Owner, Attempt: int(attempt)}}, err
-		})
-		return err
+		if next.Valid {
+			res.Next = max(time.Duration(next.Float64*float64(time.Second)), minNext)
+		}
+		return nil
 	})
 	if err != nil {
 		return dispatch.ClaimResult{}, err
-	}
-	// What is left, read after the claim's lock is released.
-	var next pgtype.Float8
-	err = s.pool.QueryRow(ctx, `SELECT
-			EXISTS (SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying')),
-			EXTRACT(EPOCH FROM least(
-				(SELECT min(not_before) FROM tasks WHERE status = 'retrying' AND not_before > now()),
-				(SELECT min(deadline) FROM tasks WHERE status IN ('pending', 'retrying'))) - now())::float8`).
-		Scan(&res.Waiting, &next)
-	if err != nil {
-		return res, taskErr(err)
-	}
-	if next.Valid {
-		res.Next = max(time.Duration(next.Float64*float64(time.Second)), time.Millisecond)
 	}
 	return res, nil
 }
