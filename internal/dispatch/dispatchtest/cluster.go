@@ -67,7 +67,7 @@ var ClusterConfig = dispatch.Config{
 
 // Cluster is a set of replicas over one queue, for tests.
 type Cluster struct {
-	t        *testing.T
+	t        testing.TB
 	open     func() dispatch.Queue
 	agents   *registry.MemoryStore
 	Replicas []*Replica
@@ -84,7 +84,7 @@ type Replica struct {
 }
 
 // NewCluster makes n replicas over queues open returns, not running yet.
-func NewCluster(t *testing.T, open func() dispatch.Queue, cfg dispatch.Config, n int) *Cluster {
+func NewCluster(t testing.TB, open func() dispatch.Queue, cfg dispatch.Config, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, open: open, agents: registry.NewMemoryStore()}
 	for i := range n {
@@ -221,6 +221,9 @@ func (c *Cluster) AddAgent(i int, name string, answer func(http.ResponseWriter, 
 	return a
 }
 
+// URL is the agent's base URL (its /task endpoint is under it).
+func (a *Agent) URL() string { return a.srv.URL }
+
 // Received returns the task IDs the agent got, in order.
 func (a *Agent) Received() []string {
 	a.mu.Lock()
@@ -270,7 +273,7 @@ func (c *Cluster) Wait(i int, id string) dispatch.Task {
 
 // waitFor polls cond until it holds, failing t after a minute: a bound for
 // a broken test, not a claim about speed.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for !cond() {
