@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -223,30 +224,48 @@ func (s *TaskStore) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 
 // Enqueue implements dispatch.Queue. The count of waiting tasks and the
 // insert run under an advisory lock, so that two replicas cannot both
-// take the last place.
+// take the last place. Every task waits in the table until a claim takes
+// it, if only for a moment, so a maxPending of 0 counts as 1. Lock, insert and notification go in one batch: one
+// round trip, one implicit transaction (the lock is held to its end).
 func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int) (dispatch.Task, error) {
-	var out dispatch.Task
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(taskEnqueueLockID)); err != nil {
-			return err
-		}
-		var full bool
-		if err := tx.QueryRow(ctx, `SELECT count(*) >= $1 FROM (
-				SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying') LIMIT $1) w`, maxPending).Scan(&full); err != nil {
-			return err
-		}
-		if full {
-			return dispatch.ErrQueueFull
-		}
-		t.Status = dispatch.StatusPending
-		var err error
-		if out, err = s.insert(ctx, tx, t); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, taskNotifyWake)
-		return err
-	})
-	return out, err
+	if t.ID == "" {
+		return dispatch.Task{}, errors.New("postgres: task ID empty")
+	}
+	t.Status = dispatch.StatusPending
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(taskEnqueueLockID))
+	b.Queue(`INSERT INTO tasks (id, task_type, agent_type, pinned_agent_id, parameters, priority,
+			timeout_seconds, max_retries, metadata, status, created_at, deadline)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, now() + $7::int * interval '1 second'
+		WHERE (SELECT count(*) FROM (
+			SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying') LIMIT greatest($11, 1)) w) < greatest($11, 1)
+		RETURNING seq`,
+		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, nullJSON(t.Parameters), t.Priority,
+		t.TimeoutSeconds, t.MaxRetries, nullJSON(t.Metadata), t.CreatedAt, maxPending)
+	b.Queue(`SELECT pg_notify('`+taskWakeChannel+`', '') FROM tasks WHERE id = $1`, t.ID)
+	br := s.pool.SendBatch(ctx, b)
+	var seq int64
+	_, err := br.Exec()
+	if err == nil {
+		err = br.QueryRow().Scan(&seq)
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return dispatch.Task{}, dispatch.ErrQueueFull
+	case errors.As(err, &pgErr) && pgErr.Code == "23505":
+		return dispatch.Task{}, fmt.Errorf("postgres: task ID %.64q already taken", t.ID)
+	case err != nil:
+		return dispatch.Task{}, taskErr(err)
+	}
+	t.Seq = uint64(seq) //nolint:gosec // G115: an identity column, never negative
+	return t, nil
 }
 
 // claimPage is how many waiting tasks a claim reads at a time; minNext
@@ -257,17 +276,39 @@ const (
 	minNext   = 10 * time.Millisecond
 )
 
-// Claim implements dispatch.Queue.
+// Claim implements dispatch.Queue, in two round trips when one page of
+// waiting tasks is enough: BEGIN, the lock, the in-flight counts and the
+// first page in one batch; the claims, what is left and COMMIT in another.
 func (s *TaskStore) Claim(ctx context.Context, req dispatch.ClaimRequest) (dispatch.ClaimResult, error) {
-	var res dispatch.ClaimResult
-	var ids, agents []string
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		ids, agents = ids[:0], agents[:0]
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(taskClaimLockID)); err != nil {
-			return err
+	res, err := s.claim(ctx, req)
+	return res, taskErr(err)
+}
+
+func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispatch.ClaimResult, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return dispatch.ClaimResult{}, err
+	}
+	// A connection released inside the transaction (any error below) is
+	// closed by the pool, which rolls the transaction back.
+	defer conn.Release()
+
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(taskClaimLockID))
+	b.Queue(`SELECT agent_id, count(*) FROM tasks WHERE status = 'dispatched' GROUP BY agent_id`)
+	queueWaitingPage(b, nil, true, 0, 0)
+	br := conn.SendBatch(ctx, b)
+	inFlight := map[string]int{}
+	var page []dispatch.Claimable
+	err = func() error {
+		defer br.Close()
+		for range 2 {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
 		}
-		inFlight := map[string]int{}
-		rows, err := tx.Query(ctx, `SELECT agent_id, count(*) FROM tasks WHERE status = 'dispatched' GROUP BY agent_id`)
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
@@ -276,94 +317,124 @@ func (s *TaskStore) Claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 		if _, err := pgx.ForEachRow(rows, []any{&agentID, &n}, func() error { inFlight[agentID] = n; return nil }); err != nil {
 			return err
 		}
-		blocked := []string{}
-		first, lastPriority, lastSeq := true, 0, int64(0)
-		for len(ids) < req.Limit {
-			page, err := s.waitingPage(ctx, tx, blocked, first, lastPriority, lastSeq)
-			if err != nil {
-				return err
-			}
-			for _, c := range page {
-				first, lastPriority, lastSeq = false, c.Priority, int64(c.Seq) //nolint:gosec // G115: from a bigint
-				key := routeKey(c.Task)
-				if containsString(blocked, key) {
-					continue
-				}
-				agent, ok, err := req.Choose(ctx, c, inFlight)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					blocked = append(blocked, key)
-					continue
-				}
-				inFlight[agent]++
-				ids, agents = append(ids, c.ID), append(agents, agent)
-				if len(ids) == req.Limit {
-					break
-				}
-			}
-			if len(page) < claimPage {
-				break
-			}
-		}
-		if len(ids) > 0 {
-			rows, err = tx.Query(ctx, `UPDATE tasks t SET status = 'dispatched', agent_id = c.agent_id,
-					attempts = t.attempts + 1, retry_count = t.attempts,
-					tried = CASE WHEN c.agent_id = ANY (t.tried) THEN t.tried ELSE array_append(t.tried, c.agent_id) END,
-					started_at = coalesce(t.started_at, now()), not_before = NULL,
-					lease_owner = $3, lease_expires = now() + $4 * interval '1 microsecond'
-				FROM unnest($1::text[], $2::text[]) AS c(id, agent_id)
-				WHERE t.id = c.id AND t.status IN ('pending', 'retrying')
-				RETURNING `+prefixed("t.", taskColumns)+`, t.attempts`,
-				ids, agents, req.Owner, req.Lease.Microseconds())
-			if err != nil {
-				return err
-			}
-			res.Claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (dispatch.Claimed, error) {
-				var attempt int32
-				t, err := scanTask(r, &attempt)
-				return dispatch.Claimed{Task: t, Lease: dispatch.Lease{ID: t.ID, Owner: req.Owner, Attempt: int(attempt)}}, err
-			})
-			if err != nil {
-				return err
-			}
-		}
-		// What is left. now() is the transaction's start, which the pages
-		// used as well: a backoff that ended since then is still ahead
-		// here, so its task is claimed on the next look, not forgotten.
-		var next pgtype.Float8
-		if err := tx.QueryRow(ctx, `SELECT
-				EXISTS (SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying')),
-				EXTRACT(EPOCH FROM least(
-					(SELECT min(not_before) FROM tasks WHERE status = 'retrying' AND not_before > now()),
-					(SELECT min(deadline) FROM tasks WHERE status IN ('pending', 'retrying'))) - clock_timestamp())::float8`).
-			Scan(&res.Waiting, &next); err != nil {
+		if page, err = collectWaiting(br.Query()); err != nil {
 			return err
 		}
-		if next.Valid {
-			res.Next = max(time.Duration(next.Float64*float64(time.Second)), minNext)
-		}
-		return nil
-	})
+		return br.Close()
+	}()
 	if err != nil {
 		return dispatch.ClaimResult{}, err
+	}
+
+	var ids, agents []string
+	blocked := []string{}
+	for {
+		var lastPriority int
+		var lastSeq int64
+		for _, c := range page {
+			lastPriority, lastSeq = c.Priority, int64(c.Seq) //nolint:gosec // G115: from a bigint
+			key := routeKey(c.Task)
+			if len(ids) == req.Limit || slices.Contains(blocked, key) {
+				continue
+			}
+			agent, ok, err := req.Choose(ctx, c, inFlight)
+			if err != nil {
+				return dispatch.ClaimResult{}, err
+			}
+			if !ok {
+				blocked = append(blocked, key)
+				continue
+			}
+			inFlight[agent]++
+			ids, agents = append(ids, c.ID), append(agents, agent)
+		}
+		if len(page) < claimPage || len(ids) == req.Limit {
+			break
+		}
+		pb := &pgx.Batch{}
+		queueWaitingPage(pb, blocked, false, lastPriority, lastSeq)
+		pbr := conn.SendBatch(ctx, pb)
+		page, err = collectWaiting(pbr.Query())
+		if cerr := pbr.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return dispatch.ClaimResult{}, err
+		}
+	}
+
+	var res dispatch.ClaimResult
+	b = &pgx.Batch{}
+	if len(ids) > 0 {
+		b.Queue(`UPDATE tasks t SET status = 'dispatched', agent_id = c.agent_id,
+				attempts = t.attempts + 1, retry_count = t.attempts,
+				tried = CASE WHEN c.agent_id = ANY (t.tried) THEN t.tried ELSE array_append(t.tried, c.agent_id) END,
+				started_at = coalesce(t.started_at, now()), not_before = NULL,
+				lease_owner = $3, lease_expires = now() + $4 * interval '1 microsecond'
+			FROM unnest($1::text[], $2::text[]) AS c(id, agent_id)
+			WHERE t.id = c.id AND t.status IN ('pending', 'retrying')
+			RETURNING `+prefixed("t.", taskColumns)+`, t.attempts`,
+			ids, agents, req.Owner, req.Lease.Microseconds())
+	}
+	// What is left. now() is the transaction's start, which the pages
+	// used as well: a backoff that ended since then is still ahead here,
+	// so its task is claimed on the next look, not forgotten.
+	b.Queue(`SELECT
+			EXISTS (SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying')),
+			EXTRACT(EPOCH FROM least(
+				(SELECT min(not_before) FROM tasks WHERE status = 'retrying' AND not_before > now()),
+				(SELECT min(deadline) FROM tasks WHERE status IN ('pending', 'retrying'))) - clock_timestamp())::float8`)
+	b.Queue(`COMMIT`)
+	br = conn.SendBatch(ctx, b)
+	defer br.Close()
+	if len(ids) > 0 {
+		rows, err := br.Query()
+		if err != nil {
+			return dispatch.ClaimResult{}, err
+		}
+		res.Claimed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (dispatch.Claimed, error) {
+			var attempt int32
+			t, err := scanTask(r, &attempt)
+			return dispatch.Claimed{Task: t, Lease: dispatch.Lease{ID: t.ID, Owner: req.Owner, Attempt: int(attempt)}}, err
+		})
+		if err != nil {
+			return dispatch.ClaimResult{}, err
+		}
+	}
+	var next pgtype.Float8
+	if err := br.QueryRow().Scan(&res.Waiting, &next); err != nil {
+		return dispatch.ClaimResult{}, err
+	}
+	if _, err := br.Exec(); err != nil {
+		return dispatch.ClaimResult{}, err
+	}
+	if err := br.Close(); err != nil {
+		return dispatch.ClaimResult{}, err
+	}
+	if next.Valid {
+		res.Next = max(time.Duration(next.Float64*float64(time.Second)), minNext)
 	}
 	return res, nil
 }
 
-// waitingPage reads the next claimPage waiting tasks, best first, after
-// the one at (lastPriority, lastSeq) unless first, leaving out the blocked
-// routes and the tasks not claimable yet (in their backoff) or any more
-// (past their deadline: ExpireWaiting's).
-func (s *TaskStore) waitingPage(ctx context.Context, tx pgx.Tx, blocked []string, first bool, lastPriority int, lastSeq int64) ([]dispatch.Claimable, error) {
-	rows, err := tx.Query(ctx, `SELECT `+taskColumns+`, attempts, tried FROM tasks
+// queueWaitingPage queues the read of the next claimPage waiting tasks,
+// best first, after the one at (lastPriority, lastSeq) unless first,
+// leaving out the blocked routes and the tasks not claimable yet (in their
+// backoff) or any more (past their deadline: ExpireWaiting's).
+func queueWaitingPage(b *pgx.Batch, blocked []string, first bool, lastPriority int, lastSeq int64) {
+	if blocked == nil {
+		blocked = []string{}
+	}
+	b.Queue(`SELECT `+taskColumns+`, attempts, tried FROM tasks
 		WHERE status IN ('pending', 'retrying')
 			AND (not_before IS NULL OR not_before <= now()) AND deadline > now()
 			AND (agent_type || '/' || task_type || '/' || pinned_agent_id) <> ALL ($1::text[])
 			AND ($2 OR priority < $3 OR (priority = $3 AND seq > $4))
 		ORDER BY priority DESC, seq
 		LIMIT $5`, blocked, first, lastPriority, lastSeq, claimPage)
+}
+
+func collectWaiting(rows pgx.Rows, err error) ([]dispatch.Claimable, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -381,15 +452,6 @@ func (s *TaskStore) waitingPage(ctx context.Context, tx pgx.Tx, blocked []string
 // it.
 func routeKey(t dispatch.Task) string {
 	return string(t.AgentType) + "/" + t.TaskType + "/" + t.PinnedAgentID
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // prefixed qualifies every column of a comma-separated list.
@@ -431,32 +493,32 @@ func (s *TaskStore) Retry(ctx context.Context, l dispatch.Lease, msg string, del
 }
 
 // leased runs update, a conditional UPDATE of l's task RETURNING its
-// columns, and wakes the replicas (a slot is free) in the same
-// transaction; when it changed nothing, it says why.
+// columns, and wakes the replicas (a slot is free), in one batch: one
+// round trip, one implicit transaction. When it changed nothing, it says
+// why.
 func (s *TaskStore) leased(ctx context.Context, l dispatch.Lease, update string, args ...any) (dispatch.Task, error) {
-	var out dispatch.Task
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		t, err := scanTask(tx.QueryRow(ctx, update, append([]any{l.ID, l.Owner, l.Attempt}, args...)...))
-		if errors.Is(err, pgx.ErrNoRows) {
-			out, err = scanTask(tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1`, l.ID))
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-				return dispatch.ErrNotFound
-			case err != nil:
-				return err
-			case out.Status.Terminal():
-				return dispatch.ErrFinished
-			}
-			return dispatch.ErrLeaseLost
-		}
-		if err != nil {
-			return err
-		}
-		out = t
-		_, err = tx.Exec(ctx, taskNotifyWake)
-		return err
-	})
-	return out, err
+	b := &pgx.Batch{}
+	b.Queue(update, append([]any{l.ID, l.Owner, l.Attempt}, args...)...)
+	b.Queue(taskNotifyWake)
+	br := s.pool.SendBatch(ctx, b)
+	t, err := scanTask(br.QueryRow())
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return t, taskErr(err)
+	}
+	t, err = s.Get(ctx, l.ID)
+	switch {
+	case err != nil:
+		return t, err
+	case t.Status.Terminal():
+		return t, dispatch.ErrFinished
+	}
+	return t, dispatch.ErrLeaseLost
 }
 
 // Release implements dispatch.Queue.

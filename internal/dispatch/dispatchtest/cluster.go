@@ -44,6 +44,7 @@ func TestCluster(t *testing.T, open QueueOpener) {
 		{"CancelAcrossReplicas", testCancelAcross},
 		{"OneTerminalState", testOneTerminal},
 		{"QueueTimeout", testClusterTimeout},
+		{"MaxPendingIsClusterWide", testClusterQueueFull},
 		{"RetryFailsOver", testClusterRetry},
 		{"ShutdownReleases", testShutdownReleases},
 	}
@@ -566,6 +567,31 @@ func testClusterTimeout(t *testing.T, open func() dispatch.Queue) {
 	got := c.Wait(0, waiting.ID)
 	if got.Status != dispatch.StatusTimeout || !strings.Contains(got.Error, `had a free slot within 1s`) {
 		t.Errorf("task waiting past its timeout: %s %q", got.Status, got.Error)
+	}
+}
+
+// TASK_MAX_PENDING counts the tasks waiting across the cluster, whichever
+// replica accepted them.
+func testClusterQueueFull(t *testing.T, open func() dispatch.Queue) {
+	cfg := ClusterConfig
+	cfg.AgentConcurrency, cfg.MaxPending = 1, 3
+	c := NewCluster(t, open, cfg, 2)
+	c.StartAll()
+	release := make(chan struct{})
+	agent := c.AddAgent(0, "busy", hold(release))
+	t.Cleanup(func() { close(release) })
+	c.Submit(0, dispatch.Request{})
+	waitFor(t, "the slot to be taken", func() bool { return len(agent.Received()) == 1 })
+	for i := range 3 {
+		if got := c.Submit(i%2, dispatch.Request{}); got.Status != dispatch.StatusPending {
+			t.Fatalf("task %d is %s, want pending", i, got.Status)
+		}
+	}
+	for i := range 2 {
+		_, err := c.Replicas[i].D.Submit(context.Background(), dispatch.Request{AgentType: "cost", TaskType: "analyze"})
+		if !errors.Is(err, dispatch.ErrQueueFull) || !strings.Contains(err.Error(), "TASK_MAX_PENDING") {
+			t.Errorf("Submit through replica %d with 3 tasks waiting = %v, want ErrQueueFull", i, err)
+		}
 	}
 }
 
