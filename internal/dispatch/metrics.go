@@ -52,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, depth, inFlight func() float64) (*met
 	}
 	queueDepth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orchestrator_task_queue_depth",
-		Help: "Tasks waiting for an agent with a free slot (including retries past their backoff).",
+		Help: "Tasks waiting for an agent with a free slot (including retries past their backoff); with a database, across the cluster, refreshed every TASK_POLL_INTERVAL.",
 	}, depth)
 	inFlightGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orchestrator_tasks_in_flight",

@@ -77,8 +77,8 @@ type Queue interface {
 	Listen(ctx context.Context, n Notifications) error
 }
 
-// ErrLeaseLost: the attempt is no longer the task's (another replica took
-// it over after the lease lapsed); its outcome is not recorded.
+// ErrLeaseLost means the attempt is no longer the task's (another replica
+// took it over after the lease lapsed); its outcome is not recorded.
 var ErrLeaseLost = errors.New("task lease lost to another replica")
 
 // Lease names one attempt of a task: the replica that delivers it and the

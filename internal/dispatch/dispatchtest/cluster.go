@@ -602,8 +602,7 @@ func testClusterRetry(t *testing.T, open func() dispatch.Queue) {
 	cfg.RetryBackoff, cfg.RetryBackoffMax = 50*time.Millisecond, 50*time.Millisecond
 	c := NewCluster(t, open, cfg, 2)
 	c.StartAll()
-	var failing *Agent
-	failing = c.AddAgent(0, "failing", func(w http.ResponseWriter, _ *http.Request, id string) {
+	failing := c.AddAgent(0, "failing", func(w http.ResponseWriter, _ *http.Request, id string) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, `{"task_id":%q,"status":"failed","error":"overloaded"}`, id)
 	})
