@@ -79,6 +79,11 @@ type Cluster struct {
 	depth atomic.Int64
 
 	claims claimer
+	// listening is closed once the listener first hears every
+	// notification: claims wait for it (up to listenWait), so that no
+	// delivery starts that a cancel elsewhere could not abort at once.
+	listening  chan struct{}
+	listenOnce sync.Once
 
 	mu               sync.Mutex
 	draining, closed bool
@@ -117,8 +122,12 @@ type claimer struct {
 	started, done uint64
 }
 
-// claimBatch bounds the tasks one claim transaction takes.
-const claimBatch = 64
+// claimBatch bounds the tasks one claim transaction takes; listenWait
+// bounds how long claims wait for the listener at startup.
+const (
+	claimBatch = 64
+	listenWait = 5 * time.Second
+)
 
 // Messages recorded in tasks, and the cadence of recording retries.
 const (
@@ -134,19 +143,20 @@ func NewCluster(opts ClusterOptions) (*Cluster, error) {
 		return nil, errors.New("dispatch: a cluster needs a Queue and Agents")
 	}
 	c := &Cluster{
-		cfg:     opts.Config,
-		queue:   opts.Queue,
-		agents:  opts.Agents,
-		log:     opts.Logger,
-		client:  opts.Client,
-		now:     opts.Now,
-		newID:   opts.NewID,
-		replica: opts.Replica,
-		wake:    make(chan struct{}, 1),
-		live:    map[string]*delivery{},
-		turns:   map[route]turn{},
-		waiters: map[string]chan Task{},
-		backlog: true,
+		cfg:       opts.Config,
+		queue:     opts.Queue,
+		agents:    opts.Agents,
+		log:       opts.Logger,
+		client:    opts.Client,
+		now:       opts.Now,
+		newID:     opts.NewID,
+		replica:   opts.Replica,
+		wake:      make(chan struct{}, 1),
+		listening: make(chan struct{}),
+		live:      map[string]*delivery{},
+		turns:     map[route]turn{},
+		waiters:   map[string]chan Task{},
+		backlog:   true,
 	}
 	c.claims.cond = sync.NewCond(&c.claims.mu)
 	if c.log == nil {
@@ -227,6 +237,17 @@ func (c *Cluster) Submit(ctx context.Context, req Request) (Task, error) {
 	}
 	// The database keeps microseconds: the task returned is the one stored.
 	t.ID, t.CreatedAt = c.newID(), c.now().UTC().Truncate(time.Microsecond)
+	// Waiting before the task exists: the claim that takes it may be one
+	// the insert's own notification started.
+	claimed := make(chan Task, 1)
+	c.mu.Lock()
+	c.waiters[t.ID] = claimed
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiters, t.ID)
+		c.mu.Unlock()
+	}()
 	stored, err := c.queue.Enqueue(ctx, t, c.cfg.MaxPending)
 	if errors.Is(err, ErrQueueFull) {
 		c.metrics.rejected.WithLabelValues("queue_full").Inc()
@@ -236,16 +257,10 @@ func (c *Cluster) Submit(ctx context.Context, req Request) (Task, error) {
 		return Task{}, err
 	}
 	c.metrics.submitted.WithLabelValues(string(t.AgentType)).Inc()
-
-	claimed := make(chan Task, 1)
 	c.mu.Lock()
-	c.waiters[stored.ID] = claimed
 	c.backlog = true
 	c.mu.Unlock()
-	c.claim()
-	c.mu.Lock()
-	delete(c.waiters, stored.ID)
-	c.mu.Unlock()
+	c.claim(claimed)
 	select {
 	case t := <-claimed:
 		return t, nil
@@ -270,13 +285,14 @@ func (c *Cluster) candidates(ctx context.Context, rt route) ([]registry.Candidat
 }
 
 // claim returns once a claim that started after the call has ended,
-// running it itself when none is running.
-func (c *Cluster) claim() {
+// running it itself when none is running, or once a claim has sent a task
+// on claimed (nil: none to wait for).
+func (c *Cluster) claim(claimed chan Task) {
 	cl := &c.claims
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	target := cl.started + 1
-	for cl.done < target {
+	for cl.done < target && len(claimed) == 0 {
 		if cl.running {
 			cl.cond.Wait()
 			continue
@@ -303,6 +319,17 @@ func (c *Cluster) claimRound() {
 	c.wg.Add(1)
 	c.mu.Unlock()
 	defer c.wg.Done()
+	select {
+	case <-c.listening:
+	default:
+		wait := time.NewTimer(listenWait)
+		select {
+		case <-c.listening:
+		case <-c.base.Done():
+		case <-wait.C: // the database may be down; the claim will say so
+		}
+		wait.Stop()
+	}
 
 	routes := map[route][]registry.Candidate{}
 	chosen := map[string]registry.Candidate{}
@@ -567,7 +594,7 @@ func (c *Cluster) Run(ctx context.Context) {
 			}
 			due = now.Add(c.cfg.PollInterval)
 		}
-		c.claim()
+		c.claim(nil)
 		c.mu.Lock()
 		next := c.next
 		c.mu.Unlock()
@@ -586,14 +613,19 @@ func (c *Cluster) Run(ctx context.Context) {
 
 // listen hears the other replicas until ctx ends.
 func (c *Cluster) listen(ctx context.Context) {
+	wake := func() {
+		c.mu.Lock()
+		c.backlog = true
+		c.mu.Unlock()
+		c.poke()
+	}
 	notes := Notifications{
-		Wake: func() {
-			c.mu.Lock()
-			c.backlog = true
-			c.mu.Unlock()
-			c.poke()
-		},
+		Wake:      wake,
 		Cancelled: c.abort,
+		Connected: func() {
+			c.listenOnce.Do(func() { close(c.listening) })
+			wake()
+		},
 		Error: func(err error) {
 			c.log.Warn("listening for task notifications failed; reconnecting (the poll still runs)", zap.Error(err))
 		},

@@ -72,8 +72,9 @@ type Queue interface {
 	Waiting(ctx context.Context) (int, error)
 
 	// Listen delivers the cluster's notifications to n until ctx ends,
-	// reconnecting by itself; after each (re)connection it calls n.Wake,
-	// since notifications sent meanwhile were lost.
+	// reconnecting by itself; after each (re)connection, once it hears
+	// every notification, it calls n.Connected (those sent meanwhile were
+	// lost).
 	Listen(ctx context.Context, n Notifications) error
 }
 
@@ -96,6 +97,9 @@ type Notifications struct {
 	Wake func()
 	// Cancelled: task id was cancelled; stop delivering it.
 	Cancelled func(id string)
+	// Connected: the listener is (again) hearing everything; what was
+	// sent while it was away is lost.
+	Connected func()
 	// Error: the listening connection failed; it reconnects.
 	Error func(error)
 }

@@ -654,11 +654,21 @@ func (s *TaskStore) Waiting(ctx context.Context) (int, error) {
 const listenRetry = time.Second
 
 // Listen implements dispatch.Queue on a connection of its own (not the
-// pool's), which it opens again whenever it is lost.
+// pool's), which it opens again whenever it is lost. The connection
+// listens on both channels before anything else runs, so the call to
+// n.Connected (the backlog of the wake channel) comes after both.
 func (s *TaskStore) Listen(ctx context.Context, n dispatch.Notifications) error {
 	l := &pgxlisten.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
-			return pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+			conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+			if err != nil {
+				return nil, err
+			}
+			if _, err := conn.Exec(ctx, `LISTEN `+taskWakeChannel+`; LISTEN `+taskCancelChannel); err != nil {
+				_ = conn.Close(ctx)
+				return nil, err
+			}
+			return conn, nil
 		},
 		LogError: func(ctx context.Context, err error) {
 			if ctx.Err() == nil && n.Error != nil {
@@ -667,7 +677,7 @@ func (s *TaskStore) Listen(ctx context.Context, n dispatch.Notifications) error 
 		},
 		ReconnectDelay: listenRetry,
 	}
-	l.Handle(taskWakeChannel, wakeHandler(n.Wake))
+	l.Handle(taskWakeChannel, wakeHandler{n})
 	l.Handle(taskCancelChannel, pgxlisten.HandlerFunc(func(_ context.Context, note *pgconn.Notification, _ *pgx.Conn) error {
 		n.Cancelled(note.Payload)
 		return nil
@@ -679,17 +689,17 @@ func (s *TaskStore) Listen(ctx context.Context, n dispatch.Notifications) error 
 	return err
 }
 
-// wakeHandler wakes on every notification, and after every connection:
-// what was sent while the listener was away is lost.
-type wakeHandler func()
+// wakeHandler wakes on every notification, and says it is connected after
+// every connection: what was sent while the listener was away is lost.
+type wakeHandler struct{ n dispatch.Notifications }
 
 func (w wakeHandler) HandleNotification(context.Context, *pgconn.Notification, *pgx.Conn) error {
-	w()
+	w.n.Wake()
 	return nil
 }
 
 func (w wakeHandler) HandleBacklog(context.Context, string, *pgx.Conn) error {
-	w()
+	w.n.Connected()
 	return nil
 }
 
