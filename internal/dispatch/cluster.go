@@ -99,6 +99,9 @@ type Cluster struct {
 	// next is how long after the last claim a waiting task's backoff or
 	// deadline ends.
 	next time.Duration
+	// lastPump and pumpPending pace Pump.
+	lastPump    time.Time
+	pumpPending bool
 }
 
 // delivery is one attempt this replica runs.
@@ -123,10 +126,12 @@ type claimer struct {
 }
 
 // claimBatch bounds the tasks one claim transaction takes; listenWait
-// bounds how long claims wait for the listener at startup.
+// bounds how long claims wait for the listener at startup; pumpEvery paces
+// Pump.
 const (
 	claimBatch = 64
 	listenWait = 5 * time.Second
+	pumpEvery  = 50 * time.Millisecond
 )
 
 // Messages recorded in tasks, and the cadence of recording retries.
@@ -543,14 +548,29 @@ func (c *Cluster) abort(id string) {
 }
 
 // Pump looks at the queue again when waiting tasks may now start; the
-// registry calls it when an agent registers or heartbeats.
+// registry calls it when an agent registers or heartbeats. Only when tasks
+// wait, and at most once per pumpEvery: a fleet's heartbeats (hundreds a
+// second) must not each cost a claim, which reads the waiting tasks; the
+// last pump of a burst is kept, so an agent that just registered is seen.
 func (c *Cluster) Pump() {
 	c.mu.Lock()
-	backlog := c.backlog
-	c.mu.Unlock()
-	if backlog {
-		c.poke()
+	defer c.mu.Unlock()
+	if !c.backlog || c.pumpPending {
+		return
 	}
+	wait := time.Until(c.lastPump.Add(pumpEvery))
+	if wait <= 0 {
+		c.lastPump = time.Now()
+		c.poke()
+		return
+	}
+	c.pumpPending = true
+	time.AfterFunc(wait, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.pumpPending, c.lastPump = false, time.Now()
+		c.poke()
+	})
 }
 
 // poke wakes the run loop.

@@ -45,6 +45,7 @@ func TestCluster(t *testing.T, open QueueOpener) {
 		{"OneTerminalState", testOneTerminal},
 		{"QueueTimeout", testClusterTimeout},
 		{"MaxPendingIsClusterWide", testClusterQueueFull},
+		{"NewAgentStartsWaitingTask", testClusterPump},
 		{"RetryFailsOver", testClusterRetry},
 		{"ShutdownReleases", testShutdownReleases},
 	}
@@ -595,6 +596,36 @@ func testClusterQueueFull(t *testing.T, open func() dispatch.Queue) {
 	}
 }
 
+// A task waiting for a free slot starts when another capable agent
+// registers, through either replica: with an hour-long poll, only the
+// registry's Pump can start it.
+func testClusterPump(t *testing.T, open func() dispatch.Queue) {
+	cfg := ClusterConfig
+	cfg.AgentConcurrency = 1
+	c := NewCluster(t, open, cfg, 2)
+	c.StartAll()
+	release := make(chan struct{})
+	busy := c.AddAgent(0, "busy", hold(release))
+	t.Cleanup(func() { close(release) })
+	c.Submit(0, dispatch.Request{})
+	waitFor(t, "the slot to be taken", func() bool { return len(busy.Received()) == 1 })
+	before := time.Now()
+	waiting := c.Submit(0, dispatch.Request{})
+	if waiting.Status != dispatch.StatusPending {
+		t.Fatalf("task submitted to a full agent is %s, want pending", waiting.Status)
+	}
+	// The claims the submission's notification started find no agent; only
+	// once they are over does the new agent come.
+	for i, r := range c.Replicas {
+		waitFor(t, fmt.Sprintf("replica %d to look at the queue", i), func() bool { return r.queue.claimedSince(before) })
+	}
+	fresh := c.AddAgent(1, "fresh", Completed)
+	got := c.Wait(0, waiting.ID)
+	if got.Status != dispatch.StatusCompleted || got.AgentID != fresh.ID {
+		t.Errorf("waiting task: %s on %s, want completed on the agent that registered", got.Status, got.AgentID)
+	}
+}
+
 // A failed attempt is retried after its backoff, on an agent not tried
 // yet when there is one, through whichever replica.
 func testClusterRetry(t *testing.T, open func() dispatch.Queue) {
@@ -675,6 +706,18 @@ type killableQueue struct {
 	dead atomic.Bool
 	ctx  context.Context // ends on Kill
 	kill context.CancelFunc
+
+	mu             sync.Mutex
+	claiming       int       // claims running
+	lastClaimStart time.Time // when the last claim to end had started
+}
+
+// claimedSince reports whether a claim that started after t has ended, and
+// none is running.
+func (k *killableQueue) claimedSince(t time.Time) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.claiming == 0 && k.lastClaimStart.After(t)
 }
 
 var errKilled = errors.New("replica killed: no database")
@@ -732,6 +775,16 @@ func (k *killableQueue) Claim(ctx context.Context, req dispatch.ClaimRequest) (d
 	if err := k.alive(); err != nil {
 		return dispatch.ClaimResult{}, err
 	}
+	k.mu.Lock()
+	k.claiming++
+	start := time.Now()
+	k.mu.Unlock()
+	defer func() {
+		k.mu.Lock()
+		k.claiming--
+		k.lastClaimStart = start
+		k.mu.Unlock()
+	}()
 	return k.Queue.Claim(ctx, req)
 }
 
