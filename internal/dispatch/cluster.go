@@ -633,10 +633,13 @@ func (c *Cluster) Run(ctx context.Context) {
 
 // listen hears the other replicas until ctx ends.
 func (c *Cluster) listen(ctx context.Context) {
-	wake := func() {
+	wake := func(submitted string) {
 		c.mu.Lock()
+		defer c.mu.Unlock()
 		c.backlog = true
-		c.mu.Unlock()
+		if _, ours := c.waiters[submitted]; ours && submitted != "" {
+			return // the Submit that stored it claims at once
+		}
 		c.poke()
 	}
 	notes := Notifications{
@@ -644,7 +647,7 @@ func (c *Cluster) listen(ctx context.Context) {
 		Cancelled: c.abort,
 		Connected: func() {
 			c.listenOnce.Do(func() { close(c.listening) })
-			wake()
+			wake("")
 		},
 		Error: func(err error) {
 			c.log.Warn("listening for task notifications failed; reconnecting (the poll still runs)", zap.Error(err))

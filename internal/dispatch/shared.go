@@ -93,8 +93,8 @@ type Lease struct {
 // Notifications are what a replica hears from the others.
 type Notifications struct {
 	// Wake: there may be new work (a task submitted or retried, a slot
-	// freed).
-	Wake func()
+	// freed); submitted is the ID of the task submitted, when that is why.
+	Wake func(submitted string)
 	// Cancelled: task id was cancelled; stop delivering it.
 	Cancelled func(id string)
 	// Connected: the listener is (again) hearing everything; what was

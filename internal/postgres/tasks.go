@@ -57,7 +57,8 @@ const taskColumns = `seq, id, task_type, agent_type, pinned_agent_id, agent_id, 
 const taskTerminal = `('completed', 'failed', 'timeout', 'cancelled')`
 
 // taskNotifyWake is a statement that wakes the replicas when the
-// transaction it runs in commits.
+// transaction it runs in commits. Its payload is empty; an enqueue's is the
+// task's ID.
 const taskNotifyWake = `SELECT pg_notify('` + taskWakeChannel + `', '')`
 
 func scanTask(row pgx.Row, extra ...any) (dispatch.Task, error) {
@@ -242,7 +243,7 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 		RETURNING seq`,
 		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, nullJSON(t.Parameters), t.Priority,
 		t.TimeoutSeconds, t.MaxRetries, nullJSON(t.Metadata), t.CreatedAt, maxPending)
-	b.Queue(`SELECT pg_notify('`+taskWakeChannel+`', '') FROM tasks WHERE id = $1`, t.ID)
+	b.Queue(`SELECT pg_notify('`+taskWakeChannel+`', id) FROM tasks WHERE id = $1`, t.ID)
 	br := s.pool.SendBatch(ctx, b)
 	var seq int64
 	_, err := br.Exec()
@@ -693,8 +694,8 @@ func (s *TaskStore) Listen(ctx context.Context, n dispatch.Notifications) error 
 // every connection: what was sent while the listener was away is lost.
 type wakeHandler struct{ n dispatch.Notifications }
 
-func (w wakeHandler) HandleNotification(context.Context, *pgconn.Notification, *pgx.Conn) error {
-	w.n.Wake()
+func (w wakeHandler) HandleNotification(_ context.Context, note *pgconn.Notification, _ *pgx.Conn) error {
+	w.n.Wake(note.Payload)
 	return nil
 }
 
