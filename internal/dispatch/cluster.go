@@ -113,6 +113,9 @@ type delivery struct {
 	// cancelled: an operator cancelled the task; lost: the lease is no
 	// longer this replica's.
 	cancelled, lost bool
+	// renewed is when the lease was last known extended (this replica's
+	// clock).
+	renewed time.Time
 }
 
 // claimer runs one claim at a time in this process (the database runs
@@ -403,7 +406,7 @@ func (c *Cluster) start(claimed []Claimed, agents map[string]registry.Candidate)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(c.base, time.Duration(cl.Task.TimeoutSeconds)*time.Second)
-		d := &delivery{task: cl.Task, lease: cl.Lease, agent: agents[cl.Task.ID], cancel: cancel}
+		d := &delivery{task: cl.Task, lease: cl.Lease, agent: agents[cl.Task.ID], cancel: cancel, renewed: time.Now()}
 		c.live[cl.Task.ID] = d
 		c.wg.Go(func() {
 			defer cancel()
@@ -683,8 +686,11 @@ func (c *Cluster) maintain(ctx context.Context) {
 }
 
 // renew extends the leases of the deliveries running here, and aborts
-// those the queue says are no longer this replica's.
+// those the queue says are no longer this replica's, and those whose lease
+// it could not extend for two thirds of a lease: another replica may take
+// them over soon, and a task must not be delivered twice at the same time.
 func (c *Cluster) renew(ctx context.Context) {
+	now := time.Now()
 	c.mu.Lock()
 	running := make(map[string]*delivery, len(c.live))
 	ids := make([]string, 0, len(c.live))
@@ -701,15 +707,26 @@ func (c *Cluster) renew(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	kept, err := c.queue.Renew(rctx, c.replica, ids, c.cfg.LeaseDuration)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err != nil {
 		c.log.Warn("renewing task leases failed", zap.Int("tasks", len(ids)), zap.Error(err))
+		for id, d := range running {
+			if c.live[id] == d && !d.cancelled && now.Sub(d.renewed) > c.cfg.LeaseDuration*2/3 {
+				d.lost = true
+				d.cancel()
+				c.log.Warn("delivery aborted: its lease could not be renewed, and another replica may take the task over",
+					zap.String("task_id", id), zap.String("agent_id", d.agent.ID))
+			}
+		}
 		return
 	}
 	for _, id := range kept {
+		if d := running[id]; d != nil {
+			d.renewed = now
+		}
 		delete(running, id)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	// Every delivery in running was live before the renewal was sent, so
 	// after its claim committed: the renewal saw its lease if it still was.
 	for id, d := range running {

@@ -41,6 +41,7 @@ func TestCluster(t *testing.T, open QueueOpener) {
 		{"ClusterWideAgentLimit", testClusterWideLimit},
 		{"PriorityThenAge", testClusterOrder},
 		{"LeaseTakeover", testLeaseTakeover},
+		{"PartitionedReplicaLetsGo", testPartition},
 		{"CancelAcrossReplicas", testCancelAcross},
 		{"OneTerminalState", testOneTerminal},
 		{"QueueTimeout", testClusterTimeout},
@@ -161,6 +162,13 @@ func (r *Replica) Kill() {
 	r.Stop()
 }
 
+// Partition cuts the replica from the database but lets it run, as a
+// network partition would.
+func (r *Replica) Partition() {
+	r.queue.dead.Store(true)
+	r.queue.kill()
+}
+
 // StartAll starts every replica.
 func (c *Cluster) StartAll() {
 	for _, r := range c.Replicas {
@@ -177,6 +185,8 @@ type Agent struct {
 	got      []string // task IDs, in arrival order
 	inFlight int
 	maxSeen  int
+	running  map[string]int // deliveries in progress, by task ID
+	twice    []string       // task IDs delivered twice at the same time
 	answer   func(w http.ResponseWriter, r *http.Request, taskID string)
 }
 
@@ -190,7 +200,7 @@ func Completed(w http.ResponseWriter, _ *http.Request, id string) {
 // registered through replica i.
 func (c *Cluster) AddAgent(i int, name string, answer func(http.ResponseWriter, *http.Request, string)) *Agent {
 	c.t.Helper()
-	a := &Agent{answer: answer}
+	a := &Agent{answer: answer, running: map[string]int{}}
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		data, _ := io.ReadAll(r.Body)
 		var body struct {
@@ -201,11 +211,17 @@ func (c *Cluster) AddAgent(i int, name string, answer func(http.ResponseWriter, 
 		a.got = append(a.got, body.TaskID)
 		a.inFlight++
 		a.maxSeen = max(a.maxSeen, a.inFlight)
+		if a.running[body.TaskID]++; a.running[body.TaskID] > 1 {
+			a.twice = append(a.twice, body.TaskID)
+		}
 		answer := a.answer
 		a.mu.Unlock()
 		defer func() {
 			a.mu.Lock()
 			a.inFlight--
+			if a.running[body.TaskID]--; a.running[body.TaskID] == 0 {
+				delete(a.running, body.TaskID)
+			}
 			a.mu.Unlock()
 		}()
 		answer(w, r, body.TaskID)
@@ -231,6 +247,14 @@ func (a *Agent) Received() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.got)
+}
+
+// DeliveredTwiceAtOnce lists the tasks the agent got a second time while
+// the first delivery was still running.
+func (a *Agent) DeliveredTwiceAtOnce() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.twice)
 }
 
 // MaxConcurrent is the most deliveries the agent had at once.
@@ -464,6 +488,46 @@ func containsAll(s string, parts ...string) bool {
 		}
 	}
 	return true
+}
+
+// A replica cut from the database gives up its deliveries before its
+// leases lapse, so when another replica takes the tasks over, no task is
+// delivered twice at the same time.
+func testPartition(t *testing.T, open func() dispatch.Queue) {
+	cfg := ClusterConfig
+	cfg.LeaseDuration = time.Second
+	c := NewCluster(t, open, cfg, 2)
+	a, b := c.Replicas[0], c.Replicas[1]
+	a.Start()
+	aborted := make(chan struct{})
+	var calls atomic.Int32
+	agent := c.AddAgent(0, "agent", func(w http.ResponseWriter, r *http.Request, id string) {
+		if calls.Add(1) == 1 { // the partitioned replica's delivery
+			<-r.Context().Done()
+			close(aborted)
+			return
+		}
+		Completed(w, r, id)
+	})
+	task := c.Submit(0, dispatch.Request{})
+	waitFor(t, "the delivery", func() bool { return len(agent.Received()) == 1 })
+	a.Partition()
+	b.Start()
+	got := c.Wait(1, task.ID)
+	if got.Status != dispatch.StatusCompleted {
+		t.Errorf("task after the partition: %s %q", got.Status, got.Error)
+	}
+	select {
+	case <-aborted:
+	default:
+		t.Error("the partitioned replica's delivery was still running when the task completed elsewhere")
+	}
+	if twice := agent.DeliveredTwiceAtOnce(); len(twice) > 0 {
+		t.Errorf("tasks delivered twice at the same time: %v", twice)
+	}
+	if a.Logs.FilterMessage("delivery aborted: its lease could not be renewed, and another replica may take the task over").Len() != 1 {
+		t.Error("the partitioned replica did not say why it aborted the delivery")
+	}
 }
 
 // Cancel through one replica aborts the other replica's call to the agent:
