@@ -90,13 +90,13 @@ func taskTime(ts pgtype.Timestamptz) time.Time {
 	return ts.Time.UTC()
 }
 
-// nullTime is t, or NULL when zero.
-func nullTime(t time.Time) pgtype.Timestamptz {
+// taskNullTime is t, or NULL when zero.
+func taskNullTime(t time.Time) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
-// nullJSON is raw, or NULL when absent: a json column keeps the bytes.
-func nullJSON(raw json.RawMessage) []byte {
+// taskJSON is raw, or NULL when absent: a json column keeps the bytes.
+func taskJSON(raw json.RawMessage) []byte {
 	if raw == nil {
 		return nil
 	}
@@ -109,11 +109,11 @@ func (s *TaskStore) Create(ctx context.Context, t dispatch.Task) (dispatch.Task,
 	return s.insert(ctx, s.pool, t)
 }
 
-type querier interface {
+type taskQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-func (s *TaskStore) insert(ctx context.Context, q querier, t dispatch.Task) (dispatch.Task, error) {
+func (s *TaskStore) insert(ctx context.Context, q taskQuerier, t dispatch.Task) (dispatch.Task, error) {
 	if t.ID == "" {
 		return dispatch.Task{}, errors.New("postgres: task ID empty")
 	}
@@ -124,9 +124,9 @@ func (s *TaskStore) insert(ctx context.Context, q querier, t dispatch.Task) (dis
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
 			now() + $8::int * interval '1 second')
 		RETURNING seq`,
-		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, t.AgentID, nullJSON(t.Parameters), t.Priority,
-		t.TimeoutSeconds, t.MaxRetries, nullJSON(t.Metadata), string(t.Status), nullJSON(t.Result), t.Error,
-		t.CreatedAt, nullTime(t.StartedAt), nullTime(t.CompletedAt), t.RetryCount).Scan(&seq)
+		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, t.AgentID, taskJSON(t.Parameters), t.Priority,
+		t.TimeoutSeconds, t.MaxRetries, taskJSON(t.Metadata), string(t.Status), taskJSON(t.Result), t.Error,
+		t.CreatedAt, taskNullTime(t.StartedAt), taskNullTime(t.CompletedAt), t.RetryCount).Scan(&seq)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
@@ -173,14 +173,14 @@ func (s *TaskStore) Update(ctx context.Context, id string, change func(*dispatch
 				result = $12, error = $13, created_at = $14, started_at = $15, completed_at = $16, retry_count = $17
 			WHERE id = $1 AND status NOT IN `+taskTerminal,
 			id, updated.TaskType, string(updated.AgentType), updated.PinnedAgentID, updated.AgentID,
-			nullJSON(updated.Parameters), updated.Priority, updated.TimeoutSeconds, updated.MaxRetries,
-			nullJSON(updated.Metadata), string(updated.Status), nullJSON(updated.Result), updated.Error,
-			updated.CreatedAt, nullTime(updated.StartedAt), nullTime(updated.CompletedAt), updated.RetryCount)
+			taskJSON(updated.Parameters), updated.Priority, updated.TimeoutSeconds, updated.MaxRetries,
+			taskJSON(updated.Metadata), string(updated.Status), taskJSON(updated.Result), updated.Error,
+			updated.CreatedAt, taskNullTime(updated.StartedAt), taskNullTime(updated.CompletedAt), updated.RetryCount)
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() != 1 {
-			return dispatch.ErrFinished // unreachable under FOR UPDATE; the guard is the SQL's
+			return dispatch.ErrFinished // taskUnreachable under FOR UPDATE; the guard is the SQL's
 		}
 		out = updated
 		return nil
@@ -203,21 +203,21 @@ func (s *TaskStore) List(ctx context.Context, q dispatch.Query) ([]dispatch.Task
 	return out, taskErr(err)
 }
 
-// pruneBatch bounds the rows one DELETE removes, so that pruning a large
+// taskPruneBatch bounds the rows one DELETE removes, so that pruning a large
 // backlog never holds locks or bloats a transaction for long.
-const pruneBatch = 1000
+const taskPruneBatch = 1000
 
-// Prune implements dispatch.Store, in batches of pruneBatch rows.
+// Prune implements dispatch.Store, in batches of taskPruneBatch rows.
 func (s *TaskStore) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 	total := 0
 	for {
 		tag, err := s.pool.Exec(ctx, `DELETE FROM tasks WHERE id IN (
-			SELECT id FROM tasks WHERE completed_at < $1 LIMIT $2)`, cutoff, pruneBatch)
+			SELECT id FROM tasks WHERE completed_at < $1 LIMIT $2)`, cutoff, taskPruneBatch)
 		if err != nil {
 			return total, taskErr(err)
 		}
 		total += int(tag.RowsAffected())
-		if tag.RowsAffected() < pruneBatch {
+		if tag.RowsAffected() < taskPruneBatch {
 			return total, nil
 		}
 	}
@@ -241,8 +241,8 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 		WHERE (SELECT count(*) FROM (
 			SELECT 1 FROM tasks WHERE status IN ('pending', 'retrying') LIMIT greatest($11, 1)) w) < greatest($11, 1)
 		RETURNING seq`,
-		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, nullJSON(t.Parameters), t.Priority,
-		t.TimeoutSeconds, t.MaxRetries, nullJSON(t.Metadata), t.CreatedAt, maxPending)
+		t.ID, t.TaskType, string(t.AgentType), t.PinnedAgentID, taskJSON(t.Parameters), t.Priority,
+		t.TimeoutSeconds, t.MaxRetries, taskJSON(t.Metadata), t.CreatedAt, maxPending)
 	b.Queue(`SELECT pg_notify('`+taskWakeChannel+`', id) FROM tasks WHERE id = $1`, t.ID)
 	br := s.pool.SendBatch(ctx, b)
 	var seq int64
@@ -269,12 +269,12 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 	return t, nil
 }
 
-// claimPage is how many waiting tasks a claim reads at a time; minNext
+// taskClaimPage is how many waiting tasks a claim reads at a time; taskMinNext
 // keeps a replica whose look at the queue fails from looking again in a
 // tight loop.
 const (
-	claimPage = 100
-	minNext   = 10 * time.Millisecond
+	taskClaimPage = 100
+	taskMinNext   = 10 * time.Millisecond
 )
 
 // Claim implements dispatch.Queue, in two round trips when one page of
@@ -349,7 +349,7 @@ func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 			inFlight[agent]++
 			ids, agents = append(ids, c.ID), append(agents, agent)
 		}
-		if len(page) < claimPage || len(ids) == req.Limit {
+		if len(page) < taskClaimPage || len(ids) == req.Limit {
 			break
 		}
 		pb := &pgx.Batch{}
@@ -374,7 +374,7 @@ func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 				lease_owner = $3, lease_expires = now() + $4 * interval '1 microsecond'
 			FROM unnest($1::text[], $2::text[]) AS c(id, agent_id)
 			WHERE t.id = c.id AND t.status IN ('pending', 'retrying')
-			RETURNING `+prefixed("t.", taskColumns)+`, t.attempts`,
+			RETURNING `+taskPrefixed("t.", taskColumns)+`, t.attempts`,
 			ids, agents, req.Owner, req.Lease.Microseconds())
 	}
 	// What is left. now() is the transaction's start, which the pages
@@ -413,12 +413,12 @@ func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 		return dispatch.ClaimResult{}, err
 	}
 	if next.Valid {
-		res.Next = max(time.Duration(next.Float64*float64(time.Second)), minNext)
+		res.Next = max(time.Duration(next.Float64*float64(time.Second)), taskMinNext)
 	}
 	return res, nil
 }
 
-// queueWaitingPage queues the read of the next claimPage waiting tasks,
+// queueWaitingPage queues the read of the next taskClaimPage waiting tasks,
 // best first, after the one at (lastPriority, lastSeq) unless first,
 // leaving out the blocked routes and the tasks not claimable yet (in their
 // backoff) or any more (past their deadline: ExpireWaiting's).
@@ -432,7 +432,7 @@ func queueWaitingPage(b *pgx.Batch, blocked []string, first bool, lastPriority i
 			AND (agent_type || '/' || task_type || '/' || pinned_agent_id) <> ALL ($1::text[])
 			AND ($2 OR priority < $3 OR (priority = $3 AND seq > $4))
 		ORDER BY priority DESC, seq
-		LIMIT $5`, blocked, first, lastPriority, lastSeq, claimPage)
+		LIMIT $5`, blocked, first, lastPriority, lastSeq, taskClaimPage)
 }
 
 func collectWaiting(rows pgx.Rows, err error) ([]dispatch.Claimable, error) {
@@ -455,8 +455,8 @@ func routeKey(t dispatch.Task) string {
 	return string(t.AgentType) + "/" + t.TaskType + "/" + t.PinnedAgentID
 }
 
-// prefixed qualifies every column of a comma-separated list.
-func prefixed(prefix, columns string) string {
+// taskPrefixed qualifies every column of a comma-separated list.
+func taskPrefixed(prefix, columns string) string {
 	out := make([]byte, 0, len(columns)*2)
 	out = append(out, prefix...)
 	for i := 0; i < len(columns); i++ {
@@ -480,7 +480,7 @@ func (s *TaskStore) Finish(ctx context.Context, l dispatch.Lease, status dispatc
 	return s.leased(ctx, l, `UPDATE tasks SET status = $4, result = $5, error = $6, completed_at = now(),
 			lease_owner = '', lease_expires = NULL
 		WHERE id = $1 AND status = 'dispatched' AND lease_owner = $2 AND attempts = $3
-		RETURNING `+taskColumns, string(status), nullJSON(result), msg)
+		RETURNING `+taskColumns, string(status), taskJSON(result), msg)
 }
 
 // Retry implements dispatch.Queue.
@@ -582,7 +582,7 @@ func (s *TaskStore) Rescue(ctx context.Context, msg string) ([]dispatch.Task, er
 			deadline = now() + t.timeout_seconds * interval '1 second',
 			lease_owner = '', lease_expires = NULL
 		FROM lapsed WHERE t.id = lapsed.id AND t.status = 'dispatched' AND t.lease_expires < now()
-		RETURNING `+prefixed("t.", taskColumns), msg)
+		RETURNING `+taskPrefixed("t.", taskColumns), msg)
 }
 
 // ExpireWaiting implements dispatch.Queue. A concurrent run elsewhere
@@ -650,9 +650,9 @@ func (s *TaskStore) Waiting(ctx context.Context) (int, error) {
 	return n, taskErr(err)
 }
 
-// listenRetry is how long the listening connection waits before it
+// taskListenRetry is how long the listening connection waits before it
 // connects again after losing the database.
-const listenRetry = time.Second
+const taskListenRetry = time.Second
 
 // Listen implements dispatch.Queue on a connection of its own (not the
 // pool's), which it opens again whenever it is lost. The connection
@@ -676,7 +676,7 @@ func (s *TaskStore) Listen(ctx context.Context, n dispatch.Notifications) error 
 				n.Error(taskErr(err))
 			}
 		},
-		ReconnectDelay: listenRetry,
+		ReconnectDelay: taskListenRetry,
 	}
 	l.Handle(taskWakeChannel, wakeHandler{n})
 	l.Handle(taskCancelChannel, pgxlisten.HandlerFunc(func(_ context.Context, note *pgconn.Notification, _ *pgx.Conn) error {
@@ -733,15 +733,15 @@ func taskErr(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err // the caller gave up: nothing to say about the database
 	}
-	if unreachable(err) {
+	if taskUnreachable(err) {
 		return storeerr.Unavailable(err)
 	}
 	return err
 }
 
-// unreachable reports whether err says the database cannot be reached or
+// taskUnreachable reports whether err says the database cannot be reached or
 // cannot serve now, as opposed to a refused statement.
-func unreachable(err error) bool {
+func taskUnreachable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
