@@ -180,7 +180,7 @@ func (s *TaskStore) Update(ctx context.Context, id string, change func(*dispatch
 			return err
 		}
 		if tag.RowsAffected() != 1 {
-			return dispatch.ErrFinished // taskUnreachable under FOR UPDATE; the guard is the SQL's
+			return dispatch.ErrFinished // unreachable under FOR UPDATE; the guard is the SQL's
 		}
 		out = updated
 		return nil
