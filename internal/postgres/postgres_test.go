@@ -114,3 +114,17 @@ func TestErrorsHideThePassword(t *testing.T) {
 		t.Errorf("Describe = %q", d)
 	}
 }
+
+// migratedPool opens a pool on url's database, with the schema applied.
+func migratedPool(tb testing.TB, url string) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := postgres.Open(context.Background(), postgres.Config{MaxConns: 8, ConnectTimeout: 5e9}, url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	if _, err := postgres.Migrate(context.Background(), pool); err != nil {
+		tb.Fatal(err)
+	}
+	return pool
+}

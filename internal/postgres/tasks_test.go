@@ -16,18 +16,10 @@ import (
 	"github.com/optiinfra/orchestrator/internal/storeerr"
 )
 
-// migrated opens a fresh database with the schema applied.
+// migrated is a task store on url's database, with the schema applied.
 func migrated(t testing.TB, url string) *postgres.TaskStore {
 	t.Helper()
-	pool, err := postgres.Open(context.Background(), postgres.Config{MaxConns: 8, ConnectTimeout: 5e9}, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := postgres.Migrate(context.Background(), pool); err != nil {
-		t.Fatal(err)
-	}
-	return postgres.NewTaskStore(pool)
+	return postgres.NewTaskStore(migratedPool(t, url))
 }
 
 func TestTaskStore(t *testing.T) {
