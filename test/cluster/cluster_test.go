@@ -101,7 +101,7 @@ func TestKilledReplicaDeliveryIsTakenOver(t *testing.T) {
 	id := register(t, apiA, agent.registration("takeover-agent", orchestrator.AgentTypeCost))
 
 	agent.hold()
-	accepted := submit(t, apiA, orchestrator.AgentTypeCost)
+	accepted := submit(t, apiA)
 	first := agent.nextHeld(t)
 	if first.taskID != accepted.TaskID {
 		t.Fatalf("the agent got task %s, want %s", first.taskID, accepted.TaskID)
@@ -147,7 +147,7 @@ func TestCancelThroughOtherReplicaAbortsDelivery(t *testing.T) {
 	register(t, apiA, agent.registration("cancel-agent", orchestrator.AgentTypeCost))
 
 	agent.hold()
-	accepted := submit(t, apiA, orchestrator.AgentTypeCost)
+	accepted := submit(t, apiA)
 	held := agent.nextHeld(t)
 	b := startReplica(t, "replica B", db)
 

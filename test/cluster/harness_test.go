@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -450,10 +449,10 @@ func register(t *testing.T, api *orchestrator.Client, reg orchestrator.Registrat
 	return resp.AgentID
 }
 
-// submit submits a task of type "work" for agentType through api.
-func submit(t *testing.T, api *orchestrator.Client, agentType orchestrator.AgentType) orchestrator.TaskAccepted {
+// submit submits a task of type "work" for cost agents through api.
+func submit(t *testing.T, api *orchestrator.Client) orchestrator.TaskAccepted {
 	t.Helper()
-	accepted, err := api.SubmitTask(context.Background(), workRequest(agentType))
+	accepted, err := api.SubmitTask(context.Background(), workRequest(orchestrator.AgentTypeCost))
 	if err != nil {
 		t.Fatalf("submitting a task: %v", err)
 	}
@@ -483,10 +482,4 @@ func waitStatus(t *testing.T, api *orchestrator.Client, taskID string, want orch
 		return task.Status == want
 	})
 	return task
-}
-
-// isUnavailable reports whether err is the orchestrator's 503.
-func isUnavailable(err error) bool {
-	var apiErr *orchestrator.APIError
-	return errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusServiceUnavailable
 }

@@ -67,7 +67,7 @@ func TestRestartedReplicasFindAgentsAndTasks(t *testing.T) {
 
 	// The worker holds the first task; four more wait for its one slot.
 	worker.hold()
-	first := submit(t, apiA, orchestrator.AgentTypeCost)
+	first := submit(t, apiA)
 	held := worker.nextHeld(t)
 	if held.taskID != first.TaskID {
 		t.Fatalf("the worker got task %s, want %s", held.taskID, first.TaskID)
@@ -78,7 +78,7 @@ func TestRestartedReplicasFindAgentsAndTasks(t *testing.T) {
 		if i%2 == 1 {
 			api = apiB
 		}
-		accepted := submit(t, api, orchestrator.AgentTypeCost)
+		accepted := submit(t, api)
 		if accepted.Status != orchestrator.TaskPending {
 			t.Fatalf("task %d submitted while the worker's slot is taken is %s, want pending", i, accepted.Status)
 		}
