@@ -4,6 +4,8 @@
 //
 //	orchestrator [serve]          run the service (the default)
 //	orchestrator probe [--url U]  exit 0 only if U answers 2xx (for images without a shell)
+//	orchestrator migrate up       apply the pending database schema migrations
+//	orchestrator migrate status   list the migrations and whether each is applied
 //	orchestrator version          print the build
 //
 // Exit codes: 0 after a clean drain; 1 on a runtime failure; 2 on invalid
@@ -100,13 +102,15 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) erro
 		return serve(ctx, vars, stdout)
 	case "probe":
 		return probe(ctx, rest, vars, stdout, stderr)
+	case "migrate":
+		return migrate(ctx, rest, vars, stdout)
 	case "version", "--version", "-version":
 		return printVersion(stdout)
 	case "help", "-h", "-help", "--help":
 		_, err := io.WriteString(stdout, usage)
 		return err
 	default:
-		return fmt.Errorf("%w: unknown command %q (try: serve, probe, version, help)", errUsage, command)
+		return fmt.Errorf("%w: unknown command %q (try: serve, probe, migrate, version, help)", errUsage, command)
 	}
 }
 
@@ -117,5 +121,9 @@ const usage = `Usage:
                                             GET each URL (default: this server's /ready at
                                             HTTP_HOST and PORT, from the environment and
                                             ./.env) and exit 0 only if every answer is 2xx
+  orchestrator migrate up|status            apply the pending schema migrations of the
+                                            database at DATABASE_URL or DATABASE_URL_FILE
+                                            (environment and ./.env), or list them; for
+                                            DATABASE_AUTO_MIGRATE=false
   orchestrator version                      print version, commit, build date, Go version
 `

@@ -31,7 +31,7 @@ var binary string
 const testVersion = "9.9.9-test"
 
 // buildBinary builds the binary, runs the tests and returns their exit code.
-func buildBinary(m *testing.M) int {
+func buildBinary(m interface{ Run() int }) int {
 	dir, err := os.MkdirTemp("", "orchestrator-process-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -20,13 +20,16 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/config"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
+	"github.com/optiinfra/orchestrator/internal/postgres/pgtest"
 	"github.com/optiinfra/orchestrator/internal/server"
 
 	"github.com/optiinfra/orchestrator/internal/eventually"
 )
 
 func TestMain(m *testing.M) {
-	code := buildBinary(m)
+	// The tests with a database share one PostgreSQL server, removed
+	// once they have run.
+	code := buildBinary(pgtest.Wrap(m))
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines left running: %v\n", err)

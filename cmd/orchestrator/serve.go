@@ -38,7 +38,16 @@ func serve(ctx context.Context, env map[string]string, stdout io.Writer) error {
 	}
 
 	build := buildinfo.Read()
-	svc, err := app.New(app.Options{Config: cfg, Logger: log, Build: build})
+	opts := app.Options{Config: cfg, Logger: log, Build: build}
+	if cfg.Database.Enabled() {
+		// Closed last: after Serve has drained requests and tasks and
+		// stopped the background loops that use it.
+		if opts.Database, err = app.OpenDatabase(ctx, cfg.Database, log.Named("database")); err != nil {
+			return err
+		}
+		defer opts.Database.Close()
+	}
+	svc, err := app.New(opts)
 	if err != nil {
 		return err
 	}

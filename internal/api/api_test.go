@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -27,10 +28,13 @@ import (
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
+	"github.com/optiinfra/orchestrator/internal/postgres/pgtest"
 	agents "github.com/optiinfra/orchestrator/internal/registry"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines; the tests with a database share
+// one PostgreSQL server, removed once they have run.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Wrap(m)) }
 
 // fixture is the real service as internal/app wires it, driven through
 // its handler without a listener, logs captured: a real agent registry
@@ -54,6 +58,8 @@ type fixtureOptions struct {
 	// beforeStart, when set, sees the service before its background loops
 	// start: the time to add readiness checks.
 	beforeStart func(*app.Service)
+	// database, when set, keeps the agents in PostgreSQL (app.Options).
+	database *pgxpool.Pool
 }
 
 // testEnv is the fixture's environment: the production defaults, with
@@ -107,7 +113,7 @@ func newFixtureWith(t testing.TB, cfg api.Config, level zapcore.Level, fo fixtur
 		t.Fatalf("the fixture's settings: %v", err) // as the service would refuse to start
 	}
 	core, logs := observer.New(level)
-	svc, err := app.New(app.Options{Config: conf, Logger: zap.New(core), Build: testBuild})
+	svc, err := app.New(app.Options{Config: conf, Logger: zap.New(core), Build: testBuild, Database: fo.database})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/registry"
+	"github.com/optiinfra/orchestrator/internal/storeerr"
 )
 
 // errorBody is the one shape of every error this service returns.
@@ -39,6 +40,12 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 	_, _ = w.Write(body)
 }
 
+// retryAfterUnavailable is the Retry-After, in seconds, of a 503 for
+// storage that cannot be reached: about the time a database takes to
+// restart or fail over, and the readiness grace after which this replica
+// leaves its Service.
+const retryAfterUnavailable = "5"
+
 // writeDomainError answers for an error of the domain or of decoding: each
 // error's HTTP meaning is decided here and nowhere else. Anything not
 // known is a 500 whose cause goes to the access log, not to the client.
@@ -51,6 +58,16 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &body):
 		writeError(w, body.status, body.msg)
+	case errors.Is(err, storeerr.ErrUnavailable):
+		// The database cannot be reached now (down, restarting, failing
+		// over): the client may retry, on this replica or another. The
+		// cause goes to the access log; the client learns nothing of the
+		// database behind.
+		if rec := routeOf(w); rec != nil {
+			rec.err = err
+		}
+		w.Header().Set("Retry-After", retryAfterUnavailable)
+		writeError(w, http.StatusServiceUnavailable, "storage unavailable: the orchestrator cannot reach its database now; retry in a few seconds")
 	case errors.Is(err, registry.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.As(err, &field):

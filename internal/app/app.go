@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
@@ -23,6 +24,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
+	"github.com/optiinfra/orchestrator/internal/postgres"
 	"github.com/optiinfra/orchestrator/internal/registry"
 	"github.com/optiinfra/orchestrator/internal/server"
 )
@@ -33,6 +35,10 @@ type Options struct {
 	Logger    *zap.Logger
 	Build     buildinfo.Info
 	TaskStore dispatch.Store
+	// Database, when set (see OpenDatabase), keeps the agents in
+	// PostgreSQL, shared with every replica, and makes the database a
+	// readiness dependency. The caller closes it after Serve returns.
+	Database *pgxpool.Pool
 }
 
 // Service is the orchestrator, wired and not yet running.
@@ -67,10 +73,15 @@ func New(opts Options) (*Service, error) {
 			return nil, fmt.Errorf("registering metrics: %w", err)
 		}
 	}
+	var agentStore registry.Store = registry.NewMemoryStore()
+	if opts.Database != nil {
+		agentStore = postgres.NewAgentStore(opts.Database)
+		s.Health.AddReadinessDependencyEvery("database", postgres.ReadinessInterval, postgres.Readiness(opts.Database))
+	}
 	var err error
 	s.Agents, err = registry.New(registry.Options{
 		Config:  cfg.Registry,
-		Store:   registry.NewMemoryStore(),
+		Store:   agentStore,
 		Logger:  log.Named("agents"),
 		Metrics: metrics,
 	})
@@ -78,6 +89,7 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	taskStore := opts.TaskStore
+	// MERGE(issue 10): with opts.Database, use postgres.NewTaskStore(opts.Database) (and Options.TaskQueue) here.
 	if taskStore == nil {
 		taskStore = dispatch.NewMemoryStore()
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/logging"
+	"github.com/optiinfra/orchestrator/internal/postgres"
 	"github.com/optiinfra/orchestrator/internal/registry"
 	"github.com/optiinfra/orchestrator/internal/server"
 )
@@ -40,6 +41,9 @@ type Config struct {
 	Registry registry.Config
 	Dispatch dispatch.Config
 	Auth     auth.Config
+	// Database is where state is kept: PostgreSQL when DATABASE_URL or
+	// DATABASE_URL_FILE is set, process memory otherwise.
+	Database postgres.Config
 
 	// Warnings are notes about the environment worth a log line once the
 	// logger exists, such as a Kubernetes service link that was ignored.
@@ -105,13 +109,44 @@ func LoadListen(ctx context.Context, env map[string]string) (server.Listen, erro
 	return listen, nil
 }
 
+// LoadDatabase reads from env only the database settings (DATABASE_*),
+// validated as Load validates them: the migrate command needs nothing
+// more, and must not fail on a setting it does not use.
+func LoadDatabase(ctx context.Context, env map[string]string) (postgres.Config, error) {
+	var last lastLookup
+	var db postgres.Config
+	err := envconfig.ProcessWith(ctx, &envconfig.Config{
+		Target:   &db,
+		Lookuper: envconfig.MapLookuper(env),
+		Mutators: []envconfig.Mutator{&last},
+	})
+	if err != nil {
+		return postgres.Config{}, fmt.Errorf("%w: %s", ErrInvalid, last.explain(err))
+	}
+	if errs := refuseEmpty(env); len(errs) > 0 {
+		var own []error
+		for _, e := range errs {
+			if strings.HasPrefix(e.Error(), "DATABASE_") {
+				own = append(own, e)
+			}
+		}
+		if len(own) > 0 {
+			return postgres.Config{}, fmt.Errorf("%w: %s", ErrInvalid, oneLine(errors.Join(own...)))
+		}
+	}
+	if err := db.Validate(); err != nil {
+		return postgres.Config{}, fmt.Errorf("%w: %s", ErrInvalid, oneLine(err))
+	}
+	return db, nil
+}
+
 // Validate checks every concern's settings and reports all problems.
 func (c *Config) Validate() error {
 	var errs []error
 	if !environmentName.MatchString(c.Environment) {
 		errs = append(errs, fmt.Errorf("ENVIRONMENT=%q: must be 1 to 63 letters, digits, '.', '_' or '-'", c.Environment))
 	}
-	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API, c.Registry, c.Dispatch, c.Auth} {
+	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API, c.Registry, c.Dispatch, c.Auth, c.Database} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -131,6 +166,7 @@ func (c *Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 		enc.AddObject("agents", c.Registry),
 		enc.AddObject("tasks", c.Dispatch),
 		enc.AddObject("auth", c.Auth),
+		enc.AddObject("database", c.Database),
 	)
 }
 

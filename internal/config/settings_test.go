@@ -44,10 +44,18 @@ var notInChart = map[string]string{
 	// them from a Secret and sets AUTH_*_TOKENS_FILE instead.
 	"AUTH_AGENT_TOKENS":    "tokens come from a Secret, as AUTH_AGENT_TOKENS_FILE",
 	"AUTH_OPERATOR_TOKENS": "tokens come from a Secret, as AUTH_OPERATOR_TOKENS_FILE",
+	// The database URL holds a password: the chart mounts it from a
+	// Secret and sets DATABASE_URL_FILE instead.
+	"DATABASE_URL": "the URL comes from a Secret, as DATABASE_URL_FILE",
 }
 
+// setByDeployment are variables the Deployment's env sets through a helper
+// template (templates/_helpers.tpl) rather than a literal "- name:" line
+// of templates/deployment.yaml, as it does with the database Secret's path.
+var setByDeployment = []string{"DATABASE_URL_FILE"}
+
 // secrets are logged as a description, never as their value.
-var secrets = []string{"AUTH_AGENT_TOKENS", "AUTH_OPERATOR_TOKENS"}
+var secrets = []string{"AUTH_AGENT_TOKENS", "AUTH_OPERATOR_TOKENS", "DATABASE_URL"}
 
 // aliases are README rows for names that are not fields of Config.
 var aliases = []string{"ORCHESTRATOR_PORT"}
@@ -146,6 +154,7 @@ func TestEveryVariableIsInTheStartupLine(t *testing.T) {
 	const token = "settings-test-token-0123456789"
 	cfg, err := config.Load(context.Background(), map[string]string{
 		"AUTH_AGENT_TOKENS": token, "AUTH_OPERATOR_TOKENS": token,
+		"DATABASE_URL": "postgres://orchestrator:" + token + "@db.example:5432/orchestrator",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +256,7 @@ func TestEveryVariableIsInTheChart(t *testing.T) {
 	for _, v := range variables(t) {
 		names[v.Name] = true
 		line, inConfigMap := configMap[v.Name]
-		inChart := inConfigMap || slices.Contains(deploymentEnv, v.Name)
+		inChart := inConfigMap || slices.Contains(deploymentEnv, v.Name) || slices.Contains(setByDeployment, v.Name)
 		reason, excepted := notInChart[v.Name]
 		switch {
 		case excepted && inChart:

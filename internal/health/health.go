@@ -130,6 +130,8 @@ type outcome struct {
 // dependency is a check that does I/O; it runs in the background.
 type dependency struct {
 	probe func(context.Context) error
+	// every is the time between two runs; zero means HEALTH_CHECK_INTERVAL.
+	every time.Duration
 	last  atomic.Pointer[outcome]
 }
 
@@ -198,7 +200,16 @@ func (h *Health) AddReadinessCheck(name string, fn healthcheck.Check) {
 // It panics when called after Run or with a name already taken, both
 // programming errors.
 func (h *Health) AddReadinessDependency(name string, probe func(context.Context) error) {
-	d := &dependency{probe: probe}
+	h.AddReadinessDependencyEvery(name, 0, probe)
+}
+
+// AddReadinessDependencyEvery is AddReadinessDependency for a dependency
+// checked more often than HEALTH_CHECK_INTERVAL: every interval, or
+// HEALTH_CHECK_INTERVAL when that is shorter (or interval is zero). A
+// probe that forgives a few failures (a grace) needs several runs to end
+// it soon after the dependency went away.
+func (h *Health) AddReadinessDependencyEvery(name string, interval time.Duration, probe func(context.Context) error) {
+	d := &dependency{probe: probe, every: interval}
 	h.add(&check{name: name, kind: Readiness, fn: d.cached, dep: d})
 }
 
@@ -249,7 +260,11 @@ func (h *Health) Run(ctx context.Context) {
 
 // loop runs one dependency check now and then every interval.
 func (h *Health) loop(ctx context.Context, c *check) {
-	ticker := time.NewTicker(h.cfg.CheckInterval)
+	interval := h.cfg.CheckInterval
+	if c.dep.every > 0 && c.dep.every < interval {
+		interval = c.dep.every
+	}
+	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		h.runOnce(ctx, c)

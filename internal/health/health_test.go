@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,6 +150,24 @@ func TestDependencyIsCachedAndNeverRunByProbes(t *testing.T) {
 	s := h.Summary()
 	if c := s.Checks["redis"]; c.Status != "failed" || c.Error != "connection refused" || c.LastRun == nil {
 		t.Fatalf("summary of the failing dependency = %+v", c)
+	}
+}
+
+// A dependency with its own, shorter interval runs at it, while the
+// others keep HEALTH_CHECK_INTERVAL; a longer one is capped at it.
+func TestDependencyEvery(t *testing.T) {
+	h := New(Options{Config: Config{CheckInterval: time.Hour, CheckTimeout: 10 * time.Millisecond}})
+	h.MarkStarted()
+	var fast, slow, capped atomic.Int64
+	h.AddReadinessDependencyEvery("fast", time.Millisecond, func(context.Context) error { fast.Add(1); return nil })
+	h.AddReadinessDependency("slow", func(context.Context) error { slow.Add(1); return nil })
+	h.AddReadinessDependencyEvery("capped", 2*time.Hour, func(context.Context) error { capped.Add(1); return nil })
+	runChecks(t, h)
+	eventually.True(t, 5*time.Second, "the fast dependency checked again and again", func() bool {
+		return fast.Load() >= 5 && slow.Load() >= 1 && capped.Load() >= 1
+	})
+	if n, m := slow.Load(), capped.Load(); n != 1 || m != 1 {
+		t.Errorf("the hourly dependencies ran %d and %d times, want once each (at the start)", n, m)
 	}
 }
 

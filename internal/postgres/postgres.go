@@ -72,16 +72,15 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// MarshalLogObject shows where the database is, never the password.
+// MarshalLogObject shows where the database is, never the password: the
+// URL without it (empty in memory mode), and the file it is read from.
 func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	switch {
-	case c.URLFile != "":
-		enc.AddString("url_file", c.URLFile)
-	case c.URL != "":
-		enc.AddString("url", Describe(c.URL))
-	default:
-		enc.AddString("url", "")
+	url := ""
+	if c.URL != "" {
+		url = Describe(c.URL)
 	}
+	enc.AddString("url", url)
+	enc.AddString("url_file", c.URLFile)
 	enc.AddInt("max_conns", c.MaxConns)
 	enc.AddDuration("connect_timeout", c.ConnectTimeout)
 	enc.AddBool("auto_migrate", c.AutoMigrate)

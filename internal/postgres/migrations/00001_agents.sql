@@ -20,11 +20,13 @@ CREATE TABLE agents (
     metadata              json,
     heartbeat_metadata    json,
     -- metadata_bytes is the stored size of both metadata texts, which the
-    -- registry's total budget counts (SUM over this column).
+    -- registry's total budget counts (agent_totals keeps the sum).
     metadata_bytes        integer NOT NULL DEFAULT 0 CHECK (metadata_bytes >= 0),
     chosen_id             boolean NOT NULL DEFAULT false,
     announced_host        text NOT NULL DEFAULT '',
-    address_source        text NOT NULL DEFAULT 'announced' CHECK (address_source IN ('announced', 'request')),
+    -- address_source is empty for an agent stored without one (the
+    -- registry always says), which means announced.
+    address_source        text NOT NULL DEFAULT 'announced' CHECK (address_source IN ('', 'announced', 'request')),
     health_check_endpoint text NOT NULL DEFAULT ''
 );
 
@@ -33,9 +35,26 @@ CREATE TABLE agents (
 CREATE UNIQUE INDEX agents_identity ON agents (name, host, port) WHERE NOT chosen_id;
 -- Routing: the agents of a type with a capability.
 CREATE INDEX agents_routing ON agents USING gin (capabilities);
-CREATE INDEX agents_type ON agents (type);
+-- Listing, oldest registration first: all agents, or those of one type.
+CREATE INDEX agents_registered ON agents (registered_at, id);
+CREATE INDEX agents_type_registered ON agents (type, registered_at, id);
 -- The liveness sweeps: agents silent since a cutoff.
 CREATE INDEX agents_last_seen ON agents (last_seen);
 
+-- agent_totals is the registry's one row of running totals: how many agents
+-- there are and the metadata they hold. AGENT_MAX_AGENTS and
+-- AGENT_MAX_METADATA_TOTAL_BYTES are checked against it, under its row
+-- lock, in the transaction that changes an agent, so replicas registering
+-- at once can never pass them together, and a heartbeat's check reads no
+-- other agent. Every transaction locks agent rows before this row, never
+-- after, so the two cannot deadlock.
+CREATE TABLE agent_totals (
+    only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    agents         bigint NOT NULL DEFAULT 0 CHECK (agents >= 0),
+    metadata_bytes bigint NOT NULL DEFAULT 0 CHECK (metadata_bytes >= 0)
+);
+INSERT INTO agent_totals DEFAULT VALUES;
+
 -- +goose Down
+DROP TABLE agent_totals;
 DROP TABLE agents;
