@@ -103,7 +103,7 @@ func replicaEnv(databaseURL string) []string {
 	return []string{
 		"PORT=0", "HTTP_HOST=127.0.0.1", "LOG_LEVEL=info",
 		"DATABASE_URL=" + databaseURL,
-		"TASK_LEASE_DURATION=" + leaseDuration.String(),
+		"TASK_LEASE_DURATION=" + leaseDuration.String(), "TASK_POLL_INTERVAL=1s",
 		"SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=10s",
 		// /ready follows the database within a fraction of a second.
 		"HEALTH_CHECK_INTERVAL=250ms", "HEALTH_CHECK_TIMEOUT=200ms",
@@ -459,8 +459,11 @@ func submit(t *testing.T, api *orchestrator.Client) orchestrator.TaskAccepted {
 	return accepted
 }
 
+// workRequest is a task of type "work" for agentType. Its timeout_seconds
+// also bounds how long it may wait in the queue: long enough to wait
+// through every restart a test makes.
 func workRequest(agentType orchestrator.AgentType) orchestrator.TaskRequest {
-	timeout, retries := 30, 3
+	timeout, retries := 120, 3
 	return orchestrator.TaskRequest{TaskType: "work", AgentType: agentType,
 		Parameters: json.RawMessage(`{"n":1}`), TimeoutSeconds: &timeout, MaxRetries: &retries}
 }
