@@ -103,7 +103,7 @@ func replicaEnv(databaseURL string) []string {
 	return []string{
 		"PORT=0", "HTTP_HOST=127.0.0.1", "LOG_LEVEL=info",
 		"DATABASE_URL=" + databaseURL,
-		"TASK_LEASE_DURATION=" + leaseDuration.String(), "TASK_POLL_INTERVAL=1s",
+		"TASK_LEASE_DURATION=" + leaseDuration.String(),
 		"SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=10s",
 		// /ready follows the database within a fraction of a second.
 		"HEALTH_CHECK_INTERVAL=250ms", "HEALTH_CHECK_TIMEOUT=200ms",
