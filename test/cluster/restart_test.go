@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/optiinfra/orchestrator/internal/eventually"
 	"github.com/optiinfra/orchestrator/internal/postgres/pgtest"
 	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
@@ -165,7 +166,21 @@ func TestRestartedReplicasFindAgentsAndTasks(t *testing.T) {
 		lb.add(r)
 		return r
 	}
+	servedBy := func(names ...string) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, name := range names {
+				if heartbeats[name] == 0 {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	eventually.True(t, 30*time.Second, "heartbeats through A2 and B2", servedBy(a2.name, b2.name))
 	a3 := roll(a2, "replica A3")
+	eventually.True(t, 30*time.Second, "heartbeats through A3", servedBy(a3.name))
 	b3 := roll(b2, "replica B3")
 	time.Sleep(500 * time.Millisecond) // heartbeats through both new replicas
 	stopLoad()
