@@ -40,13 +40,29 @@
 // preflight check that the two servers answer alike. Start times include
 // the fork/exec of taskset, equally for both servers.
 //
+// Then, unless -postgres=false, the PostgreSQL mode (postgres.go) starts
+// its own PostgreSQL (fsync on) and checks, with the real binary and
+// DATABASE_URL:
+//
+//   - at least 3,000 heartbeats/s with -agents agents, beside the same
+//     binary in memory;
+//   - a p50 submit-to-completed overhead over a direct call to a fast fake
+//     agent of at most 2 ms;
+//   - at least 500 tasks/s completed with two replicas on one database
+//     (one replica's figure beside it: the scaling);
+//
+// and reports each replica's peak RSS and database connections.
+//
 // Run it from the module: go run ./hack/bench [-duration 3s] [-rounds 9]
 // [-alone-rounds 3] [-connections 32] [-bin prebuilt-orchestrator]
 // [-agents 10000] [-heartbeat-rounds 3] [-heartbeat-alone-rounds 1]
-// [-tasks 3000] [-probes-only]. With -probes-only it measures the
-// endpoints' throughput and the peak RSS after it, and skips the
-// heartbeats, the start to ready and the dispatch overhead. It exits 1
-// when a target is missed or the run fails, 0 otherwise.
+// [-tasks 3000] [-probes-only] [-postgres=false] [-postgres-only]
+// [-pg-tasks 5000] [-pg-submitters 32] [-pg-fake-agents 16]. With
+// -probes-only it measures the endpoints' throughput and the peak RSS
+// after it, and skips the heartbeats, the start to ready, the dispatch
+// overhead and the PostgreSQL mode; with -postgres-only it runs the
+// PostgreSQL mode alone. It exits 1 when a target is missed or the run
+// fails, 0 otherwise.
 package main
 
 import (

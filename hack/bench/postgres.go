@@ -880,6 +880,9 @@ func reportPostgres(out io.Writer, o options, run pgRun) bool {
 	fmt.Fprintf(w, "median\t%.0f\t%.1f\t%.0f\t%.1f\t%.1f\t%.3f\t\n", median(rps[0]), median(cost[0]),
 		median(rps[1]), median(cost[1]), median(dbUS), median(rps[1])/median(rps[0]))
 	w.Flush()
+	fmt.Fprintf(out, "CPU-bound ceilings from the medians: the orchestrator on PostgreSQL %.0f/s per core, PostgreSQL %.0f/s per core\n",
+		1e6/median(cost[1]), 1e6/median(dbUS))
+	fmt.Fprintln(out, "(one CPU-second over the CPU per heartbeat: less moved by the machine's other load than req/s).")
 	fmt.Fprintf(out, "Peak RSS (VmHWM): memory %.1f MiB, PostgreSQL %.1f MiB; database connections of the PostgreSQL one: at most %d open,\n",
 		float64(hb.rss[0])/1024, float64(hb.rss[1])/1024, hb.conns.total)
 	fmt.Fprintf(out, "%d running a query at once (pg_stat_activity every %s).\n", hb.conns.active, connectionsInterval)
