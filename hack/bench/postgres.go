@@ -688,32 +688,41 @@ func finishedTasks(ctx context.Context, client *http.Client, replicas []*server)
 		if err != nil {
 			return nil, fmt.Errorf("%s /metrics: %w", s.name, err)
 		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-		for sc.Scan() {
-			line, ok := strings.CutPrefix(sc.Text(), "orchestrator_tasks_total{")
-			if !ok {
-				continue
-			}
-			_, rest, ok := strings.Cut(line, `outcome="`)
-			if !ok {
-				continue
-			}
-			outcome, _, _ := strings.Cut(rest, `"`)
-			value, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			if err != nil {
-				resp.Body.Close()
-				return nil, fmt.Errorf("%s /metrics: %q: %w", s.name, sc.Text(), err)
-			}
-			sums[outcome] += value
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%s /metrics: %d", s.name, resp.StatusCode)
 		}
-		err = sc.Err()
+		err = addOutcomes(resp.Body, sums)
 		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("%s /metrics: %d %w", s.name, resp.StatusCode, err)
+		if err != nil {
+			return nil, fmt.Errorf("%s /metrics: %w", s.name, err)
 		}
 	}
 	return sums, nil
+}
+
+// addOutcomes adds the orchestrator_tasks_total series of a Prometheus
+// text exposition to sums, by outcome.
+func addOutcomes(r io.Reader, sums map[string]float64) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "orchestrator_tasks_total{")
+		if !ok {
+			continue
+		}
+		_, rest, ok := strings.Cut(line, `outcome="`)
+		if !ok {
+			return fmt.Errorf("no outcome label: %q", sc.Text())
+		}
+		outcome, _, _ := strings.Cut(rest, `"`)
+		value, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return fmt.Errorf("%q: %w", sc.Text(), err)
+		}
+		sums[outcome] += value
+	}
+	return sc.Err()
 }
 
 // watchConnections samples pg_stat_activity every connectionsInterval
