@@ -33,6 +33,10 @@ APT_PACKAGES := buildah podman runc busybox-static ca-certificates curl wrk shel
                 etcd-server containerd containernetworking-plugins iptables iproute2 util-linux openssl \
                 python3-flask python3-requests python3-httpx postgresql
 
+# The PostgreSQL image (hack/postgres): its root filesystem, and psql for
+# its check.
+APT_PACKAGES += mmdebstrap postgresql-client
+
 # Shell scripts, for shellcheck.
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 
@@ -52,7 +56,7 @@ run: build ## Run the service on :8080 (settings from the environment and ./.env
 	./bin/orchestrator
 
 .PHONY: test
-test: deps lint test-go test-crosslang fuzz test-chart image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, image, e2e
+test: deps lint test-go test-crosslang fuzz test-chart image-test postgres-image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, images, e2e
 
 .PHONY: test-go
 test-go: ## Unit, handler and process-level tests with the race detector
@@ -132,6 +136,18 @@ image-run: ## Run the image with podman on 127.0.0.1:8080
 .PHONY: image-test
 image-test: ## Build the image, run it as non-root and check it answers /ready
 	IMAGE=$(IMAGE) VERSION=$(VERSION) COMMIT=$(COMMIT) BUILD_DATE=$(BUILD_DATE) hack/image/test.sh
+
+.PHONY: postgres-image
+postgres-image: ## Build the PostgreSQL image for the chart's bundled database from Debian's packages (buildah, no pull)
+	hack/postgres/build.sh
+
+.PHONY: postgres-image-test
+postgres-image-test: ## Build the PostgreSQL image and check the official image's contract with podman and psql
+	hack/postgres/test.sh
+
+.PHONY: postgres-image-load
+postgres-image-load: ## Build the PostgreSQL image and push it into the running local node's registry (hack/localkube)
+	hack/postgres/load.sh
 
 .PHONY: clean
 clean: ## Remove build output (keeps .tools and the image store)

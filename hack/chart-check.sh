@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The chart checks that need no cluster, over the values matrix (the
-# defaults and every charts/orchestrator/ci/*-values.yaml):
+# defaults and every charts/orchestrator/ci/*-values.yaml; among them the
+# three database modes: the defaults keep state in memory,
+# postgresql-values.yaml runs the bundled PostgreSQL, ha-values.yaml an
+# external one):
 #
 #   1. helm lint --strict, for the oldest supported Kubernetes and the
 #      newest (KUBE_VERSION_OLDEST and KUBE_VERSION in hack/kube-versions.env);
 #   2. every rendering validated strictly against that version's OpenAPI
 #      schemas (kubeconform, schemas made offline by hack/tools/install.sh),
-#      and k8s/ against the oldest it targets (KUBE_VERSION_MANIFESTS_OLDEST)
-#      and the newest;
+#      and k8s/ and k8s/postgres/ against the oldest they target
+#      (KUBE_VERSION_MANIFESTS_OLDEST) and the newest;
 #   3. kube-score on every rendering for the newest: no critical finding.
 #      Three checks are off, for the reasons given in the README
 #      ("kube-score").
@@ -60,13 +63,15 @@ for v in "$oldest" "$newest"; do
 	done
 done
 
-manifests=()
-for f in "$root"/k8s/*.yaml; do
-	[[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
+for dir in k8s k8s/postgres; do
+	manifests=()
+	for f in "$root/$dir"/*.yaml; do
+		[[ $(basename "$f") == kustomization.yaml ]] || manifests+=("$f")
+	done
+	for v in "$manifests_oldest" "$newest"; do
+		echo "== $dir/ on $v"
+		"$root/hack/tools/kubeconform.sh" "$v" "${manifests[@]}"
+	done
+	score "${manifests[@]}"
 done
-for v in "$manifests_oldest" "$newest"; do
-	echo "== k8s/ on $v"
-	"$root/hack/tools/kubeconform.sh" "$v" "${manifests[@]}"
-done
-score "${manifests[@]}"
-echo "chart checks passed: ${#values[@]} values files x {$oldest, $newest}, and k8s/"
+echo "chart checks passed: ${#values[@]} values files x {$oldest, $newest}, k8s/ and k8s/postgres/"

@@ -5,10 +5,11 @@
 # (hack/localkube), then torn down, whatever happens.
 #
 #   1. build the node's components (cached after the first run), the
-#      orchestrator image from the project's Dockerfile (hack/image), and
-#      the test agent's image from test/e2e/agent/Dockerfile on the same
-#      local Go builder image;
-#   2. bring the node up; push both images into its loopback registry;
+#      orchestrator image from the project's Dockerfile (hack/image), the
+#      test agent's image from test/e2e/agent/Dockerfile on the same local
+#      Go builder image, and the bundled database's PostgreSQL image from
+#      Debian's packages (hack/postgres; cached after the first run);
+#   2. bring the node up; push the images into its loopback registry;
 #   3. run the compiled e2e suite inside the namespace; its Skaffold case
 #      builds with buildah (profile "buildah": no Docker engine here) and
 #      pushes to the node's registry;
@@ -27,6 +28,7 @@ started=$SECONDS
 source "$root/hack/localkube/lib.sh" # STATE, REGISTRY
 image=localhost/orchestrator:e2e
 agent_image=localhost/orchestrator-e2e-agent:e2e
+postgres_image=localhost/orchestrator-postgres:15
 step() { printf '\n== %s (+%ds)\n' "$*" "$((SECONDS - started))"; }
 
 step "building the node's components"
@@ -45,6 +47,9 @@ buildah bud --isolation chroot --format docker --layers --pull=never --quiet \
 	--build-arg GO_IMAGE="$BUILDER_IMAGE" \
 	--tag "$agent_image" --file "$root/test/e2e/agent/Dockerfile" "$root" >/dev/null
 echo "built $agent_image"
+step "building the PostgreSQL image from Debian's packages"
+POSTGRES_IMAGE=$postgres_image "$root/hack/postgres/build.sh"
+
 # The suite is compiled here, with the module proxy in reach; inside the
 # namespace there is no network but the node's.
 go test -tags e2e -c -o "$root/.cache/e2e.test" "$root/test/e2e"
@@ -82,15 +87,17 @@ push() {
 step "bringing the node up"
 node_up
 
-step "pushing $image and $agent_image to the node's registry"
+step "pushing $image, $agent_image and $postgres_image to the node's registry"
 push "$image" orchestrator
 push "$agent_image" orchestrator-e2e-agent
+push "$postgres_image" orchestrator-postgres
 
 step "running the e2e suite"
 cd "$root/test/e2e"
 "$root/hack/localkube/exec.sh" env \
 	E2E_IMAGE="$REGISTRY/orchestrator:e2e" \
 	E2E_AGENT_IMAGE="$REGISTRY/orchestrator-e2e-agent:e2e" \
+	E2E_POSTGRES_IMAGE="$REGISTRY/orchestrator-postgres:e2e" \
 	GO_IMAGE="$BUILDER_IMAGE" \
 	E2E_SKAFFOLD_PROFILE=buildah \
 	E2E_SKAFFOLD_ARGS="--default-repo=$REGISTRY --insecure-registry=$REGISTRY" \

@@ -12,12 +12,15 @@
 #      deploy twice);
 #   2. `skaffold render --offline=true --digest-source=tag` renders it without
 #      building: OUTDIR/render-<name>.yaml, with the image tag fixed to
-#      $TAG so renderings are reproducible; every image must be the built one;
+#      $TAG so renderings are reproducible; every image must be the built one,
+#      but for the bundled PostgreSQL's in the postgres profile, which must be
+#      the chart's default;
 #   3. hack/tools/kubeconform.sh validates the renderings against Kubernetes
 #      $KUBE_VERSION (default: hack/kube-versions.env's), when that script
 #      exists (the step says SKIPPED if not).
-# Then: the kubeContext activations of the kind and minikube profiles, and a
-# render with the configured tag policy (gitCommit), which must work offline.
+# Then: the kubeContext activations of the kind and minikube profiles, the
+# postgres profile's image variables, and a render with the configured tag
+# policy (gitCommit), which must work offline.
 #
 # Skaffold runs with HOME and KUBECONFIG pointing into a temporary directory,
 # so a developer's ~/.skaffold/config (default-repo, local-cluster) or
@@ -94,7 +97,16 @@ echo "profiles: ${profiles[*]}"
 # The combinations a developer gets from auto-activation: `skaffold debug`
 # on kind or minikube, and `skaffold debug -p manifests` (auto-activated
 # profiles come first). Written as a+b.
-combos=(debug+kind debug+minikube debug+manifests kind+manifests minikube+manifests)
+combos=(debug+kind debug+minikube debug+manifests kind+manifests minikube+manifests debug+postgres kind+postgres minikube+postgres)
+
+# The bundled PostgreSQL's image as the chart renders it by default: the
+# postgres profile's must be the same.
+postgres_image=$(helm template orchestrator "$ROOT/charts/orchestrator" --set postgresql.enabled=true \
+	--show-only templates/postgresql-statefulset.yaml | sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p')
+[[ -n $postgres_image ]] || fail "no image in the chart's postgresql-statefulset.yaml"
+
+# images FILE: the images of a rendering, one per line, sorted.
+images() { sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$1" | sort -u; }
 
 renderings=()
 for name in base "${profiles[@]}" "${combos[@]}"; do
@@ -112,10 +124,12 @@ for name in base "${profiles[@]}" "${combos[@]}"; do
 	sk "$no_context" render --offline=true --digest-source=tag --tag="$TAG" "${args[@]}" --output "$file" ||
 		fail "skaffold render ${args[*]}"
 	grep -q '^kind: Deployment$' "$file" || fail "$name: no Deployment in $file"
-	mapfile -t images < <(sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$file" | sort -u)
-	[[ ${images[*]} == "$IMAGE:$TAG" ]] ||
-		fail "$name: images in $file are '${images[*]}', want only $IMAGE:$TAG (the build's image)"
-	ok "$name: rendered $(grep -c '^kind:' "$file") objects, image $IMAGE:$TAG"
+	want_images=$IMAGE:$TAG
+	[[ $name != *postgres* ]] || want_images=$(printf '%s\n' "$IMAGE:$TAG" "$postgres_image" | sort -u | paste -sd' ')
+	mapfile -t rendered_images < <(images "$file")
+	[[ ${rendered_images[*]} == "$want_images" ]] ||
+		fail "$name: images in $file are '${rendered_images[*]}', want only $want_images (the build's image, and the chart's PostgreSQL in profile postgres)"
+	ok "$name: rendered $(grep -c '^kind:' "$file") objects, images $want_images"
 	renderings+=("$file")
 done
 
@@ -127,7 +141,22 @@ grep -q '^    push: false$' "$out/diagnose-kind.yaml" || fail "profile kind must
 grep -q '^    push: false$' "$out/diagnose-minikube.yaml" || fail "profile minikube must not push"
 grep -q '^kind: Namespace$' "$out/render-debug+manifests.yaml" || fail "debug+manifests must render k8s/"
 grep -q '^  replicas: 1$' "$out/render-debug+kind.yaml" || fail "debug+kind must run one replica"
-ok "base deploys the chart with helm; manifests deploys k8s/ with kubectl; kind and minikube never push"
+grep -q '^kind: StatefulSet$' "$out/render-postgres.yaml" || fail "profile postgres must run the bundled PostgreSQL"
+grep -q '^  replicas: 2$' "$out/render-postgres.yaml" || fail "profile postgres must run two orchestrator pods"
+grep -q 'name: DATABASE_URL_FILE$' "$out/render-postgres.yaml" || fail "profile postgres must point the orchestrator at the database"
+grep -q '^kind: StatefulSet$' "$out/render-debug+postgres.yaml" || fail "debug+postgres must keep the bundled PostgreSQL"
+[[ $(deployers "$out/diagnose-postgres.yaml") == helm ]] || fail "profile postgres must deploy the chart with helm"
+ok "base deploys the chart with helm; manifests deploys k8s/ with kubectl; kind and minikube never push; postgres runs the bundled database"
+
+# The postgres profile takes another image from the environment (a mirror,
+# or the one make postgres-image-load pushes where nothing can be pulled).
+file=$out/render-postgres-local-image.yaml
+(cd "$ROOT" && HOME=$work/home KUBECONFIG=$no_context POSTGRES_IMAGE_REPOSITORY=127.0.0.1:5000/orchestrator-postgres POSTGRES_IMAGE_TAG=15 \
+	"$SKAFFOLD" render --offline=true --digest-source=tag --tag="$TAG" --profile postgres --output "$file") ||
+	fail "skaffold render --profile postgres with POSTGRES_IMAGE_REPOSITORY and POSTGRES_IMAGE_TAG"
+grep -Eq '^ *image: "?127.0.0.1:5000/orchestrator-postgres:15"?$' "$file" ||
+	fail "profile postgres does not take its image from POSTGRES_IMAGE_REPOSITORY and POSTGRES_IMAGE_TAG: $(images "$file" | paste -sd' ')"
+ok "profile postgres: image from POSTGRES_IMAGE_REPOSITORY:POSTGRES_IMAGE_TAG (127.0.0.1:5000/orchestrator-postgres:15)"
 
 # kubeContext activation: kind-* and minikube switch their profile on; other
 # contexts switch nothing on.

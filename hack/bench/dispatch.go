@@ -129,7 +129,7 @@ func (s *watchedStore) wait(ctx context.Context, id string) error {
 
 // inProcess is the orchestrator, wired in this process.
 type inProcess struct {
-	tasks *dispatch.Dispatcher
+	tasks app.Tasks
 	store *watchedStore
 	url   string // base URL of its HTTP API
 	stop  func() error

@@ -47,7 +47,7 @@ type fixture struct {
 	logs       *observer.ObservedLogs
 	inFlight   *inflight.Tracker
 	agents     *agents.Registry
-	dispatcher *dispatch.Dispatcher
+	dispatcher app.Tasks
 }
 
 // fixtureOptions change the fixture's domain settings.

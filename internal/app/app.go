@@ -30,6 +30,8 @@ import (
 )
 
 // Options are what New needs. TaskStore defaults to the in-memory store.
+// With TaskQueue (PostgreSQL), tasks are scheduled by a dispatch.Cluster
+// over it, shared with every other replica, and TaskStore is unused.
 type Options struct {
 	Config    *config.Config
 	Logger    *zap.Logger
@@ -39,12 +41,26 @@ type Options struct {
 	// PostgreSQL, shared with every replica, and makes the database a
 	// readiness dependency. The caller closes it after Serve returns.
 	Database *pgxpool.Pool
+	// TaskQueue, when set, is the shared task queue of several replicas:
+	// tasks are dispatched by a dispatch.Cluster over it. With Database
+	// set and no TaskQueue, the database's queue is used.
+	TaskQueue dispatch.Queue
+}
+
+// Tasks is the dispatcher the service runs: dispatch.Dispatcher in memory
+// (one replica), dispatch.Cluster over a shared queue (several).
+type Tasks interface {
+	api.Tasks
+	Pump()
+	Run(ctx context.Context)
+	Drain(ctx context.Context) error
+	ShutdownStarted()
 }
 
 // Service is the orchestrator, wired and not yet running.
 type Service struct {
 	Agents  *registry.Registry
-	Tasks   *dispatch.Dispatcher
+	Tasks   Tasks
 	Handler http.Handler
 	// Health holds the probes' checks and the started and draining
 	// switches; Serve marks the service started once it listens.
@@ -88,19 +104,7 @@ func New(opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	taskStore := opts.TaskStore
-	// MERGE(issue 10): with opts.Database, use postgres.NewTaskStore(opts.Database) (and Options.TaskQueue) here.
-	if taskStore == nil {
-		taskStore = dispatch.NewMemoryStore()
-	}
-	s.Tasks, err = dispatch.New(dispatch.Options{
-		Config:  cfg.Dispatch,
-		Store:   taskStore,
-		Agents:  s.Agents,
-		Logger:  log.Named("tasks"),
-		Metrics: metrics,
-	})
-	if err != nil {
+	if s.Tasks, err = newTasks(opts, s.Agents, metrics); err != nil {
 		return nil, err
 	}
 	s.Agents.OnChange(s.Tasks.Pump)
@@ -123,6 +127,25 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newTasks builds the dispatcher: a cluster over opts.TaskQueue when set,
+// else one over opts.TaskStore or memory.
+func newTasks(opts Options, agents *registry.Registry, metrics prometheus.Registerer) (Tasks, error) {
+	log := opts.Logger.Named("tasks")
+	if opts.TaskQueue == nil && opts.Database != nil {
+		opts.TaskQueue = postgres.NewTaskStore(opts.Database)
+	}
+	if opts.TaskQueue != nil {
+		return dispatch.NewCluster(dispatch.ClusterOptions{
+			Config: opts.Config.Dispatch, Queue: opts.TaskQueue, Agents: agents, Logger: log, Metrics: metrics,
+		})
+	}
+	store := opts.TaskStore
+	if store == nil {
+		store = dispatch.NewMemoryStore()
+	}
+	return dispatch.New(dispatch.Options{Config: opts.Config.Dispatch, Store: store, Agents: agents, Logger: log, Metrics: metrics})
 }
 
 // Serve serves on ln until ctx ends, then drains (see internal/server)

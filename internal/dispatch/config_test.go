@@ -11,6 +11,7 @@ func TestConfigValidate(t *testing.T) {
 	valid := Config{
 		AgentConcurrency: 4, MaxPending: 10000, Retention: time.Hour,
 		RetryBackoff: 500 * time.Millisecond, RetryBackoffMax: 30 * time.Second, MaxResultBytes: 4 << 20,
+		LeaseDuration: 15 * time.Second, PollInterval: 5 * time.Second,
 	}
 	for _, tc := range []struct {
 		name   string
@@ -21,11 +22,21 @@ func TestConfigValidate(t *testing.T) {
 		{"the smallest", func(c *Config) {
 			c.AgentConcurrency, c.MaxPending, c.Retention, c.RetryBackoff, c.RetryBackoffMax, c.MaxResultBytes =
 				1, 0, time.Second, time.Millisecond, time.Millisecond, 1024
+			c.LeaseDuration, c.PollInterval = time.Second, 100*time.Millisecond
 		}, nil},
 		{"the largest", func(c *Config) {
 			c.AgentConcurrency, c.MaxPending, c.Retention, c.RetryBackoff, c.RetryBackoffMax, c.MaxResultBytes =
 				10_000, 1_000_000, 365*24*time.Hour, time.Hour, time.Hour, 1<<30
+			c.LeaseDuration, c.PollInterval = time.Hour, time.Hour
 		}, nil},
+		// Renewed every third of it, a lease under a second lapses on a
+		// slow commit, and another replica delivers the task a second time.
+		{"lease too short", func(c *Config) { c.LeaseDuration = 999 * time.Millisecond }, []string{`TASK_LEASE_DURATION="999ms": must be from 1s to 1h`}},
+		{"lease zero", func(c *Config) { c.LeaseDuration = 0 }, []string{"TASK_LEASE_DURATION="}},
+		{"lease too long", func(c *Config) { c.LeaseDuration = time.Hour + 1 }, []string{"TASK_LEASE_DURATION="}},
+		// A poll of 0 would spin on the database.
+		{"poll zero", func(c *Config) { c.PollInterval = 0 }, []string{`TASK_POLL_INTERVAL="0s": must be from 100ms to 1h`}},
+		{"poll too long", func(c *Config) { c.PollInterval = time.Hour + 1 }, []string{"TASK_POLL_INTERVAL="}},
 		// Run's ticker is Retention/4: under 4ns it was 0 and NewTicker panicked.
 		{"retention 1ns", func(c *Config) { c.Retention = time.Nanosecond }, []string{`TASK_RETENTION="1ns": must be from 1s to 8760h`}},
 		{"retention 3ns", func(c *Config) { c.Retention = 3 }, []string{"TASK_RETENTION"}},

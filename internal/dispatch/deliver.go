@@ -82,15 +82,16 @@ func (o outcome) retryable() bool {
 	return false
 }
 
-// deliver POSTs j to agent's /task and classifies the answer.
-func (d *Dispatcher) deliver(ctx context.Context, j *job, agent registry.Candidate) outcome {
+// deliver POSTs t to agent's /task with client, reading at most
+// maxResultBytes of the reply, and classifies the answer.
+func deliver(ctx context.Context, client *http.Client, maxResultBytes int64, t Task, agent registry.Candidate) outcome {
 	body, err := json.Marshal(orchestrator.Delivery{
-		TaskID:         j.task.ID,
-		TaskType:       j.task.TaskType,
-		Parameters:     j.task.Parameters,
-		TimeoutSeconds: j.task.TimeoutSeconds,
-		Priority:       j.task.Priority,
-		Metadata:       j.task.Metadata,
+		TaskID:         t.ID,
+		TaskType:       t.TaskType,
+		Parameters:     t.Parameters,
+		TimeoutSeconds: t.TimeoutSeconds,
+		Priority:       t.Priority,
+		Metadata:       t.Metadata,
 	})
 	if err != nil {
 		return outcome{kind: attemptRejected, err: "encoding the task: " + err.Error()}
@@ -102,27 +103,27 @@ func (d *Dispatcher) deliver(ctx context.Context, j *job, agent registry.Candida
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	resp, err := d.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return transportOutcome(ctx, j, err)
+		return transportOutcome(ctx, t, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, d.cfg.MaxResultBytes+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResultBytes+1))
 	if err != nil {
-		return transportOutcome(ctx, j, err)
+		return transportOutcome(ctx, t, err)
 	}
-	if int64(len(data)) > d.cfg.MaxResultBytes {
-		return outcome{kind: attemptRejected, err: fmt.Sprintf("agent reply larger than TASK_MAX_RESULT_BYTES (%d bytes)", d.cfg.MaxResultBytes)}
+	if int64(len(data)) > maxResultBytes {
+		return outcome{kind: attemptRejected, err: fmt.Sprintf("agent reply larger than TASK_MAX_RESULT_BYTES (%d bytes)", maxResultBytes)}
 	}
 	return classify(resp.StatusCode, data)
 }
 
 // transportOutcome names a failed exchange: the attempt's own timeout, a
 // cancel, or a network error.
-func transportOutcome(ctx context.Context, j *job, err error) outcome {
+func transportOutcome(ctx context.Context, t Task, err error) outcome {
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return outcome{kind: attemptTimeout, err: fmt.Sprintf("the agent did not answer within %ds", j.task.TimeoutSeconds)}
+		return outcome{kind: attemptTimeout, err: fmt.Sprintf("the agent did not answer within %ds", t.TimeoutSeconds)}
 	case ctx.Err() != nil:
 		return outcome{kind: attemptCancelled, err: "cancelled"}
 	case errors.Is(err, registry.ErrHostNotAllowed):

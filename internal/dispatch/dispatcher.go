@@ -51,6 +51,14 @@ type Config struct {
 	RetryBackoffMax time.Duration `env:"TASK_RETRY_BACKOFF_MAX, default=30s"`
 	// MaxResultBytes bounds the agent reply the orchestrator reads.
 	MaxResultBytes int64 `env:"TASK_MAX_RESULT_BYTES, default=4194304"`
+	// LeaseDuration (with a database) is how long a replica's claim on a
+	// task it delivers lasts unless renewed (every third of it): when a
+	// replica dies, another takes its tasks over after at most this long.
+	LeaseDuration time.Duration `env:"TASK_LEASE_DURATION, default=15s"`
+	// PollInterval (with a database) is how often each replica looks at
+	// the shared queue when no notification woke it: a safety net only,
+	// new work and freed slots are announced at once.
+	PollInterval time.Duration `env:"TASK_POLL_INTERVAL, default=5s"`
 }
 
 // Limits of the settings, from how they are used. Run prunes every
@@ -60,7 +68,11 @@ type Config struct {
 // without overflowing; a retry delay over an hour outlives any task
 // timeout. MaxResultBytes+1 bounds the read of a reply, so it must stay
 // far from the largest int64; a gibibyte is already more than a reply
-// held in memory should be.
+// held in memory should be. A lease is renewed every third of its
+// duration: under a second, a garbage-collection pause or a slow commit
+// would let another replica take over a task still being delivered; past
+// an hour a dead replica's tasks wait that long. A poll under 100ms is
+// the tight loop notifications exist to avoid.
 const (
 	minRetention        = time.Second
 	maxRetention        = 365 * 24 * time.Hour
@@ -70,6 +82,10 @@ const (
 	maxPendingLimit     = 1_000_000
 	minMaxResultBytes   = 1024
 	maxMaxResultBytes   = 1 << 30
+	minLeaseDuration    = time.Second
+	maxLeaseDuration    = time.Hour
+	minPollInterval     = 100 * time.Millisecond
+	maxPollInterval     = time.Hour
 )
 
 // Validate reports every setting that cannot be used, naming its variable.
@@ -80,6 +96,8 @@ func (c Config) Validate() error {
 		bound.Duration("TASK_RETENTION", c.Retention, minRetention, maxRetention),
 		bound.Duration("TASK_RETRY_BACKOFF", c.RetryBackoff, minRetryBackoff, maxRetryBackoff),
 		bound.Int("TASK_MAX_RESULT_BYTES", c.MaxResultBytes, minMaxResultBytes, maxMaxResultBytes),
+		bound.Duration("TASK_LEASE_DURATION", c.LeaseDuration, minLeaseDuration, maxLeaseDuration),
+		bound.Duration("TASK_POLL_INTERVAL", c.PollInterval, minPollInterval, maxPollInterval),
 	}
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("TASK_RETRY_BACKOFF_MAX=%q: must be at least TASK_RETRY_BACKOFF (%s)", c.RetryBackoffMax, c.RetryBackoff))
@@ -97,6 +115,8 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddDuration("retry_backoff", c.RetryBackoff)
 	enc.AddDuration("retry_backoff_max", c.RetryBackoffMax)
 	enc.AddInt64("max_result_bytes", c.MaxResultBytes)
+	enc.AddDuration("lease_duration", c.LeaseDuration)
+	enc.AddDuration("poll_interval", c.PollInterval)
 	return nil
 }
 
@@ -228,11 +248,29 @@ func New(opts Options) (*Dispatcher, error) {
 	}
 	d.base, d.stop = context.WithCancel(context.Background())
 	var err error
-	if d.metrics, err = newMetrics(opts.Metrics, d); err != nil {
+	if d.metrics, err = newMetrics(opts.Metrics, d.queueDepth, d.tasksInFlight); err != nil {
 		d.stop()
 		return nil, err
 	}
 	return d, nil
+}
+
+// queueDepth is the queue depth gauge's value: the tasks waiting.
+func (d *Dispatcher) queueDepth() float64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return float64(d.pending)
+}
+
+// tasksInFlight is the in-flight gauge's value: the deliveries running.
+func (d *Dispatcher) tasksInFlight() float64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, c := range d.inFlight {
+		n += c
+	}
+	return float64(n)
 }
 
 // Submit validates req, checks that an agent can take it, stores it and
@@ -331,7 +369,11 @@ func noAgentError(rt route) error {
 // retry cannot mend; one that is only unhealthy now is left to routing
 // (503: that can change).
 func (d *Dispatcher) checkPinned(ctx context.Context, rt route) error {
-	a, err := d.agents.Get(ctx, rt.pinned)
+	return checkPinned(ctx, d.agents, rt)
+}
+
+func checkPinned(ctx context.Context, agents Agents, rt route) error {
+	a, err := agents.Get(ctx, rt.pinned)
 	pinnedErr := func(format string, args ...any) error {
 		return &registry.FieldError{Field: "agent_id", Msg: fmt.Sprintf(format, args...)}
 	}
@@ -364,10 +406,24 @@ func (d *Dispatcher) candidatesLocked(ctx context.Context, rt route) ([]registry
 	return nil, nil
 }
 
-// chooseLocked picks, among candidates with a free slot, an agent j has
-// not tried yet if there is one (failover), the least loaded, and among
-// equals the next in round-robin order.
+// chooseLocked picks the agent for j's next attempt (see pick).
 func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (registry.Candidate, bool) {
+	return pick(candidates, d.cfg.AgentConcurrency,
+		func(id string) int { return d.inFlight[id] },
+		func(id string) bool { return j.tried[id] },
+		func() uint64 {
+			tn := d.turns[j.route]
+			d.turns[j.route] = turn{next: tn.next + 1, used: true}
+			return tn.next
+		})
+}
+
+// pick chooses, among candidates with a free slot (load under limit), an
+// agent not tried yet if there is one (failover), the least loaded, and
+// among equals the next in round-robin order: next returns the route's
+// turn, and is called only when there is a choice (never for a pinned
+// task).
+func pick(candidates []registry.Candidate, limit int, load func(string) int, tried func(string) bool, next func() uint64) (registry.Candidate, bool) {
 	type rank struct {
 		tried bool
 		load  int
@@ -381,11 +437,11 @@ func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (regi
 	var best rank
 	ties := 0
 	for _, c := range candidates {
-		load := d.inFlight[c.ID]
-		if load >= d.cfg.AgentConcurrency {
+		l := load(c.ID)
+		if l >= limit {
 			continue
 		}
-		r := rank{j.tried[c.ID], load}
+		r := rank{tried(c.ID), l}
 		switch {
 		case ties == 0 || better(r, best):
 			best, ties = r, 1
@@ -397,21 +453,19 @@ func (d *Dispatcher) chooseLocked(j *job, candidates []registry.Candidate) (regi
 		return registry.Candidate{}, false
 	}
 	var n uint64
-	if ties > 1 { // only a choice needs a turn (never a pinned task's)
-		tn := d.turns[j.route]
-		n = tn.next % uint64(ties)
-		d.turns[j.route] = turn{next: tn.next + 1, used: true}
+	if ties > 1 {
+		n = next() % uint64(ties)
 	}
 	for _, c := range candidates {
-		load := d.inFlight[c.ID]
-		if load < d.cfg.AgentConcurrency && (rank{j.tried[c.ID], load}) == best {
+		l := load(c.ID)
+		if l < limit && (rank{tried(c.ID), l}) == best {
 			if n == 0 {
 				return c, true
 			}
 			n--
 		}
 	}
-	panic("dispatch: chooseLocked lost a tie") // unreachable: ties counted above
+	panic("dispatch: pick lost a tie") // unreachable: ties counted above
 }
 
 // reserveLocked takes a slot of agent for j's next attempt.
@@ -561,7 +615,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job, agent registry.Candida
 		}
 		return
 	}
-	out := d.deliver(ctx, j, agent)
+	out := deliver(ctx, d.client, d.cfg.MaxResultBytes, j.task, agent)
 	d.metrics.attempts.WithLabelValues(string(j.task.AgentType), string(out.kind)).Inc()
 	d.release(j, agent.ID)
 	d.settle(j, agent, out)
@@ -622,10 +676,12 @@ func (d *Dispatcher) settle(j *job, agent registry.Candidate, out outcome) {
 
 // backoff is the delay before retry n (1-based): exponential, capped, and
 // jittered over its upper half so that retries of many tasks spread out.
-func (d *Dispatcher) backoff(n int) time.Duration {
-	delay := d.cfg.RetryBackoffMax
+func (d *Dispatcher) backoff(n int) time.Duration { return d.cfg.backoff(n) }
+
+func (c Config) backoff(n int) time.Duration {
+	delay := c.RetryBackoffMax
 	if n-1 < 30 {
-		delay = min(d.cfg.RetryBackoff<<(n-1), d.cfg.RetryBackoffMax)
+		delay = min(c.RetryBackoff<<(n-1), c.RetryBackoffMax)
 	}
 	return delay/2 + rand.N(delay/2+1) //nolint:gosec // G404: jitter needs spread, not secrecy
 }

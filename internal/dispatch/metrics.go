@@ -18,7 +18,9 @@ type metrics struct {
 	attempts  *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, d *Dispatcher) (*metrics, error) {
+// newMetrics registers the series on reg (none when nil); depth and
+// inFlight give the gauges' values.
+func newMetrics(reg prometheus.Registerer, depth, inFlight func() float64) (*metrics, error) {
 	m := &metrics{
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orchestrator_tasks_submitted_total",
@@ -50,25 +52,13 @@ func newMetrics(reg prometheus.Registerer, d *Dispatcher) (*metrics, error) {
 	}
 	queueDepth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orchestrator_task_queue_depth",
-		Help: "Tasks waiting for an agent with a free slot (including retries past their backoff).",
-	}, func() float64 {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return float64(d.pending)
-	})
-	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Help: "Tasks waiting for an agent with a free slot (including retries past their backoff); with a database, across the cluster, refreshed every TASK_POLL_INTERVAL.",
+	}, depth)
+	inFlightGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "orchestrator_tasks_in_flight",
-		Help: "Deliveries to agents in progress.",
-	}, func() float64 {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		n := 0
-		for _, c := range d.inFlight {
-			n += c
-		}
-		return float64(n)
-	})
-	for _, c := range []prometheus.Collector{m.submitted, m.rejected, m.tasks, m.duration, m.attempts, queueDepth, inFlight} {
+		Help: "Deliveries to agents in progress (by this replica).",
+	}, inFlight)
+	for _, c := range []prometheus.Collector{m.submitted, m.rejected, m.tasks, m.duration, m.attempts, queueDepth, inFlightGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering task metrics: %w", err)
 		}

@@ -8,14 +8,15 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 
 	"github.com/optiinfra/orchestrator/internal/postgres"
 	"github.com/optiinfra/orchestrator/internal/postgres/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pgtest.Wrap(m)) }
 
-func open(t *testing.T, url string) *pgxpool.Pool {
+func open(t testing.TB, url string) *pgxpool.Pool {
 	t.Helper()
 	pool, err := postgres.Open(context.Background(), postgres.Config{MaxConns: 4, ConnectTimeout: 5e9}, url)
 	if err != nil {
@@ -112,4 +113,18 @@ func TestErrorsHideThePassword(t *testing.T) {
 	if d := postgres.Describe(good); strings.Contains(d, srv.Password()) || !strings.Contains(d, pgtest.User+"@127.0.0.1:") {
 		t.Errorf("Describe = %q", d)
 	}
+}
+
+// migratedPool opens a pool on url's database, with the schema applied.
+func migratedPool(tb testing.TB, url string) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := postgres.Open(context.Background(), postgres.Config{MaxConns: 8, ConnectTimeout: 5e9}, url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	if _, err := postgres.Migrate(context.Background(), pool); err != nil {
+		tb.Fatal(err)
+	}
+	return pool
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -40,10 +41,11 @@ func TestManifestsInvariants(t *testing.T) {
 // otherwise do by eye on each values file.
 func checkInvariants(t *testing.T, o *objects) {
 	t.Helper()
-	if len(o.deployments) != 1 || len(o.services) != 1 || len(o.configMaps) != 1 {
-		t.Fatalf("want one Deployment, Service and ConfigMap; got %v", o.kinds)
+	if len(o.deployments) != 1 || len(o.configMaps) != 1 {
+		t.Fatalf("want one Deployment and one ConfigMap; got %v", o.kinds)
 	}
-	d, svc := o.deployments[0], o.services[0]
+	d := o.deployments[0]
+	svc := named(t, o.services, d.Name)
 	pod := d.Spec.Template
 	c := orchestrator(t, pod.Spec)
 
@@ -100,6 +102,12 @@ func checkInvariants(t *testing.T, o *objects) {
 		for _, p := range o.pods {
 			checkRestricted(t, "test pod "+p.Name, p.Spec)
 		}
+		for _, sts := range o.statefulSets {
+			checkRestricted(t, "StatefulSet "+sts.Name, sts.Spec.Template.Spec)
+			if links := sts.Spec.Template.Spec.EnableServiceLinks; links == nil || *links {
+				t.Errorf("StatefulSet %s: enableServiceLinks is not false", sts.Name)
+			}
+		}
 		if pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks {
 			t.Error("enableServiceLinks is not false: a Service named orchestrator would inject ORCHESTRATOR_PORT=tcp://...")
 		}
@@ -129,6 +137,25 @@ func checkInvariants(t *testing.T, o *objects) {
 		if !maps.Equal(svc.Spec.Selector, selector) {
 			t.Errorf("Service selector %v, want the Deployment's %v", svc.Spec.Selector, selector)
 		}
+		// The bundled database's objects pick its pods, and nothing picks
+		// both its pods and the orchestrator's.
+		for _, sts := range o.statefulSets {
+			own := sts.Spec.Selector.MatchLabels
+			if len(own) == 0 || !subset(own, sts.Spec.Template.Labels) {
+				t.Errorf("StatefulSet %s selector %v does not pick its own pods %v", sts.Name, own, sts.Spec.Template.Labels)
+			}
+			if subset(selector, sts.Spec.Template.Labels) || subset(own, podLabels) {
+				t.Errorf("StatefulSet %s pods %v and the orchestrator's %v are picked by each other's selectors", sts.Name, sts.Spec.Template.Labels, podLabels)
+			}
+		}
+		for _, s := range o.services {
+			if s.Name == svc.Name {
+				continue
+			}
+			if sts := selectedStatefulSet(o, s.Spec.Selector); sts == nil {
+				t.Errorf("Service %s selector %v picks no StatefulSet's pods exactly", s.Name, s.Spec.Selector)
+			}
+		}
 		for _, pdb := range o.pdbs {
 			if pdb.Spec.Selector == nil || !maps.Equal(pdb.Spec.Selector.MatchLabels, selector) {
 				t.Errorf("PodDisruptionBudget selector %v, want the Deployment's %v", pdb.Spec.Selector, selector)
@@ -143,8 +170,27 @@ func checkInvariants(t *testing.T, o *objects) {
 			}
 		}
 		for _, np := range o.networkPolicies {
-			if !maps.Equal(np.Spec.PodSelector.MatchLabels, selector) {
-				t.Errorf("NetworkPolicy podSelector %v, want the Deployment's %v", np.Spec.PodSelector, selector)
+			if np.Name == d.Name {
+				if !maps.Equal(np.Spec.PodSelector.MatchLabels, selector) {
+					t.Errorf("NetworkPolicy podSelector %v, want the Deployment's %v", np.Spec.PodSelector, selector)
+				}
+				continue
+			}
+			// The database's: it picks the StatefulSet's pods, and admits
+			// the orchestrator's alone.
+			if selectedStatefulSet(o, np.Spec.PodSelector.MatchLabels) == nil {
+				t.Errorf("NetworkPolicy %s podSelector %v picks no StatefulSet's pods exactly", np.Name, np.Spec.PodSelector)
+			}
+			for _, rule := range np.Spec.Ingress {
+				if len(rule.From) == 0 {
+					t.Errorf("NetworkPolicy %s admits everyone", np.Name)
+				}
+				for _, from := range rule.From {
+					if from.PodSelector == nil || from.NamespaceSelector != nil || from.IPBlock != nil ||
+						!maps.Equal(from.PodSelector.MatchLabels, selector) {
+						t.Errorf("NetworkPolicy %s admits %+v, want the orchestrator's pods %v only", np.Name, from, selector)
+					}
+				}
 			}
 		}
 		for _, sm := range o.serviceMonitors {
@@ -175,6 +221,10 @@ func checkInvariants(t *testing.T, o *objects) {
 
 	t.Run("auth tokens", func(t *testing.T) {
 		checkTokens(t, o, pod.Spec, c, pod.Annotations)
+	})
+
+	t.Run("database", func(t *testing.T) {
+		checkDatabase(t, o, d, c)
 	})
 
 	t.Run("helm test", func(t *testing.T) {
@@ -237,7 +287,7 @@ func binaryConfig(t *testing.T, o *objects, c corev1.Container) *config.Config {
 			env[e.Name] = e.Value
 		}
 	}
-	tokenFiles(t, o, c, pod(o), env)
+	secretFiles(t, o, c, pod(o), env)
 	cfg, err := config.Load(context.Background(), env)
 	if err != nil {
 		t.Fatalf("the binary would not start with this rendering's environment: %v", err)
@@ -338,23 +388,31 @@ func subset(sel, labels map[string]string) bool {
 // pod is the Deployment's pod template spec.
 func pod(o *objects) corev1.PodSpec { return o.deployments[0].Spec.Template.Spec }
 
-// tokenFiles makes the token files the container's AUTH_*_TOKENS_FILE
-// variables name, from the Secret they are mounted from, and points the
-// variables at them: the binary then loads them as it would in the pod. A
-// Secret the chart does not render (auth.existingSecret) gets a placeholder
-// token.
-func tokenFiles(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, env map[string]string) {
+// secretFiles makes the files the container's AUTH_*_TOKENS_FILE and
+// DATABASE_URL_FILE variables name, from the Secret they are mounted from,
+// and points the variables at them: the binary then loads them as it would
+// in the pod. A Secret the chart does not render (auth.existingSecret,
+// database.existingSecret) gets a placeholder of the right form.
+func secretFiles(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, env map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{"AUTH_AGENT_TOKENS_FILE", "AUTH_OPERATOR_TOKENS_FILE"} {
+	placeholders := map[string]string{
+		"AUTH_AGENT_TOKENS_FILE":    "placeholder-token-for-an-existing-secret\n",
+		"AUTH_OPERATOR_TOKENS_FILE": "placeholder-token-for-an-existing-secret\n",
+		"DATABASE_URL_FILE":         externalDatabaseURL + "\n",
+	}
+	for name, placeholder := range placeholders {
 		file, ok := env[name]
 		if !ok {
 			continue
 		}
-		content, ok := mountedSecretFile(t, o, c, spec, file)
+		content, rendered, ok := mountedSecretFile(t, o, c, spec, file)
 		if !ok {
 			t.Errorf("%s=%s is not a file mounted from a Secret", name, file)
 			continue
+		}
+		if !rendered {
+			content = []byte(placeholder)
 		}
 		local := filepath.Join(dir, name)
 		if err := os.WriteFile(local, content, 0o600); err != nil {
@@ -365,9 +423,9 @@ func tokenFiles(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpe
 }
 
 // mountedSecretFile returns the content of the file at path in container c
-// when it comes from a Secret volume: the Secret's key if the rendering has
-// the Secret, a placeholder token if it names one from outside.
-func mountedSecretFile(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, file string) ([]byte, bool) {
+// when it comes from a Secret volume (ok): the Secret's key if the rendering
+// has the Secret (rendered), nothing if it names one from outside.
+func mountedSecretFile(t *testing.T, o *objects, c corev1.Container, spec corev1.PodSpec, file string) (data []byte, rendered, ok bool) {
 	t.Helper()
 	for _, m := range c.VolumeMounts {
 		rel, ok := strings.CutPrefix(file, strings.TrimSuffix(m.MountPath, "/")+"/")
@@ -390,13 +448,13 @@ func mountedSecretFile(t *testing.T, o *objects, c corev1.Container, spec corev1
 					if !ok {
 						t.Errorf("Secret %s has no key %s for %s", s.Name, key, file)
 					}
-					return data, ok
+					return data, true, ok
 				}
 			}
-			return []byte("placeholder-token-for-an-existing-secret\n"), true
+			return nil, false, true
 		}
 	}
-	return nil, false
+	return nil, false, false
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -446,11 +504,56 @@ func checkTokens(t *testing.T, o *objects, spec corev1.PodSpec, c corev1.Contain
 			t.Errorf("Secret volume %s is mounted writable at %s", m.Name, m.MountPath)
 		}
 	}
-	if len(secretVolumes) > 0 && !sha256Hex.MatchString(annotations["checksum/auth"]) {
-		t.Errorf("the pods mount a token Secret but their checksum/auth annotation is %q, not a SHA-256: changed tokens would not roll them",
-			annotations["checksum/auth"])
+	// What is read at startup rolls the pods when it changes.
+	for volume, annotation := range map[string]string{"auth-tokens": "checksum/auth", "database-url": "checksum/database"} {
+		if secretVolumes[volume] && !sha256Hex.MatchString(annotations[annotation]) {
+			t.Errorf("the pods mount Secret volume %s but their %s annotation is %q, not a SHA-256: a change would not roll them",
+				volume, annotation, annotations[annotation])
+		}
 	}
-	if len(o.secrets) > 0 && len(secretVolumes) == 0 {
-		t.Errorf("the chart renders Secret %s but the pods do not mount it", o.secrets[0].Name)
+	// Every Secret the chart renders is mounted by some pod.
+	mounted := map[string]bool{}
+	specs := []corev1.PodSpec{spec}
+	for _, sts := range o.statefulSets {
+		specs = append(specs, sts.Spec.Template.Spec)
 	}
+	for _, s := range specs {
+		for _, v := range s.Volumes {
+			if v.Secret != nil {
+				mounted[v.Secret.SecretName] = true
+			}
+		}
+	}
+	for _, s := range o.secrets {
+		if !mounted[s.Name] {
+			t.Errorf("the chart renders Secret %s but no pod mounts it", s.Name)
+		}
+	}
+}
+
+// named is the object of the list with that name.
+func named[T any, P interface {
+	*T
+	GetName() string
+}](t *testing.T, list []T, name string) T {
+	t.Helper()
+	for i := range list {
+		if P(&list[i]).GetName() == name {
+			return list[i]
+		}
+	}
+	t.Fatalf("no %T named %s", list, name)
+	var zero T
+	return zero
+}
+
+// selectedStatefulSet is the StatefulSet whose pods the selector picks with
+// exactly its own selector, or nil.
+func selectedStatefulSet(o *objects, selector map[string]string) *appsv1.StatefulSet {
+	for i, sts := range o.statefulSets {
+		if len(selector) > 0 && maps.Equal(selector, sts.Spec.Selector.MatchLabels) {
+			return &o.statefulSets[i]
+		}
+	}
+	return nil
 }

@@ -118,6 +118,7 @@ type objects struct {
 	docs            []document // every object as rendered
 	kinds           map[string]int
 	deployments     []appsv1.Deployment
+	statefulSets    []appsv1.StatefulSet // the bundled PostgreSQL
 	services        []corev1.Service
 	configMaps      []corev1.ConfigMap
 	secrets         []corev1.Secret
@@ -168,6 +169,8 @@ func decode(t *testing.T, manifest string) *objects {
 		switch head.Kind {
 		case "Deployment":
 			o.deployments, err = appendStrict(o.deployments, doc)
+		case "StatefulSet":
+			o.statefulSets, err = appendStrict(o.statefulSets, doc)
 		case "Service":
 			o.services, err = appendStrict(o.services, doc)
 		case "ConfigMap":

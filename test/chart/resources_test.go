@@ -14,8 +14,9 @@ import (
 // localStorageCapacityIsolation: false (kind on rootless Docker or Podman,
 // kubernetes-sigs/kind#3359) reports no ephemeral-storage, and a pod that
 // requests or limits it stays Pending there for good. Every pod the defaults
-// render, the helm test pod included, and every pod in k8s/, asks only for
-// what every node reports: CPU and memory.
+// render, the helm test pod included, the bundled database's, and every pod
+// in k8s/ and k8s/postgres/, asks only for what every node reports: CPU and
+// memory.
 func TestDefaultsAskOnlyForCPUAndMemory(t *testing.T) {
 	t.Run("chart defaults", func(t *testing.T) {
 		out, err := helmTemplate(t, newest(t).version)
@@ -31,6 +32,21 @@ func TestDefaultsAskOnlyForCPUAndMemory(t *testing.T) {
 	t.Run("k8s/", func(t *testing.T) {
 		checkOnlyCPUAndMemory(t, manifests(t))
 	})
+	// The bundled database's pod too.
+	t.Run("chart with the bundled database", func(t *testing.T) {
+		out, err := helmTemplate(t, newest(t).version, "--set", "postgresql.enabled=true")
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := decode(t, out)
+		if len(o.statefulSets) == 0 {
+			t.Fatal("no StatefulSet in the rendering with postgresql.enabled=true: it must be checked too")
+		}
+		checkOnlyCPUAndMemory(t, o)
+	})
+	t.Run("k8s/postgres/", func(t *testing.T) {
+		checkOnlyCPUAndMemory(t, postgresManifests(t))
+	})
 }
 
 func checkOnlyCPUAndMemory(t *testing.T, o *objects) {
@@ -41,6 +57,9 @@ func checkOnlyCPUAndMemory(t *testing.T, o *objects) {
 	}
 	for _, p := range o.pods {
 		specs["Pod "+p.Name] = p.Spec
+	}
+	for _, sts := range o.statefulSets {
+		specs["StatefulSet "+sts.Name] = sts.Spec.Template.Spec
 	}
 	for what, spec := range specs {
 		for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {

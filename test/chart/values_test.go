@@ -50,6 +50,21 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"tokens as a string", "auth: {agentTokens: agent-token-0123456789}", "/auth/agentTokens': got string, want array"},
 		{"unknown resources key", "resources: {limit: {memory: 1Gi}}", "additional properties 'limit' not allowed"},
 		{"unknown test pod resources key", "tests: {resources: {request: {cpu: 1}}}", "additional properties 'request' not allowed"},
+		{"replicas as a string", `replicaCount: "2"`, "/replicaCount': got string, want null or integer"},
+		{"unknown database key", "database: {url: postgres://x}", "additional properties 'url' not allowed"},
+		{"database Secret name with capitals", "database: {existingSecret: PG-App}", "/database/existingSecret': 'PG-App' does not match pattern"},
+		{"empty database Secret key", `database: {existingSecretKey: ""}`, "/database/existingSecretKey': minLength"},
+		{"database egress CIDR without a prefix", "database: {egress: {cidrs: [10.20.0.15]}}", "/database/egress/cidrs/0': '10.20.0.15' does not match pattern"},
+		{"database egress port out of range", "database: {egress: {port: 0}}", "/database/egress/port': minimum"},
+		{"unknown postgresql key", "postgresql: {password: hunter2}", "additional properties 'password' not allowed"},
+		{"postgresql tag as a fraction", "postgresql: {image: {tag: 15.4}}", "/postgresql/image/tag': got number, want integer or string"},
+		{"postgresql user that needs quoting", "postgresql: {auth: {username: Orchestrator-User}}", "/postgresql/auth/username': 'Orchestrator-User' does not match pattern"},
+		{"postgresql database that needs quoting", `postgresql: {auth: {database: "my db"}}`, "/postgresql/auth/database': 'my db' does not match pattern"},
+		{"postgresql volume size in words", "postgresql: {persistence: {size: 2 gigabytes}}", "/postgresql/persistence/size': '2 gigabytes' does not match pattern"},
+		{"postgresql resources typo", "postgresql: {resources: {limit: {memory: 1Gi}}}", "additional properties 'limit' not allowed"},
+		{"disruption budget below zero", "podDisruptionBudget: {minAvailable: -1}", "/podDisruptionBudget/minAvailable': minimum"},
+		{"disruption budget percentage in words", "podDisruptionBudget: {maxUnavailable: half}", "/podDisruptionBudget/maxUnavailable': 'half' does not match pattern"},
+		{"spread constraints as an object", "topologySpreadConstraints: {maxSkew: 1}", "/topologySpreadConstraints': got object, want null or array"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			expectRefused(t, newest(t).version, tc.values, tc.want)

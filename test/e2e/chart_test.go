@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -21,9 +22,23 @@ const (
 	chartPath  = "../../charts/orchestrator"
 	release    = "orch"
 	deployment = "orch-orchestrator" // the chart's full name for this release
-	// The release's workload pods, not its helm test pod.
-	selector = "app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component!=test"
+	// The release's orchestrator pods: not its helm test pod, nor the
+	// bundled database's.
+	selector = "app.kubernetes.io/name=orchestrator,app.kubernetes.io/instance=" + release + ",app.kubernetes.io/component!=test"
 )
+
+// bundledDatabase are the chart values for several replicas on the bundled
+// PostgreSQL (the chart refuses them without a database), with its data in
+// an emptyDir (a test cluster may have no volume provisioner) and the
+// image E2E_POSTGRES_IMAGE when set (the chart's default otherwise).
+func bundledDatabase() []string {
+	args := []string{"--set", "postgresql.enabled=true", "--set", "postgresql.persistence.enabled=false"}
+	if ref := os.Getenv("E2E_POSTGRES_IMAGE"); ref != "" {
+		colon := strings.LastIndex(ref, ":")
+		args = append(args, "--set", "postgresql.image.repository="+ref[:colon], "--set-string", "postgresql.image.tag="+ref[colon+1:])
+	}
+	return args
+}
 
 // install installs the chart with the image under test and waits for it;
 // the release is removed when the test ends.
@@ -105,10 +120,9 @@ func endpointReady(t *testing.T, ns, pod string) (ready, ok bool) {
 func TestChart(t *testing.T) {
 	ns := createNamespace(t, "e2e-chart")
 	pods := watchPods(t, ns, selector)
-	// Two pods, for the Service and rollout cases below (the chart's default
-	// is one, while agents and tasks live in a pod's memory; nothing here
-	// registers an agent).
-	install(t, ns, "--set", "replicaCount=2")
+	// Two pods, for the Service and rollout cases below: the chart's
+	// default with a database (without one it runs a single pod).
+	install(t, ns, bundledDatabase()...)
 	client := newHTTPClient()
 
 	t.Run("the namespace enforces the restricted standard", func(t *testing.T) {
@@ -182,6 +196,10 @@ func TestChart(t *testing.T) {
 		if p.Status.ContainerStatuses[0].RestartCount != 0 {
 			t.Errorf("the pod was restarted while unready")
 		}
+	})
+
+	t.Run("the bundled database opens with the URL its Secret gives the pods", func(t *testing.T) {
+		checkDatabaseURL(t, ns, "app.kubernetes.io/name=postgresql,app.kubernetes.io/instance="+release, deployment+"-postgresql-0")
 	})
 
 	t.Run("helm test", func(t *testing.T) {
@@ -325,6 +343,6 @@ func spread(ds []time.Duration) string {
 func TestRolloutWithoutDrain(t *testing.T) {
 	ns := createNamespace(t, "e2e-nodrain")
 	pods := watchPods(t, ns, selector)
-	install(t, ns, "--set", "replicaCount=2", "--set", "termination.preStopSleepSeconds=0", "--set", "config.shutdownDelaySeconds=0")
+	install(t, ns, append(bundledDatabase(), "--set", "termination.preStopSleepSeconds=0", "--set", "config.shutdownDelaySeconds=0")...)
 	rollUnderLoad(t, ns, pods, false)
 }

@@ -6,11 +6,12 @@
 // the Helm chart into a namespace that enforces the "restricted" Pod
 // Security Standard, follows the pods through the kubelet's own probes,
 // takes a pod out of its Service on purpose, runs `helm test`, port-forwards
-// and curls, restarts and scales the Deployment under load and requires that
-// no request fails, runs a test agent pod that registers, receives a routed
-// task and unregisters (with both token roles on), applies k8s/ with
-// kustomize, and runs Skaffold. On a node without ephemeral-storage, it
-// installs the chart's defaults and runs `helm test` (the one case for such
+// and curls, restarts and scales the Deployment (two pods on the bundled
+// PostgreSQL) under load and requires that no request fails, runs a test
+// agent pod that registers, receives a routed task and unregisters (with
+// both token roles on), applies k8s/ and k8s/postgres/ with kustomize, and
+// runs Skaffold. On a node without ephemeral-storage, it installs the
+// chart's defaults and runs `helm test` (the one case for such
 // a node: E2E_NODE_WITHOUT_EPHEMERAL_STORAGE).
 //
 // It needs kubectl, helm and skaffold on PATH and:
@@ -19,6 +20,9 @@
 //	                 built from the project's Dockerfile and loaded or pushed
 //	E2E_AGENT_IMAGE  the test agent image the cluster can run, built from
 //	                 test/e2e/agent/Dockerfile (context: the repository root)
+//	E2E_POSTGRES_IMAGE  the PostgreSQL image for the bundled database (repository:tag),
+//	                 when the cluster cannot pull the chart's default; make
+//	                 e2e-local builds one from Debian's packages (hack/postgres)
 //	E2E_AGENT        "run" (default) to run the agent case, "skip" to leave it out
 //	E2E_SKAFFOLD          "run" (default) to run the Skaffold case, "skip" to leave it out
 //	E2E_SKAFFOLD_PROFILE  a skaffold.yaml profile to add, e.g. buildah (no Docker engine)

@@ -171,12 +171,166 @@ before the kernel's OOM killer does.
 
 {{/*
 Whether a PodDisruptionBudget is rendered: when more than one pod runs
-(replicaCount, or the HPA's minReplicas), or when forced.
+(the replicas, or the HPA's minReplicas), or when forced.
 */}}
 {{- define "orchestrator.pdbEnabled" -}}
-{{- $pods := .Values.replicaCount | int }}
+{{- $pods := include "orchestrator.replicas" . | int }}
 {{- if .Values.autoscaling.enabled }}{{ $pods = .Values.autoscaling.minReplicas | int }}{{ end }}
 {{- if or .Values.podDisruptionBudget.force (gt $pods 1) }}true{{ end }}
+{{- end }}
+
+{{/*
+Where the agents and tasks live: "memory" (no database: each pod's memory),
+"bundled" (postgresql.enabled: the chart's own PostgreSQL) or "external"
+(database.existingSecret: a URL in a Secret the user made). Both at once
+fail: which database would the pods use?
+*/}}
+{{- define "orchestrator.databaseMode" -}}
+{{- if and .Values.postgresql.enabled .Values.database.existingSecret }}
+{{- fail (printf "postgresql.enabled=true and database.existingSecret=%s both give the orchestrator a database: choose one (the bundled PostgreSQL for development and tests, or your own through database.existingSecret)" .Values.database.existingSecret) }}
+{{- else if .Values.postgresql.enabled }}bundled
+{{- else if .Values.database.existingSecret }}external
+{{- else }}memory
+{{- end }}
+{{- end }}
+
+{{/*
+The Deployment's replicas: replicaCount, or when it is null 1 in memory
+mode and 2 with a database.
+*/}}
+{{- define "orchestrator.replicas" -}}
+{{- if not (kindIs "invalid" .Values.replicaCount) }}
+{{- .Values.replicaCount | int }}
+{{- else if eq (include "orchestrator.databaseMode" .) "memory" }}1
+{{- else }}2
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the database settings against the rest. In memory mode every pod
+keeps its own agents and tasks: two pods would split them (an agent
+registered on one gets 404 for the heartbeats the Service sends to the
+other), so more than one pod, or an HPA, fails the render.
+*/}}
+{{- define "orchestrator.validateDatabase" -}}
+{{- $mode := include "orchestrator.databaseMode" . }}
+{{- $useDatabase := "give the pods a shared database: postgresql.enabled=true (bundled, for development and tests) or database.existingSecret (your PostgreSQL, for production)" }}
+{{- if eq $mode "memory" }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail (printf "autoscaling.enabled=true without a database: each pod would keep its own agents and tasks in memory, so state would be split across pods (an agent registered on one pod gets 404 for heartbeats that reach another). Turn autoscaling off, or %s" $useDatabase) }}
+{{- end }}
+{{- $replicas := include "orchestrator.replicas" . | int }}
+{{- if gt $replicas 1 }}
+{{- fail (printf "replicaCount=%d without a database: each pod would keep its own agents and tasks in memory, so state would be split across pods (an agent registered on one pod gets 404 for heartbeats that reach another). Run one pod, or %s" $replicas $useDatabase) }}
+{{- end }}
+{{- else if and .Values.autoscaling.enabled (lt (.Values.autoscaling.minReplicas | int) 2) }}
+{{- fail (printf "autoscaling.minReplicas=%d: with a database the HPA keeps at least 2 pods, so the PodDisruptionBudget (minAvailable 1) lets a node drain move one while the other serves" (.Values.autoscaling.minReplicas | int)) }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "DATABASE_URL" "DATABASE_URL_FILE") }}
+{{- fail (printf "extraEnv sets %s: the database URL holds a password, which must not sit in the pod spec, and the chart must know it runs with a database (replicas, disruption budget); use database.existingSecret (a Secret with the URL, mounted as a file) or postgresql.enabled" .name) }}
+{{- end }}
+{{- end }}
+{{- if and (ne $mode "external") .Values.database.egress.cidrs }}
+{{- fail "database.egress.cidrs is set but database.existingSecret is not: the rule is for an external database (the bundled one is allowed by pod selector)" }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key holding the database URL; empty in memory mode. */}}
+{{- define "orchestrator.databaseSecretName" -}}
+{{- $mode := include "orchestrator.databaseMode" . }}
+{{- if eq $mode "bundled" }}{{ include "orchestrator.postgresql.fullname" . }}
+{{- else if eq $mode "external" }}{{ .Values.database.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "orchestrator.databaseSecretKey" -}}
+{{- $mode := include "orchestrator.databaseMode" . }}
+{{- if eq $mode "bundled" }}url
+{{- else if eq $mode "external" }}{{ .Values.database.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Where the database URL file is mounted in the container. */}}
+{{- define "orchestrator.databaseDir" -}}/etc/orchestrator/database{{- end }}
+
+{{/*
+The checksum that rolls the pods when the database they use changes (the
+URL is read at startup): the bundled database's name, user and database
+(not its password, which the chart keeps across upgrades), or the content of
+database.existingSecret when helm can read it, as for the tokens.
+*/}}
+{{- define "orchestrator.databaseChecksum" -}}
+{{- $mode := include "orchestrator.databaseMode" . }}
+{{- if eq $mode "bundled" }}
+{{- list (include "orchestrator.postgresql.fullname" .) .Values.postgresql.auth | toJson | sha256sum }}
+{{- else }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.database.existingSecret }}
+{{- list .Values.database.existingSecret .Values.database.existingSecretKey (dig "data" dict ($secret | default dict)) | toJson | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/*
+The topology spread constraints: topologySpreadConstraints, or when it is
+null, with a database, a preference for spreading the pods over nodes and
+zones (ScheduleAnyway: a single node still runs them all). The pods' own
+labels are filled in where an entry has no labelSelector.
+*/}}
+{{- define "orchestrator.topologySpreadConstraints" -}}
+{{- $constraints := .Values.topologySpreadConstraints }}
+{{- if kindIs "invalid" $constraints }}
+{{- $constraints = list }}
+{{- if ne (include "orchestrator.databaseMode" .) "memory" }}
+{{- $constraints = list
+  (dict "maxSkew" 1 "topologyKey" "kubernetes.io/hostname" "whenUnsatisfiable" "ScheduleAnyway")
+  (dict "maxSkew" 1 "topologyKey" "topology.kubernetes.io/zone" "whenUnsatisfiable" "ScheduleAnyway") }}
+{{- end }}
+{{- end }}
+{{- $filled := list }}
+{{- range $constraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" (include "orchestrator.selectorLabels" $ | fromYaml)) }}
+{{- end }}
+{{- $filled = append $filled $constraint }}
+{{- end }}
+{{- with $filled }}{{ toYaml . }}{{ end }}
+{{- end }}
+
+{{/*
+The bundled PostgreSQL's name: <fullname>-postgresql, at most 52
+characters (a StatefulSet's pods carry a controller-revision-hash label of
+its name plus 11 characters, and labels stop at 63).
+*/}}
+{{- define "orchestrator.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "orchestrator.fullname" . | trunc 41 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The bundled PostgreSQL's selector labels: its own app.kubernetes.io/name,
+so that nothing selecting the orchestrator's pods (name and instance)
+selects the database's, and the other way round.
+*/}}
+{{- define "orchestrator.postgresql.selectorLabels" -}}
+app.kubernetes.io/name: postgresql
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: database
+{{- end }}
+
+{{- define "orchestrator.postgresql.labels" -}}
+helm.sh/chart: {{ include "orchestrator.chart" . }}
+{{ include "orchestrator.postgresql.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: optiinfra
+{{- end }}
+
+{{/* The bundled PostgreSQL's image: repository:tag (a number printed as such). */}}
+{{- define "orchestrator.postgresql.image" -}}
+{{- $tag := .Values.postgresql.image.tag }}
+{{- if or (kindIs "float64" $tag) (kindIs "int64" $tag) (kindIs "int" $tag) }}
+{{- $tag = printf "%d" (int64 $tag) }}
+{{- end }}
+{{- printf "%s:%s" .Values.postgresql.image.repository $tag }}
 {{- end }}
 
 {{/*

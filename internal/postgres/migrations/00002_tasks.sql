@@ -2,6 +2,12 @@
 -- every replica claims from here, so the per-agent in-flight limit and the
 -- priority-then-age order hold across the cluster. Parameters, metadata and
 -- results are kept as sent (type json): opaque to the service.
+--
+-- A waiting task is pending or retrying. A claim (under an advisory lock)
+-- makes it dispatched, with agent_id, attempts+1, lease_owner and
+-- lease_expires; the owner renews the lease while it delivers; a lapsed
+-- lease is taken over by any replica. Every change to a task is a
+-- conditional UPDATE that never touches a terminal row.
 
 -- +goose Up
 CREATE TABLE tasks (
@@ -29,7 +35,7 @@ CREATE TABLE tasks (
     -- A waiting task is not claimed before not_before (a retry's backoff),
     -- and times out at deadline if no agent took it by then.
     not_before      timestamptz,
-    deadline        timestamptz,
+    deadline        timestamptz NOT NULL,
     -- The replica delivering a dispatched task, and when its claim lapses
     -- unless renewed: another replica then takes the task over.
     lease_owner     text NOT NULL DEFAULT '',
@@ -39,9 +45,15 @@ CREATE TABLE tasks (
 
 -- Claiming: the waiting tasks, best first.
 CREATE INDEX tasks_waiting ON tasks (priority DESC, seq) WHERE status IN ('pending', 'retrying');
--- The cluster-wide in-flight count per agent, and lapsed leases.
+-- The queue deadlines and the end of retries' backoff: the next time a
+-- replica has something to do.
+CREATE INDEX tasks_deadline ON tasks (deadline) WHERE status IN ('pending', 'retrying');
+CREATE INDEX tasks_not_before ON tasks (not_before) WHERE status = 'retrying';
+-- The cluster-wide in-flight count per agent, lapsed leases, and a
+-- replica's own leases (renewal).
 CREATE INDEX tasks_dispatched ON tasks (agent_id) WHERE status = 'dispatched';
 CREATE INDEX tasks_leases ON tasks (lease_expires) WHERE status = 'dispatched';
+CREATE INDEX tasks_lease_owner ON tasks (lease_owner) WHERE status = 'dispatched';
 -- Listing by status, in submission order.
 CREATE INDEX tasks_status_seq ON tasks (status, seq);
 -- Retention: finished tasks by completion time.
