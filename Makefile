@@ -58,6 +58,8 @@ run: build ## Run the service on :8080 (settings from the environment and ./.env
 .PHONY: test
 test: deps lint test-go test-crosslang fuzz test-chart image-test postgres-image-test e2e-local ## The whole suite: lint, Go tests, fuzzing, chart, images, e2e
 
+# test/cluster runs replicas of the real binary over a PostgreSQL it starts
+# from Debian's postgresql package (in APT_PACKAGES).
 .PHONY: test-go
 test-go: ## Unit, handler and process-level tests with the race detector
 	go test -race -count=1 ./...

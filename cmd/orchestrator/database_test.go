@@ -194,3 +194,31 @@ func TestMigrateCommandErrors(t *testing.T) {
 		})
 	}
 }
+
+// A database that is not up yet (the bundled one starting beside the pods
+// of a fresh install) is waited for: the process logs that it waits,
+// without the password, and serves once the database answers.
+func TestServeWaitsForTheDatabase(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{})
+	dbURL := srv.NewDatabase(t)
+	srv.Stop()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &service{logs: newLogLines(), cancel: cancel, done: make(chan struct{})}
+	env := []string{"PORT=0", "HTTP_HOST=127.0.0.1", "SHUTDOWN_DELAY=0s", "SHUTDOWN_TIMEOUT=5s", "DATABASE_URL=" + dbURL, "DATABASE_CONNECT_TIMEOUT=1s"}
+	go func() { s.err = run(ctx, nil, env, s.logs, io.Discard); close(s.done) }()
+	t.Cleanup(func() { cancel(); _ = s.wait(t) })
+
+	waiting := s.logs.await(t, "waiting for the database")
+	if line, _ := json.Marshal(waiting); strings.Contains(string(line), srv.Password()) {
+		t.Errorf("the waiting line shows the password: %s", line)
+	}
+	if s.logs.find("orchestrator listening") != nil {
+		t.Fatal("listening before the database answered")
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + s.logs.await(t, "orchestrator listening")["address"].(string)
+	eventually.True(t, 20*time.Second, "/ready once the database is up", func() bool { return status(t, base+"/ready") == http.StatusOK })
+}

@@ -119,7 +119,8 @@ func Describe(dbURL string) string {
 }
 
 // Open connects to the database at dbURL with a pool of cfg's size and
-// checks that it answers. Errors never contain the password.
+// checks that it answers. Errors never contain the password; one that
+// only says the server cannot be reached now wraps storeerr.ErrUnavailable.
 func Open(ctx context.Context, cfg Config, dbURL string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
@@ -142,7 +143,9 @@ func Open(ctx context.Context, cfg Config, dbURL string) (*pgxpool.Pool, error) 
 	defer cancel()
 	if err := pool.Ping(pingCtx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connecting to %s: %w", Describe(dbURL), redactErr(err, password, dbURL))
+		// Unavailable when the server cannot be reached (yet): the caller
+		// may wait for it; a refused password or a missing database is not.
+		return nil, fmt.Errorf("connecting to %s: %w", Describe(dbURL), unavailable(ctx, redactErr(err, password, dbURL)))
 	}
 	return pool, nil
 }

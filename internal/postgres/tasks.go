@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"slices"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgxlisten"
-	"github.com/jackc/puddle/v2"
 
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/registry"
@@ -733,28 +731,10 @@ func taskErr(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err // the caller gave up: nothing to say about the database
 	}
-	if taskUnreachable(err) {
+	// A statement that ran out of its own deadline (the dispatcher's store
+	// timeout) met a database that did not answer.
+	if isConnectionError(err) || errors.Is(err, context.DeadlineExceeded) {
 		return storeerr.Unavailable(err)
 	}
 	return err
-}
-
-// taskUnreachable reports whether err says the database cannot be reached or
-// cannot serve now, as opposed to a refused statement.
-func taskUnreachable(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case len(pgErr.Code) >= 2 && pgErr.Code[:2] == "08", // connection exception
-			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // admin/crash shutdown, cannot connect now
-			pgErr.Code == "53300",                          // too many connections
-			pgErr.Code == "25006" || pgErr.Code == "40001": // read-only standby after a failover; serialization
-			return true
-		}
-		return false
-	}
-	var netErr net.Error
-	var connectErr *pgconn.ConnectError
-	return pgconn.SafeToRetry(err) || pgconn.Timeout(err) || errors.As(err, &netErr) || errors.As(err, &connectErr) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, puddle.ErrClosedPool)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/optiinfra/orchestrator/internal/storeerr"
 )
@@ -42,6 +43,8 @@ func isConnectionError(err error) bool {
 			return true
 		case pgErr.Code == "53300": // too many connections
 			return true
+		case pgErr.Code == "25006": // a read-only standby, during a failover
+			return true
 		case pgErr.Code == "40001", pgErr.Code == "40P01": // still conflicting after the retries: try again later
 			return true
 		}
@@ -52,7 +55,7 @@ func isConnectionError(err error) bool {
 	switch {
 	case errors.As(err, &connectErr), errors.As(err, &netErr):
 		return true
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, puddle.ErrClosedPool):
 		return true
 	case pgconn.SafeToRetry(err), pgconn.Timeout(err):
 		return true
