@@ -131,6 +131,13 @@ type pgRun struct {
 	hb         pgHeartbeats
 	latency    []dispatchResult // direct, memory, PostgreSQL
 	throughput []pgThroughput   // one replica, two
+	// The PostgreSQL path's tasks, as they recorded themselves: created to
+	// started (submission and claim) and started to completed (delivery
+	// and its outcome).
+	claim, deliver []time.Duration
+	// PostgreSQL's busiest statements in the tasks' database during the
+	// one-at-a-time runs, and during the two-replica throughput run.
+	latencyStatements, throughputStatements []statementStat
 }
 
 // database is the harness's PostgreSQL, and its own connection to it.
@@ -233,7 +240,7 @@ func postgresBench(ctx context.Context, o options, tmp, orch, bare string) (run 
 	if run.hb, err = pgHeartbeatRun(ctx, db, o, tmp, orch); err != nil {
 		return run, err
 	}
-	if run.latency, run.throughput, err = pgDispatch(ctx, db, o, tmp, orch, bare); err != nil {
+	if err := pgDispatch(ctx, db, o, tmp, orch, bare, &run); err != nil {
 		return run, err
 	}
 	return run, nil
@@ -401,27 +408,43 @@ func primeHeartbeats(ctx context.Context, s *server, ids []string, clients int) 
 
 // pgDispatch measures submit-to-completed, one task at a time, then the
 // sustained throughput of one replica and of two.
-func pgDispatch(ctx context.Context, db *database, o options, tmp, orch, bare string) ([]dispatchResult, []pgThroughput, error) {
+func pgDispatch(ctx context.Context, db *database, o options, tmp, orch, bare string, run *pgRun) error {
 	if _, err := db.srv.CreateDatabase(ctx, "tasks"); err != nil {
-		return nil, nil, err
+		return err
+	}
+	tasksDB, err := pgx.Connect(ctx, db.srv.URL("tasks")+"&application_name=bench-harness")
+	if err != nil {
+		return err
+	}
+	defer tasksDB.Close(context.Background())
+	if _, err := tasksDB.Exec(ctx, "CREATE EXTENSION pg_stat_statements"); err != nil {
+		return err
 	}
 	agent, err := startReadyOn(ctx, loadCPU, "fake agent", bare, tmp)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	mem, err := startReadyOn(ctx, serverCPU, "orchestrator (memory)", orch, tmp)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	first, err := startReadyOn(ctx, serverCPU, "replica 1 (PostgreSQL)", orch, tmp, "DATABASE_URL="+db.url("tasks", "replica-1"))
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	for _, s := range []*server{mem, first} {
-		if err := registerFakeAgents(ctx, s, agent, o.pgFakeAgents, o.dispatchTaskType); err != nil {
-			return nil, nil, err
+	var fakeIDs [2][]string
+	for i, s := range []*server{mem, first} {
+		if fakeIDs[i], err = registerFakeAgents(ctx, s, agent, o.pgFakeAgents, o.dispatchTaskType); err != nil {
+			return err
 		}
 	}
+	// The fake agent heartbeats as a real one would: silent for
+	// AGENT_MISSED_HEARTBEATS intervals, it would be taken for unreachable
+	// in the middle of the run. Every replica sees the PostgreSQL ones'.
+	stopMem := keepAlive(ctx, mem, fakeIDs[0])
+	defer stopMem()
+	stopFirst := keepAlive(ctx, first, fakeIDs[1])
+	defer stopFirst()
 
 	progress(fmt.Sprintf("submit to completed: %d tasks per path, one at a time", o.tasks))
 	direct := dispatch.NewClient(&registry.Guard{Networks: mustNetworks("127.0.0.0/8")})
@@ -429,68 +452,142 @@ func pgDispatch(ctx context.Context, db *database, o options, tmp, orch, bare st
 	body := submitBody(o.dispatchTaskType)
 	paths := []dispatchPath{
 		directPath(direct, agent.url("/task"), o.dispatchTaskType),
-		{"POST /tasks, memory, polled", func(ctx context.Context, _ int) error { return submitAndWait(ctx, operator, mem, body) }},
-		{"POST /tasks, PostgreSQL, polled", func(ctx context.Context, _ int) error { return submitAndWait(ctx, operator, first, body) }},
+		{"POST /tasks, memory, polled", func(ctx context.Context, _ int) error {
+			_, err := submitAndWait(ctx, operator, mem, body)
+			return err
+		}},
+		{"POST /tasks, PostgreSQL, polled", func(ctx context.Context, _ int) error {
+			task, err := submitAndWait(ctx, operator, first, body)
+			if err == nil && task.StartedAt != nil && task.CompletedAt != nil {
+				run.claim = append(run.claim, task.StartedAt.Sub(task.CreatedAt))
+				run.deliver = append(run.deliver, task.CompletedAt.Sub(*task.StartedAt))
+			}
+			return err
+		}},
 	}
-	latency, err := runDispatchPaths(ctx, paths, o)
-	if err != nil {
-		return nil, nil, err
+	if _, err := tasksDB.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
+		return err
+	}
+	if run.latency, err = runDispatchPaths(ctx, paths, o); err != nil {
+		return err
+	}
+	if run.latencyStatements, err = topStatements(ctx, tasksDB, 8); err != nil {
+		return err
+	}
+	if err := stopMem(); err != nil {
+		return err
 	}
 	if err := mem.stop(); err != nil {
-		return nil, nil, err
+		return err
 	}
 
 	// Throughput: every process may use either CPU.
 	self := strconv.Itoa(os.Getpid())
 	if out, err := exec.CommandContext(ctx, "taskset", "-a", "-p", "-c", anyCPU, self).CombinedOutput(); err != nil {
-		return nil, nil, fmt.Errorf("unpinning the harness: %w: %s", err, out)
+		return fmt.Errorf("unpinning the harness: %w: %s", err, out)
 	}
 	for _, pid := range []int{agent.cmd.Process.Pid, first.cmd.Process.Pid} {
 		if err := pinTree(pid, anyCPU); err != nil {
-			return nil, nil, err
+			return err
 		}
 	}
-	var runs []pgThroughput
 	replicas := []*server{first}
 	for n := 1; n <= 2; n++ {
 		if n == 2 {
 			second, err := startReadyOn(ctx, anyCPU, "replica 2 (PostgreSQL)", orch, tmp, "DATABASE_URL="+db.url("tasks", "replica-2"))
 			if err != nil {
-				return nil, nil, err
+				return err
 			}
 			replicas = append(replicas, second)
 		}
+		if _, err := tasksDB.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
+			return err
+		}
 		r, err := sustained(ctx, db, replicas, o)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
-		runs = append(runs, r)
+		run.throughput = append(run.throughput, r)
+	}
+	if run.throughputStatements, err = topStatements(ctx, tasksDB, 8); err != nil {
+		return err
+	}
+	if err := stopFirst(); err != nil {
+		return err
 	}
 	for _, s := range append(replicas, agent) {
 		if err := s.stop(); err != nil {
-			return nil, nil, err
-		}
-	}
-	return latency, runs, nil
-}
-
-// registerFakeAgents registers the fake agent with s under n names, each
-// with the capability taskType.
-func registerFakeAgents(ctx context.Context, s, agent *server, n int, taskType string) error {
-	client, err := orchestrator.NewClient(s.url(""), orchestrator.WithHTTPClient(&http.Client{Timeout: 10 * time.Second}))
-	if err != nil {
-		return err
-	}
-	defer client.CloseIdleConnections()
-	for i := range n {
-		if _, err := client.Register(ctx, orchestrator.Registration{
-			Name: fmt.Sprintf("fake-agent-%02d", i), Type: orchestrator.AgentTypeCost, Host: "127.0.0.1", Port: agent.port,
-			Capabilities: []string{taskType}, Version: "1.0.0",
-		}); err != nil {
-			return fmt.Errorf("registering the fake agent with %s: %w", s.name, err)
+			return err
 		}
 	}
 	return nil
+}
+
+// registerFakeAgents registers the fake agent with s under n names, each
+// with the capability taskType, and returns their IDs.
+func registerFakeAgents(ctx context.Context, s, agent *server, n int, taskType string) ([]string, error) {
+	client, err := orchestrator.NewClient(s.url(""), orchestrator.WithHTTPClient(&http.Client{Timeout: 10 * time.Second}))
+	if err != nil {
+		return nil, err
+	}
+	defer client.CloseIdleConnections()
+	var ids []string
+	for i := range n {
+		reply, err := client.Register(ctx, orchestrator.Registration{
+			Name: fmt.Sprintf("fake-agent-%02d", i), Type: orchestrator.AgentTypeCost, Host: "127.0.0.1", Port: agent.port,
+			Capabilities: []string{taskType}, Version: "1.0.0",
+		})
+		if err != nil {
+			return nil, fmt.Errorf("registering the fake agent with %s: %w", s.name, err)
+		}
+		ids = append(ids, reply.AgentID)
+	}
+	return ids, nil
+}
+
+// keepAliveInterval is how often the fake agent heartbeats: a third of
+// the default AGENT_HEARTBEAT_INTERVAL.
+const keepAliveInterval = 10 * time.Second
+
+// keepAlive heartbeats for the agents ids at s every keepAliveInterval
+// until the returned function is called, which returns the first failure.
+// It may be called more than once.
+func keepAlive(ctx context.Context, s *server, ids []string) func() error {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		client := &http.Client{Timeout: 5 * time.Second}
+		defer client.CloseIdleConnections()
+		tick := time.NewTicker(keepAliveInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for _, id := range ids {
+				a, perr := post(ctx, client, s.url("/agents/"+id+"/heartbeat"), []byte(`{"status":"healthy"}`))
+				if perr == nil && a.status != http.StatusOK {
+					perr = fmt.Errorf("%d %s", a.status, a.body)
+				}
+				if perr != nil && ctx.Err() == nil {
+					err = fmt.Errorf("fake agent's heartbeat to %s: %w", s.name, perr)
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() error {
+		once.Do(func() { close(stop) })
+		<-done
+		return err
+	}
 }
 
 // operatorClient is a keep-alive client for up to conns connections to
@@ -520,30 +617,30 @@ func submit(ctx context.Context, client *http.Client, s *server, body []byte) (s
 	return created.TaskID, nil
 }
 
-// submitAndWait submits a task to s and polls it until it is terminal; it
-// fails unless the task completed. The GETs follow each other without a
+// submitAndWait submits a task to s and polls it until it is terminal, and
+// returns it as last read; it fails unless the task completed. The GETs follow each other without a
 // pause: a sleep in Go lasts at least about a millisecond here (the
 // runtime's timer resolution when it has nothing else to do), which would
 // hide the overhead being measured; a GET only waits on the network.
-func submitAndWait(ctx context.Context, client *http.Client, s *server, body []byte) error {
+func submitAndWait(ctx context.Context, client *http.Client, s *server, body []byte) (orchestrator.Task, error) {
 	id, err := submit(ctx, client, s, body)
 	if err != nil {
-		return err
+		return orchestrator.Task{}, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		task, err := getTask(ctx, client, s.url("/tasks/"+id))
 		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+			return task, fmt.Errorf("%s: %w", s.name, err)
 		}
 		if task.Status.Terminal() {
 			if task.Status != orchestrator.TaskCompleted {
-				return fmt.Errorf("%s: task %s %s: %s", s.name, id, task.Status, task.Error)
+				return task, fmt.Errorf("%s: task %s %s: %s", s.name, id, task.Status, task.Error)
 			}
-			return nil
+			return task, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: task %s still %s after 10s", s.name, id, task.Status)
+			return task, fmt.Errorf("%s: task %s still %s after 10s", s.name, id, task.Status)
 		}
 	}
 }
@@ -899,18 +996,7 @@ func reportPostgres(out io.Writer, o options, run pgRun) bool {
 		fmt.Fprintf(out, "Agents table during the rounds: %d row updates, %.0f%% heap-only (HOT, no index entry written).\n",
 			hb.updates.updates, 100*float64(hb.updates.hot)/float64(hb.updates.updates))
 	}
-	fmt.Fprintln(out, "PostgreSQL's statements by execution time during the rounds (pg_stat_statements; execution only,")
-	fmt.Fprintln(out, "not parsing, the protocol or the commit's WAL flush):")
-	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "  calls\tmean\ttotal\tWAL/call\tstatement")
-	for _, st := range hb.statements {
-		q := st.query
-		if len(q) > 90 {
-			q = q[:87] + "..."
-		}
-		fmt.Fprintf(w, "  %d\t%.0f µs\t%.0f ms\t%d B\t%s\n", st.calls, 1000*st.meanMS, st.total, st.wal/max(st.calls, 1), q)
-	}
-	w.Flush()
+	printStatements(out, "during the rounds", hb.statements)
 
 	fmt.Fprintf(out, "\nSubmit to completed, one task at a time: a fake agent (the bare server's POST /task) on CPU %s registered under\n", loadCPU)
 	fmt.Fprintf(out, "%d names; the orchestrators on CPU %s; %d tasks per path after %d of warm-up, in blocks of %d taking turns.\n",
@@ -930,6 +1016,12 @@ func reportPostgres(out io.Writer, o options, run pgRun) bool {
 		fmt.Fprintf(w, "%s\t+%s\t%.2f\t\n", line, us(over), r.median().Seconds()/ref.median().Seconds())
 	}
 	w.Flush()
+	if len(run.claim) > 0 {
+		fmt.Fprintf(out, "The PostgreSQL path's tasks as they recorded themselves (p50, p90): created to started %s, %s;\n",
+			us(medianDuration(run.claim)), us(p90(run.claim)))
+		fmt.Fprintf(out, "started to completed %s, %s.\n", us(medianDuration(run.deliver)), us(p90(run.deliver)))
+	}
+	printStatements(out, "in the tasks' database during these runs", run.latencyStatements)
 
 	fmt.Fprintf(out, "\nSustained throughput: %d tasks submitted by %d clients at once, round-robin over the replicas, timed from\n",
 		o.pgTasks, o.pgSubmitters)
@@ -956,6 +1048,8 @@ func reportPostgres(out io.Writer, o options, run pgRun) bool {
 	}
 	w.Flush()
 
+	printStatements(out, "in the tasks' database during the two-replica run", run.throughputStatements)
+
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(out)
 	fmt.Fprintln(w, "PostgreSQL target\tmeasured\ttarget\tverdict\t")
@@ -970,4 +1064,25 @@ func reportPostgres(out io.Writer, o options, run pgRun) bool {
 		verdict(two.rate() >= pgThroughputTarget))
 	w.Flush()
 	return passed
+}
+
+// printStatements prints PostgreSQL's busiest statements during a part of
+// the run.
+func printStatements(out io.Writer, during string, stmts []statementStat) {
+	fmt.Fprintf(out, "PostgreSQL's statements by execution time %s (pg_stat_statements; execution only,\n", during)
+	fmt.Fprintln(out, "not parsing, the protocol or the commit's WAL flush):")
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "  calls\tmean\ttotal\tWAL/call\tstatement")
+	for _, st := range stmts {
+		q := st.query
+		if len(q) > 90 {
+			q = q[:87] + "..."
+		}
+		fmt.Fprintf(w, "  %d\t%.0f µs\t%.0f ms\t%d B\t%s\n", st.calls, 1000*st.meanMS, st.total, st.wal/max(st.calls, 1), q)
+	}
+	w.Flush()
+}
+
+func medianDuration(ds []time.Duration) time.Duration {
+	return time.Duration(median(seconds(ds)) * float64(time.Second))
 }
