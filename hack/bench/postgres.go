@@ -442,9 +442,9 @@ func pgDispatch(ctx context.Context, db *database, o options, tmp, orch, bare st
 	// AGENT_MISSED_HEARTBEATS intervals, it would be taken for unreachable
 	// in the middle of the run. Every replica sees the PostgreSQL ones'.
 	stopMem := keepAlive(ctx, mem, fakeIDs[0])
-	defer stopMem()
+	defer func() { _ = stopMem() }() // on early returns; the normal path checks it
 	stopFirst := keepAlive(ctx, first, fakeIDs[1])
-	defer stopFirst()
+	defer func() { _ = stopFirst() }()
 
 	progress(fmt.Sprintf("submit to completed: %d tasks per path, one at a time", o.tasks))
 	direct := dispatch.NewClient(&registry.Guard{Networks: mustNetworks("127.0.0.0/8")})
