@@ -245,7 +245,13 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 	var before registry.Liveness
 	if len(metadata) == 0 {
 		var err error
-		updated, before, err = heartbeatOnly(ctx, s.pool, id, owner, status, at)
+		updated, before, err = heartbeatOnly(ctx, s.pool, id, owner, status, at, nil)
+		return updated, before, unavailable(ctx, err)
+	}
+	// Most heartbeats carry metadata of the size they carried before, which
+	// leaves the budget as it is: one statement. Otherwise (or when the
+	// agent is unknown or not the caller's) the transaction below decides.
+	if updated, before, err := heartbeatOnly(ctx, s.pool, id, owner, status, at, metadata); !errors.Is(err, errMetadataResized) {
 		return updated, before, unavailable(ctx, err)
 	}
 	err := s.inTxWith(ctx, asyncCommit, func(tx pgx.Tx) error {
@@ -278,9 +284,17 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 	return updated, before, nil
 }
 
-// heartbeatOnly records a heartbeat without metadata in one statement: the
-// common case, which touches one row and not agent_totals.
-func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time) (registry.Agent, registry.Liveness, error) {
+// errMetadataResized: heartbeatOnly changed nothing, because the agent's
+// heartbeat metadata would change size (and so the budget's count).
+var errMetadataResized = errors.New("heartbeat metadata changes size")
+
+// heartbeatOnly records a heartbeat in one statement when it leaves the
+// metadata budget as it is: without metadata, or with metadata (non-nil)
+// of exactly the size the agent's last heartbeat metadata has. It touches
+// one row and not agent_totals. With metadata of another size it changes
+// nothing and returns errMetadataResized, also for an unknown agent or
+// another owner's: the caller's transaction then tells them apart.
+func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time, metadata json.RawMessage) (registry.Agent, registry.Liveness, error) {
 	var before registry.Liveness
 	var prevStatus string
 	tx, err := db.BeginTx(ctx, asyncCommit) // see setAsyncCommit: the next heartbeat writes it again
@@ -288,12 +302,21 @@ func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, stat
 		return registry.Agent{}, registry.Liveness{}, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var meta *string // NULL keeps the metadata, and matches any size
+	if metadata != nil {
+		m := string(metadata)
+		meta = &m
+	}
 	a, err := scanAgent(tx.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
-		UPDATE agents SET status = $3, last_seen = $4
+		UPDATE agents SET status = $3, last_seen = $4, heartbeat_metadata = coalesce($5::json, agents.heartbeat_metadata)
 		FROM old
 		WHERE agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
-		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at), &prevStatus, &before.LastSeen)
-	if errors.Is(err, pgx.ErrNoRows) {
+			AND ($5::text IS NULL OR coalesce(octet_length(agents.heartbeat_metadata::text), 0) = octet_length($5::text))
+		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at, meta), &prevStatus, &before.LastSeen)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) && metadata != nil:
+		return registry.Agent{}, registry.Liveness{}, errMetadataResized
+	case errors.Is(err, pgx.ErrNoRows):
 		return registry.Agent{}, registry.Liveness{}, notFoundOrNotOwner(ctx, db, id)
 	}
 	if err == nil {
