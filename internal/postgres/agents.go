@@ -310,7 +310,7 @@ func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, stat
 	a, err := scanAgent(tx.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
 		UPDATE agents SET status = $3, last_seen = $4, heartbeat_metadata = coalesce($5::json, agents.heartbeat_metadata)
 		FROM old
-		WHERE agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
+		WHERE agents.id = $1 AND agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
 			AND ($5::text IS NULL OR coalesce(octet_length(agents.heartbeat_metadata::text), 0) = octet_length($5::text))
 		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at, meta), &prevStatus, &before.LastSeen)
 	switch {
