@@ -62,18 +62,35 @@ func LatestVersion() int64 {
 	return latest
 }
 
+// checked opens the migration provider and reads the schema's version,
+// refusing one newer than this binary knows (ErrSchemaTooNew). The caller
+// closes the provider.
+func checked(ctx context.Context, pool *pgxpool.Pool) (*goose.Provider, int64, error) {
+	p, err := provider(pool)
+	if err != nil {
+		return nil, 0, err
+	}
+	current, err := p.GetDBVersion(ctx)
+	if err != nil {
+		_ = p.Close()
+		return nil, 0, fmt.Errorf("reading the schema version: %w", err)
+	}
+	if latest := LatestVersion(); current > latest {
+		_ = p.Close()
+		return nil, 0, fmt.Errorf("%w: the database is at version %d, this binary knows up to %d; run a newer orchestrator (or restore the database)", ErrSchemaTooNew, current, latest)
+	}
+	return p, current, nil
+}
+
 // Migrate applies the pending migrations under the advisory lock and
 // returns the versions it applied. It refuses, applying nothing, a schema
 // newer than this binary knows (ErrSchemaTooNew).
 func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]int64, error) {
-	p, err := provider(pool)
+	p, _, err := checked(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	if err := checkVersion(ctx, p); err != nil {
-		return nil, err
-	}
 	results, err := p.Up(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("applying migrations: %w", err)
@@ -89,31 +106,13 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]int64, error) {
 // error naming the versions when migrations are pending (run `orchestrator
 // migrate up`) or the schema is newer (ErrSchemaTooNew).
 func CheckSchema(ctx context.Context, pool *pgxpool.Pool) error {
-	p, err := provider(pool)
+	p, current, err := checked(ctx, pool)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	if err := checkVersion(ctx, p); err != nil {
-		return err
-	}
-	current, err := p.GetDBVersion(ctx)
-	if err != nil {
-		return err
-	}
 	if latest := LatestVersion(); current < latest {
 		return fmt.Errorf("database schema is at version %d, this orchestrator needs %d: run `orchestrator migrate up` (or set DATABASE_AUTO_MIGRATE=true)", current, latest)
-	}
-	return nil
-}
-
-func checkVersion(ctx context.Context, p *goose.Provider) error {
-	current, err := p.GetDBVersion(ctx)
-	if err != nil {
-		return fmt.Errorf("reading the schema version: %w", err)
-	}
-	if latest := LatestVersion(); current > latest {
-		return fmt.Errorf("%w: the database is at version %d, this binary knows up to %d; run a newer orchestrator (or restore the database)", ErrSchemaTooNew, current, latest)
 	}
 	return nil
 }
@@ -121,14 +120,11 @@ func checkVersion(ctx context.Context, p *goose.Provider) error {
 // Status lists every migration this binary knows, with whether it is
 // applied.
 func Status(ctx context.Context, pool *pgxpool.Pool) ([]MigrationStatus, error) {
-	p, err := provider(pool)
+	p, _, err := checked(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
 	defer p.Close()
-	if err := checkVersion(ctx, p); err != nil {
-		return nil, err
-	}
 	st, err := p.Status(ctx)
 	if err != nil {
 		return nil, err
