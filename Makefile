@@ -96,7 +96,7 @@ manifests: tools ## Render k8s/ from the chart's defaults
 	hack/manifests.sh write
 
 .PHONY: bench
-bench: ## Benchmarks against references in the same run: probes, heartbeats, dispatch overhead, routing with 10k agents
+bench: ## Benchmarks against references in the same run: probes, heartbeats, dispatch overhead, routing with 10k agents, PostgreSQL mode (its own server)
 	go test -run '^$$' -bench . -benchmem ./internal/...
 	go run ./hack/bench
 

@@ -202,36 +202,7 @@ func dispatchPaths(agent *server, orch *inProcess, taskType string) []dispatchPa
 	agentURL := agent.url("/task")
 	submitBody, _ := json.Marshal(orchestrator.TaskRequest{TaskType: taskType, AgentType: orchestrator.AgentTypeCost, Parameters: taskParameters})
 	return []dispatchPath{
-		{"direct POST /task", func(ctx context.Context, i int) error {
-			// What the dispatcher sends and reads, without the dispatcher.
-			body, err := json.Marshal(orchestrator.Delivery{
-				TaskID: "direct-" + strconv.Itoa(i), TaskType: taskType, Parameters: taskParameters,
-				TimeoutSeconds: dispatch.DefaultTimeoutSeconds,
-			})
-			if err != nil {
-				return err
-			}
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, agentURL, bytes.NewReader(body))
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Accept", "application/json")
-			resp, err := direct.Do(req)
-			if err != nil {
-				return err
-			}
-			data, err := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if err != nil {
-				return err
-			}
-			var reply orchestrator.DeliveryReply
-			if err := json.Unmarshal(data, &reply); err != nil || resp.StatusCode != http.StatusOK || reply.Status != orchestrator.TaskCompleted {
-				return fmt.Errorf("direct call: %d %s", resp.StatusCode, data)
-			}
-			return nil
-		}},
+		directPath(direct, agentURL, taskType),
 		{"Dispatcher.Submit, until completed", func(ctx context.Context, _ int) error {
 			t, err := orch.tasks.Submit(ctx, dispatch.Request{TaskType: taskType, AgentType: "cost", Parameters: taskParameters})
 			if err != nil {
@@ -251,6 +222,43 @@ func dispatchPaths(agent *server, orch *inProcess, taskType string) []dispatchPa
 			return orch.store.wait(ctx, created.TaskID)
 		}},
 	}
+}
+
+// directPath POSTs to the agent at agentURL what the dispatcher sends, and
+// reads and decodes the answer as it does, with client (the dispatcher's
+// own), without the dispatcher: the reference every other path is
+// compared with.
+func directPath(client *http.Client, agentURL, taskType string) dispatchPath {
+	return dispatchPath{"direct POST /task", func(ctx context.Context, i int) error {
+		// What the dispatcher sends and reads, without the dispatcher.
+		body, err := json.Marshal(orchestrator.Delivery{
+			TaskID: "direct-" + strconv.Itoa(i), TaskType: taskType, Parameters: taskParameters,
+			TimeoutSeconds: dispatch.DefaultTimeoutSeconds,
+		})
+		if err != nil {
+			return err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, agentURL, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		data, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		var reply orchestrator.DeliveryReply
+		if err := json.Unmarshal(data, &reply); err != nil || resp.StatusCode != http.StatusOK || reply.Status != orchestrator.TaskCompleted {
+			return fmt.Errorf("direct call: %d %s", resp.StatusCode, data)
+		}
+		return nil
+	}}
 }
 
 func mustNetworks(cidrs ...string) []netip.Prefix {

@@ -48,7 +48,7 @@ func heartbeats(ctx context.Context, servers [2]*server, dir string, o options) 
 		return run, err
 	}
 	run.endpoint = endpoint{path: heartbeatPath, script: script}
-	if err := preflightHeartbeat(servers, ids[len(ids)-1]); err != nil {
+	if err := preflightHeartbeat(servers, [2]string{ids[len(ids)-1], ids[len(ids)-1]}); err != nil {
 		return run, err
 	}
 	run.together, run.alone, err = throughputRounds(ctx, servers, []endpoint{run.endpoint}, o.heartbeatRounds, o.heartbeatAlone, o)
@@ -145,14 +145,15 @@ end
 
 var timestampField = regexp.MustCompile(`"timestamp":"[^"]*"`)
 
-// preflightHeartbeat checks that both servers answer a heartbeat for id
-// 200 with the same Content-Type and the same body but for the time.
-func preflightHeartbeat(servers [2]*server, id string) error {
+// preflightHeartbeat checks that both servers answer a heartbeat for their
+// agent ids[i] 200 with the same Content-Type and the same body but for
+// the time.
+func preflightHeartbeat(servers [2]*server, ids [2]string) error {
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	var ans [2]answer
 	for i, s := range servers {
-		a, err := post(context.Background(), client, s.url("/agents/"+id+"/heartbeat"), []byte(heartbeatBody))
+		a, err := post(context.Background(), client, s.url("/agents/"+ids[i]+"/heartbeat"), []byte(heartbeatBody))
 		if err != nil {
 			return fmt.Errorf("preflight heartbeat %s: %w", s.name, err)
 		}
@@ -163,10 +164,11 @@ func preflightHeartbeat(servers [2]*server, id string) error {
 		ans[i] = a
 	}
 	if ans[0].contentType != ans[1].contentType {
-		return fmt.Errorf("preflight heartbeat: Content-Type %q (bare) != %q (orchestrator)", ans[0].contentType, ans[1].contentType)
+		return fmt.Errorf("preflight heartbeat: Content-Type %q (%s) != %q (%s)",
+			ans[0].contentType, servers[0].name, ans[1].contentType, servers[1].name)
 	}
 	if ans[0].body != ans[1].body {
-		return fmt.Errorf("preflight heartbeat: body %q (bare) != %q (orchestrator)", ans[0].body, ans[1].body)
+		return fmt.Errorf("preflight heartbeat: body %q (%s) != %q (%s)", ans[0].body, servers[0].name, ans[1].body, servers[1].name)
 	}
 	return nil
 }

@@ -40,13 +40,29 @@
 // preflight check that the two servers answer alike. Start times include
 // the fork/exec of taskset, equally for both servers.
 //
+// Then, unless -postgres=false, the PostgreSQL mode (postgres.go) starts
+// its own PostgreSQL (fsync on) and checks, with the real binary and
+// DATABASE_URL:
+//
+//   - at least 3,000 heartbeats/s with -agents agents, beside the same
+//     binary in memory;
+//   - a p50 submit-to-completed overhead over a direct call to a fast fake
+//     agent of at most 2 ms;
+//   - at least 500 tasks/s completed with two replicas on one database
+//     (one replica's figure beside it: the scaling);
+//
+// and reports each replica's peak RSS and database connections.
+//
 // Run it from the module: go run ./hack/bench [-duration 3s] [-rounds 9]
 // [-alone-rounds 3] [-connections 32] [-bin prebuilt-orchestrator]
 // [-agents 10000] [-heartbeat-rounds 3] [-heartbeat-alone-rounds 1]
-// [-tasks 3000] [-probes-only]. With -probes-only it measures the
-// endpoints' throughput and the peak RSS after it, and skips the
-// heartbeats, the start to ready and the dispatch overhead. It exits 1
-// when a target is missed or the run fails, 0 otherwise.
+// [-tasks 3000] [-probes-only] [-postgres=false] [-postgres-only]
+// [-pg-tasks 5000] [-pg-submitters 32] [-pg-fake-agents 16]. With
+// -probes-only it measures the endpoints' throughput and the peak RSS
+// after it, and skips the heartbeats, the start to ready, the dispatch
+// overhead and the PostgreSQL mode; with -postgres-only it runs the
+// PostgreSQL mode alone. It exits 1 when a target is missed or the run
+// fails, 0 otherwise.
 package main
 
 import (
@@ -107,6 +123,12 @@ type options struct {
 	tasksPerBlock    int
 	dispatchWarmup   int
 	dispatchTaskType string
+
+	postgres     bool // run the PostgreSQL mode (postgres.go)
+	postgresOnly bool
+	pgTasks      int // tasks per sustained-throughput run
+	pgSubmitters int
+	pgFakeAgents int // names the fake agent is registered under
 }
 
 func main() {
@@ -121,12 +143,18 @@ func main() {
 	flag.IntVar(&o.heartbeatAlone, "heartbeat-alone-rounds", 1, "rounds of each-server-alone heartbeat measurements")
 	flag.IntVar(&o.tasks, "tasks", 3000, "tasks per path in the dispatch measurement")
 	flag.BoolVar(&o.probesOnly, "probes-only", false, "measure the endpoints' throughput and the peak RSS only")
+	flag.BoolVar(&o.postgres, "postgres", true, "run the PostgreSQL mode too (heartbeats, submit to completed, throughput of one and two replicas)")
+	flag.BoolVar(&o.postgresOnly, "postgres-only", false, "run the PostgreSQL mode only")
+	flag.IntVar(&o.pgTasks, "pg-tasks", 5000, "tasks per sustained-throughput run of the PostgreSQL mode")
+	flag.IntVar(&o.pgSubmitters, "pg-submitters", 32, "clients submitting at once in the sustained-throughput runs")
+	flag.IntVar(&o.pgFakeAgents, "pg-fake-agents", 16, "names the fake agent is registered under in the PostgreSQL mode")
 	flag.Parse()
 	o.tasksPerBlock, o.dispatchWarmup, o.dispatchTaskType = 100, 200, "analyze"
 	if o.duration < time.Second || o.duration%time.Second != 0 || o.rounds < 1 || o.aloneRounds < 0 || o.connections < 1 ||
-		o.agents < 1 || o.heartbeatRounds < 1 || o.heartbeatAlone < 0 || o.tasks < o.tasksPerBlock || flag.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "bench: -duration must be whole seconds >= 1s, -rounds, -connections, -agents and -heartbeat-rounds >= 1,"+
-			" -tasks >= %d, no arguments\n", o.tasksPerBlock)
+		o.agents < 1 || o.heartbeatRounds < 1 || o.heartbeatAlone < 0 || o.tasks < o.tasksPerBlock ||
+		o.pgTasks < 1 || o.pgSubmitters < 1 || o.pgFakeAgents < 1 || (o.probesOnly && o.postgresOnly) || flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: -duration must be whole seconds >= 1s, -rounds, -connections, -agents, -heartbeat-rounds,"+
+			" -pg-tasks, -pg-submitters and -pg-fake-agents >= 1, -tasks >= %d, not both -probes-only and -postgres-only, no arguments\n", o.tasksPerBlock)
 		os.Exit(2)
 	}
 
@@ -172,6 +200,15 @@ func bench(ctx context.Context, o options) (bool, error) {
 	pin := exec.Command("taskset", "-a", "-p", "-c", loadCPU, strconv.Itoa(os.Getpid()))
 	if out, err := pin.CombinedOutput(); err != nil {
 		return false, fmt.Errorf("pinning the harness to CPU %s: %w: %s", loadCPU, err, out)
+	}
+	if o.postgresOnly {
+		run, err := postgresBench(ctx, o, tmp, orch, bare)
+		if err != nil {
+			return false, err
+		}
+		passed := reportPostgres(os.Stdout, o, run)
+		verdictLine(os.Stdout, passed)
+		return passed, nil
 	}
 
 	// Throughput, then the orchestrator's peak RSS under that load.
@@ -248,9 +285,19 @@ func bench(ctx context.Context, o options) (bool, error) {
 		return false, err
 	}
 
+	var pg pgRun
+	if o.postgres {
+		if pg, err = postgresBench(ctx, o, tmp, orch, bare); err != nil {
+			return false, err
+		}
+	}
+
 	passed := report(os.Stdout, o, notes, together, alone, rss, ready)
 	reportHeartbeats(os.Stdout, o, hb)
 	reportDispatch(os.Stdout, o, dr)
+	if o.postgres {
+		passed = reportPostgres(os.Stdout, o, pg) && passed
+	}
 	summary(os.Stdout, o, together, passed)
 	return passed, nil
 }
@@ -355,6 +402,11 @@ func summary(out io.Writer, o options, together map[string][][2]result, passed b
 		fmt.Fprintf(out, "  %-7s %.3f (rounds %.3f to %.3f), target >= %.2f: %s\n",
 			e.path, median(rs), slices.Min(rs), slices.Max(rs), e.target, verdict)
 	}
+	verdictLine(out, passed)
+}
+
+// verdictLine ends the report: whether every target was met.
+func verdictLine(out io.Writer, passed bool) {
 	if passed {
 		fmt.Fprintln(out, "\nPASS: every target met")
 	} else {
@@ -410,8 +462,13 @@ func cells(rps, share, us float64) string {
 
 // startReady starts a long-lived server and waits for its /ready.
 func startReady(ctx context.Context, name, bin, dir string) (*server, error) {
+	return startReadyOn(ctx, serverCPU, name, bin, dir)
+}
+
+// startReadyOn is startReady on the CPUs cpus, with the settings env.
+func startReadyOn(ctx context.Context, cpus, name, bin, dir string, env ...string) (*server, error) {
 	progress("starting " + name)
-	s, err := startServer(name, bin, dir)
+	s, err := startServerOn(cpus, name, bin, dir, env...)
 	if err != nil {
 		return nil, err
 	}

@@ -37,20 +37,26 @@ var procs struct {
 // environment (a few Go runtime variables pass through, for experiments).
 // dir is its working directory (kept free of a .env file).
 func startServer(name, bin, dir string) (*server, error) {
+	return startServerOn(serverCPU, name, bin, dir)
+}
+
+// startServerOn is startServer on the CPUs cpus (a taskset list), with the
+// settings env (NAME=value) added to the environment.
+func startServerOn(cpus, name, bin, dir string, env ...string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	s := &server{name: name, port: port, done: make(chan struct{})}
-	s.cmd = exec.Command("taskset", "-c", serverCPU, bin)
+	s.cmd = exec.Command("taskset", "-c", cpus, bin)
 	s.cmd.Dir = dir
-	s.cmd.Env = []string{
+	s.cmd.Env = append([]string{
 		"PORT=" + strconv.Itoa(port),
 		"HTTP_HOST=127.0.0.1",
 		"LOG_LEVEL=info",
 		"SHUTDOWN_DELAY=0s",
 		"GOMAXPROCS=1",
-	}
+	}, env...)
 	for _, v := range []string{"GOGC", "GOMEMLIMIT", "GODEBUG"} {
 		if val, ok := os.LookupEnv(v); ok {
 			s.cmd.Env = append(s.cmd.Env, v+"="+val)

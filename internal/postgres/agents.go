@@ -95,9 +95,14 @@ func capabilitiesOf(a registry.Agent) []string {
 // serialization failure, and maps connection failures to
 // storeerr.ErrUnavailable. fn returning errRegisterAgain runs it again too.
 func (s *AgentStore) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return s.inTxWith(ctx, pgx.TxOptions{}, fn)
+}
+
+// inTxWith is inTx with the transaction's options.
+func (s *AgentStore) inTxWith(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
 	var err error
 	for range maxAgentTxAttempts {
-		err = pgx.BeginFunc(ctx, s.pool, fn)
+		err = pgx.BeginTxFunc(ctx, s.pool, opts, fn)
 		if !isRetryable(err) && !errors.Is(err, errRegisterAgain) {
 			break
 		}
@@ -243,7 +248,7 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 		updated, before, err = heartbeatOnly(ctx, s.pool, id, owner, status, at)
 		return updated, before, unavailable(ctx, err)
 	}
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	err := s.inTxWith(ctx, asyncCommit, func(tx pgx.Tx) error {
 		var held int
 		var prevStatus, prevOwner string
 		err := tx.QueryRow(ctx, `SELECT owner, status, last_seen, coalesce(octet_length(heartbeat_metadata::text), 0)
@@ -278,13 +283,21 @@ func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status reg
 func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time) (registry.Agent, registry.Liveness, error) {
 	var before registry.Liveness
 	var prevStatus string
-	a, err := scanAgent(db.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
+	tx, err := db.BeginTx(ctx, asyncCommit) // see setAsyncCommit: the next heartbeat writes it again
+	if err != nil {
+		return registry.Agent{}, registry.Liveness{}, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	a, err := scanAgent(tx.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
 		UPDATE agents SET status = $3, last_seen = $4
 		FROM old
 		WHERE agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
 		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at), &prevStatus, &before.LastSeen)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return registry.Agent{}, registry.Liveness{}, notFoundOrNotOwner(ctx, db, id)
+	}
+	if err == nil {
+		err = tx.Commit(ctx)
 	}
 	if err != nil {
 		return registry.Agent{}, registry.Liveness{}, err

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zapcore"
 
@@ -172,3 +173,22 @@ func redactErr(err error, secrets ...string) error {
 	}
 	return err
 }
+
+// setAsyncCommit, run first in a transaction, lets its commit return
+// before its WAL record is flushed to disk (synchronous_commit off for
+// that transaction only). Only writes whose loss a crash of PostgreSQL
+// itself (not of a replica) would simply undo use it: heartbeats (the
+// next one writes last_seen again), claims, lease renewals and outcomes
+// (at-least-once delivery: a lost claim or outcome leaves the task to be
+// delivered again, with the same task_id). What a client is told is kept
+// (a 201 for a task or an agent, a cancel) waits for the flush as always.
+// At most about three wal_writer_delay (600 ms by default) of such writes
+// can be lost, and only when the server crashes; the transaction is still
+// atomic and consistent, and its effects are visible at once. The waits
+// it saves are most of a claim's: the claim lock is no longer held
+// through a disk flush.
+const setAsyncCommit = `SET LOCAL synchronous_commit TO off`
+
+// asyncCommit begins a transaction that commits asynchronously (see
+// setAsyncCommit), in the same round trip as BEGIN.
+var asyncCommit = pgx.TxOptions{BeginQuery: "BEGIN; " + setAsyncCommit}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -127,4 +128,39 @@ func migratedPool(tb testing.TB, url string) *pgxpool.Pool {
 		tb.Fatal(err)
 	}
 	return pool
+}
+
+// The transactions of soft state commit without waiting for the WAL flush;
+// the others, on a durable server, still wait.
+func TestAsyncCommitIsPerTransaction(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{Durable: true})
+	pool := open(t, srv.NewDatabase(t))
+	ctx := context.Background()
+	show := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) string {
+		var v string
+		if err := q.QueryRow(ctx, "SHOW synchronous_commit").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	conn, err := pool.Acquire(ctx) // one connection, so that a leak would show
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.BeginTx(ctx, postgres.AsyncCommit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := show(tx); got != "off" {
+		t.Errorf("synchronous_commit in an async transaction = %q, want off", got)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := show(conn); got != "on" {
+		t.Errorf("synchronous_commit outside it = %q, want on (SET LOCAL must not leak into the pooled connection)", got)
+	}
 }

@@ -39,13 +39,12 @@ func NewTaskStore(pool *pgxpool.Pool) *TaskStore { return &TaskStore{pool: pool}
 
 var _ dispatch.Queue = (*TaskStore)(nil)
 
-// Channels of the task notifications, and the advisory locks of claims and
-// of the enqueue's count ("tasks/cl", "tasks/en" in ASCII).
+// Channels of the task notifications, and the advisory lock of claims
+// ("tasks/cl" in ASCII).
 const (
 	taskWakeChannel   = "orchestrator_tasks"
 	taskCancelChannel = "orchestrator_task_cancel"
 	taskClaimLockID   = 0x7461736b732f636c
-	taskEnqueueLockID = 0x7461736b732f656e
 )
 
 // taskColumns are the columns of a dispatch.Task, in scanTask's order.
@@ -221,18 +220,21 @@ func (s *TaskStore) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 	}
 }
 
-// Enqueue implements dispatch.Queue. The count of waiting tasks and the
-// insert run under an advisory lock, so that two replicas cannot both
-// take the last place. Every task waits in the table until a claim takes
-// it, if only for a moment, so a maxPending of 0 counts as 1. Lock, insert and notification go in one batch: one
-// round trip, one implicit transaction (the lock is held to its end).
+// Enqueue implements dispatch.Queue: the insert, if fewer than
+// maxPending tasks wait, and the notification, in one batch (one round
+// trip, one implicit transaction). Its commit waits for the WAL flush: a
+// 201 promises the task is kept. The count is not locked through that
+// commit, which would make every submission in the cluster wait for the
+// previous one's flush: submissions racing for the last places may pass
+// maxPending by at most their number (replicas x DATABASE_MAX_CONNS).
+// Every task waits in the table until a claim takes it, if only for a
+// moment, so a maxPending of 0 counts as 1.
 func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int) (dispatch.Task, error) {
 	if t.ID == "" {
 		return dispatch.Task{}, errors.New("postgres: task ID empty")
 	}
 	t.Status = dispatch.StatusPending
 	b := &pgx.Batch{}
-	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(taskEnqueueLockID))
 	b.Queue(`INSERT INTO tasks (id, task_type, agent_type, pinned_agent_id, parameters, priority,
 			timeout_seconds, max_retries, metadata, status, created_at, deadline)
 		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, now() + $7::int * interval '1 second'
@@ -244,10 +246,7 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 	b.Queue(`SELECT pg_notify('`+taskWakeChannel+`', id) FROM tasks WHERE id = $1`, t.ID)
 	br := s.pool.SendBatch(ctx, b)
 	var seq int64
-	_, err := br.Exec()
-	if err == nil {
-		err = br.QueryRow().Scan(&seq)
-	}
+	err := br.QueryRow().Scan(&seq)
 	if err == nil {
 		_, err = br.Exec()
 	}
@@ -294,6 +293,7 @@ func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
+	b.Queue(setAsyncCommit) // see asyncCommit: a lost claim is a redelivery
 	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(taskClaimLockID))
 	b.Queue(`SELECT agent_id, count(*) FROM tasks WHERE status = 'dispatched' GROUP BY agent_id`)
 	queueWaitingPage(b, nil, true, 0, 0)
@@ -302,7 +302,7 @@ func (s *TaskStore) claim(ctx context.Context, req dispatch.ClaimRequest) (dispa
 	var page []dispatch.Claimable
 	err = func() error {
 		defer br.Close()
-		for range 2 {
+		for range 3 {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}
@@ -497,11 +497,21 @@ func (s *TaskStore) Retry(ctx context.Context, l dispatch.Lease, msg string, del
 // why.
 func (s *TaskStore) leased(ctx context.Context, l dispatch.Lease, update string, args ...any) (dispatch.Task, error) {
 	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(setAsyncCommit) // see asyncCommit: a lost outcome is a redelivery
 	b.Queue(update, append([]any{l.ID, l.Owner, l.Attempt}, args...)...)
 	b.Queue(taskNotifyWake)
+	b.Queue(`COMMIT`)
 	br := s.pool.SendBatch(ctx, b)
-	t, err := scanTask(br.QueryRow())
+	var err error
+	for i := 0; i < 2 && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	var t dispatch.Task
 	if err == nil {
+		t, err = scanTask(br.QueryRow())
+	}
+	for i := 0; i < 2 && err == nil; i++ {
 		_, err = br.Exec()
 	}
 	if cerr := br.Close(); err == nil {

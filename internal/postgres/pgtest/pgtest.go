@@ -14,6 +14,8 @@
 // Tests that stop and restart the server, or kill it, start one of their
 // own with Start. The server dies with the test binary whatever happens to
 // it (a parent-death signal), and Main or Cleanup removes its files.
+// Programs that are not tests (hack/bench) start one with Launch and
+// remove it with Destroy.
 //
 // A missing PostgreSQL fails the test: it is never skipped.
 package pgtest
@@ -73,13 +75,19 @@ const User = "orchestrator_test"
 // test ends.
 func Start(tb testing.TB, opts Options) *Server {
 	tb.Helper()
-	s, err := start(opts)
+	s, err := Launch(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(s.Destroy)
 	return s
 }
+
+// Launch starts a server for a program that is not a test: initdb into a
+// new temporary directory, then postgres on a free port of 127.0.0.1. The
+// caller stops it and removes its files with Destroy, on every path; the
+// server is killed if the launching process dies first.
+func Launch(opts Options) (*Server, error) { return start(opts) }
 
 var shared struct {
 	sync.Mutex
@@ -148,8 +156,9 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := s.exec(ctx, "CREATE DATABASE "+name); err != nil {
-		tb.Fatalf("pgtest: creating database %s: %v", name, err)
+	dbURL, err := s.CreateDatabase(ctx, name)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -161,7 +170,16 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 			tb.Errorf("pgtest: dropping database %s: %v", name, err)
 		}
 	})
-	return s.URL(name)
+	return dbURL
+}
+
+// CreateDatabase creates an empty database called name on s and returns
+// its URL. Destroy removes it with the server.
+func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if err := s.exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", fmt.Errorf("pgtest: creating database %s: %w", name, err)
+	}
+	return s.URL(name), nil
 }
 
 // URL is the postgres:// URL of database name on s, with the password.
@@ -182,6 +200,17 @@ func (s *Server) Password() string { return s.password }
 
 // Port is the server's TCP port on 127.0.0.1.
 func (s *Server) Port() int { return s.port }
+
+// PID is the postmaster's process ID, the parent of every server process;
+// 0 while s is stopped.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
 
 func (s *Server) exec(ctx context.Context, sql string) error {
 	conn, err := pgx.Connect(ctx, s.URL("postgres"))
