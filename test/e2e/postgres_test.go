@@ -6,11 +6,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -278,11 +280,37 @@ func TestPostgresDisruptions(t *testing.T) {
 	t.Logf("REPORT (a) rollout restart of %d pods took %s", len(before), time.Since(started).Round(100*time.Millisecond))
 	time.Sleep(3 * time.Second)
 
-	// (b) One pod killed without a drain; the ReplicaSet replaces it.
+	// (b) One pod killed without a drain, in the middle of a delivery;
+	// the ReplicaSet replaces it. Two slow tasks (4 s at the agent) make
+	// sure one replica or both hold a delivery; the victim is the pod
+	// whose orchestrator_tasks_in_flight is highest just before.
 	stream.setPhase(phaseForceDelete)
+	metricsURLs := map[string]string{}
+	for _, p := range runningPods(t, ns) {
+		metricsURLs[p.Name] = portForward(t, ns, "pod/"+p.Name) + "/metrics"
+	}
+	for range 2 {
+		created, err := api.SubmitTask(ctx, orchestrator.TaskRequest{
+			TaskType: agentCapability, AgentType: agentType,
+			Parameters: json.RawMessage(`{"sleep_ms":4000,"slow":true}`), TimeoutSeconds: new(10),
+		})
+		if err != nil {
+			t.Fatalf("POST /tasks (a slow task): %v", err)
+		}
+		stream.add(created.TaskID, phaseForceDelete)
+	}
+	victim, held := "", 0.0
+	eventually.True(t, 30*time.Second, "a replica to hold a delivery", func() bool {
+		for name, u := range metricsURLs {
+			if n := gauge(t, u, "orchestrator_tasks_in_flight"); n > held {
+				victim, held = name, n
+			}
+		}
+		return held > 0
+	})
 	started = time.Now()
-	victim := runningPods(t, ns)[0].Name
 	kubectl(t, ns, "delete", "pod", victim, "--grace-period=0", "--force")
+	t.Logf("REPORT (b) pod %s force-deleted holding %v deliveries", victim, held)
 	eventually.True(t, 3*time.Minute, "two ready pods again, without "+victim, func() bool {
 		running := runningPods(t, ns)
 		ready := 0
@@ -371,6 +399,30 @@ func TestPostgresDisruptions(t *testing.T) {
 			return false
 		})
 	})
+}
+
+// gauge reads one unlabelled gauge from a /metrics page (0 when absent or
+// unreadable: the caller retries).
+func gauge(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := newHTTPClient().Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return 0
 }
 
 // databaseVolume makes the chart keep the database on a volume: the

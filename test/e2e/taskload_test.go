@@ -128,6 +128,14 @@ func (s *taskStream) record(phase int, id string, err error) {
 	}
 }
 
+// add counts a task accepted outside the stream in phase, for the checks
+// after.
+func (s *taskStream) add(id string, phase int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accepted = append(s.accepted, acceptedTask{id: id, phase: phase})
+}
+
 // stop ends the stream and returns what it saw.
 func (s *taskStream) stop() ([]phaseStats, []acceptedTask) {
 	s.cancel()
