@@ -32,12 +32,18 @@ const (
 // an emptyDir (a test cluster may have no volume provisioner) and the
 // image E2E_POSTGRES_IMAGE when set (the chart's default otherwise).
 func bundledDatabase() []string {
-	args := []string{"--set", "postgresql.enabled=true", "--set", "postgresql.persistence.enabled=false"}
-	if ref := os.Getenv("E2E_POSTGRES_IMAGE"); ref != "" {
-		colon := strings.LastIndex(ref, ":")
-		args = append(args, "--set", "postgresql.image.repository="+ref[:colon], "--set-string", "postgresql.image.tag="+ref[colon+1:])
+	return append([]string{"--set", "postgresql.enabled=true", "--set", "postgresql.persistence.enabled=false"}, postgresImage()...)
+}
+
+// postgresImage are the chart values for the image E2E_POSTGRES_IMAGE, if
+// set.
+func postgresImage() []string {
+	ref := os.Getenv("E2E_POSTGRES_IMAGE")
+	if ref == "" {
+		return nil
 	}
-	return args
+	colon := strings.LastIndex(ref, ":")
+	return []string{"--set", "postgresql.image.repository=" + ref[:colon], "--set-string", "postgresql.image.tag=" + ref[colon+1:]}
 }
 
 // install installs the chart with the image under test and waits for it;

@@ -87,8 +87,14 @@ const orchestratorPort = 8080
 // local base URL; the forward stops when the test ends.
 func portForward(t *testing.T, ns, target string) string {
 	t.Helper()
+	return portForwardTo(t, ns, target, orchestratorPort)
+}
+
+// portForwardTo is portForward to another port of the target.
+func portForwardTo(t *testing.T, ns, target string, port int) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c := exec.CommandContext(ctx, "kubectl", "--namespace", ns, "port-forward", target, fmt.Sprintf(":%d", orchestratorPort))
+	c := exec.CommandContext(ctx, "kubectl", "--namespace", ns, "port-forward", target, fmt.Sprintf(":%d", port))
 	stdout, err := c.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

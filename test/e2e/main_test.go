@@ -9,8 +9,11 @@
 // and curls, restarts and scales the Deployment (two pods on the bundled
 // PostgreSQL) under load and requires that no request fails, runs a test
 // agent pod that registers, receives a routed task and unregisters (with
-// both token roles on), applies k8s/ and k8s/postgres/ with kustomize, and
-// runs Skaffold. On a node without ephemeral-storage, it installs the
+// both token roles on), keeps a stream of tasks to that agent flowing
+// through a rollout, a force-deleted pod and a restart of the bundled
+// database on its volume (every accepted task ends once, none is
+// delivered twice at the same time), applies k8s/ and k8s/postgres/ with
+// kustomize, and runs Skaffold. On a node without ephemeral-storage, it installs the
 // chart's defaults and runs `helm test` (the one case for such
 // a node: E2E_NODE_WITHOUT_EPHEMERAL_STORAGE).
 //

@@ -30,12 +30,16 @@
 // {"task_id","status":"completed","result":{"hostname","host","agent_name","agent_id","dialect","task_type","parameters"},"execution_time_ms"},
 // host being where the orchestrator registered it (in dialect v1, from its
 // answer to the registration);
-// any other type gets 400 {"task_id","status":"failed","error"}. GET /live
-// always answers 200; GET /ready answers 200 once registered.
+// any other type gets 400 {"task_id","status":"failed","error"}. A
+// parameter "sleep_ms" (a number) makes the task take that long, or until
+// the orchestrator gives up on the attempt. GET /live always answers 200;
+// GET /ready answers 200 once registered; GET /deliveries counts the
+// deliveries of each task_id and the most at the same time (ledger.go).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -69,6 +73,8 @@ type agent struct {
 	// keeper keeps the registration alive; set by run.
 	keeper interface{ AgentID() string }
 	v1     *v1Agent // the keeper in dialect v1
+
+	deliveries *ledger
 }
 
 func main() {
@@ -93,6 +99,7 @@ func fromEnv() (*agent, error) {
 		typ:          getenv("AGENT_TYPE", "cost"),
 		host:         os.Getenv("AGENT_HOST"),
 		hostname:     hostname,
+		deliveries:   newLedger(),
 	}
 	if a.orchestrator == "" {
 		return nil, errors.New("ORCHESTRATOR_URL is not set")
@@ -178,6 +185,7 @@ func (a *agent) run() error {
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /task", orchestrator.TaskFunc(a.runTask))
+	mux.Handle("GET /deliveries", a.deliveries)
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		if a.keeper.AgentID() == "" {
@@ -222,9 +230,20 @@ func (a *agent) run() error {
 }
 
 // runTask runs a task: it echoes its parameters with where it ran.
-func (a *agent) runTask(_ context.Context, d orchestrator.Delivery) (any, error) {
+func (a *agent) runTask(ctx context.Context, d orchestrator.Delivery) (any, error) {
+	defer a.deliveries.begin(d.TaskID)()
 	if !slices.Contains(a.capabilities, d.TaskType) {
 		return nil, orchestrator.Reject(fmt.Errorf("task type %q not supported", d.TaskType))
+	}
+	var p struct {
+		SleepMS int `json:"sleep_ms"`
+	}
+	if err := json.Unmarshal(d.Parameters, &p); err == nil && p.SleepMS > 0 {
+		select {
+		case <-time.After(time.Duration(p.SleepMS) * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	log.Printf("task %s (%s) done", d.TaskID, d.TaskType)
 	host := a.host
