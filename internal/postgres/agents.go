@@ -297,32 +297,46 @@ var errMetadataResized = errors.New("heartbeat metadata changes size")
 func heartbeatOnly(ctx context.Context, db *pgxpool.Pool, id, owner string, status registry.Status, at time.Time, metadata json.RawMessage) (registry.Agent, registry.Liveness, error) {
 	var before registry.Liveness
 	var prevStatus string
-	tx, err := db.BeginTx(ctx, asyncCommit) // see setAsyncCommit: the next heartbeat writes it again
-	if err != nil {
-		return registry.Agent{}, registry.Liveness{}, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	var meta *string // NULL keeps the metadata, and matches any size
 	if metadata != nil {
 		m := string(metadata)
 		meta = &m
 	}
-	a, err := scanAgent(tx.QueryRow(ctx, `WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
+	// One round trip: the transaction's statements go out in one batch,
+	// COMMIT included (a heartbeat that changed nothing commits nothing).
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(setAsyncCommit) // the next heartbeat writes it again
+	b.Queue(`WITH old AS (SELECT id, owner, status, last_seen FROM agents WHERE id = $1 FOR UPDATE)
 		UPDATE agents SET status = $3, last_seen = $4, heartbeat_metadata = coalesce($5::json, agents.heartbeat_metadata)
 		FROM old
 		WHERE agents.id = $1 AND agents.id = old.id AND (old.owner = '' OR $2 = '' OR old.owner = $2)
 			AND ($5::text IS NULL OR coalesce(octet_length(agents.heartbeat_metadata::text), 0) = octet_length($5::text))
-		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at, meta), &prevStatus, &before.LastSeen)
+		RETURNING `+agentColumnsOf("agents")+`, old.status, old.last_seen`, id, owner, status, at, meta)
+	b.Queue(`COMMIT`)
+	br := db.SendBatch(ctx, b)
+	var err error
+	for i := 0; i < 2 && err == nil; i++ {
+		_, err = br.Exec()
+	}
+	var a registry.Agent
+	if err == nil {
+		a, err = scanAgent(br.QueryRow(), &prevStatus, &before.LastSeen)
+	}
+	if err == nil || errors.Is(err, pgx.ErrNoRows) {
+		if _, cerr := br.Exec(); err == nil {
+			err = cerr
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) && metadata != nil:
 		return registry.Agent{}, registry.Liveness{}, errMetadataResized
 	case errors.Is(err, pgx.ErrNoRows):
 		return registry.Agent{}, registry.Liveness{}, notFoundOrNotOwner(ctx, db, id)
-	}
-	if err == nil {
-		err = tx.Commit(ctx)
-	}
-	if err != nil {
+	case err != nil:
 		return registry.Agent{}, registry.Liveness{}, err
 	}
 	before.Status, before.LastSeen = registry.Status(prevStatus), before.LastSeen.UTC()
