@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -256,7 +257,7 @@ func (c *Cluster) Submit(ctx context.Context, req Request) (Task, error) {
 		delete(c.waiters, t.ID)
 		c.mu.Unlock()
 	}()
-	stored, err := c.queue.Enqueue(ctx, t, c.cfg.MaxPending)
+	stored, direct, err := c.queue.Enqueue(ctx, t, c.cfg.MaxPending, c.directClaim(rt, candidates))
 	if errors.Is(err, ErrQueueFull) {
 		c.metrics.rejected.WithLabelValues("queue_full").Inc()
 		return Task{}, fmt.Errorf("%w: %d tasks are waiting for an agent across the cluster (TASK_MAX_PENDING)", ErrQueueFull, c.cfg.MaxPending)
@@ -265,16 +266,51 @@ func (c *Cluster) Submit(ctx context.Context, req Request) (Task, error) {
 		return Task{}, err
 	}
 	c.metrics.submitted.WithLabelValues(string(t.AgentType)).Inc()
+	if direct != nil {
+		for _, a := range candidates {
+			if a.ID == direct.Task.AgentID {
+				c.start([]Claimed{*direct}, map[string]registry.Candidate{t.ID: a})
+				return direct.Task, nil
+			}
+		}
+	}
 	c.mu.Lock()
 	c.backlog = true
 	c.mu.Unlock()
-	c.claim(claimed)
+	c.claim(claimed, map[route][]registry.Candidate{rt: candidates})
 	select {
 	case t := <-claimed:
 		return t, nil
 	default:
-		return stored, nil
 	}
+	// Left waiting (or claimed by another replica, which this one cannot
+	// tell): the other replicas learn that tasks wait, so that an agent
+	// registering or heartbeating through them starts it. Without the
+	// notification, their poll does.
+	if err := c.queue.Wake(ctx); err != nil {
+		c.log.Warn("waking the other replicas failed; their poll finds the task", zap.String("task_id", t.ID), zap.Error(err))
+	}
+	return stored, nil
+}
+
+// directClaim is what Submit asks the queue to claim its task with: the
+// candidates in round-robin order (pick's, among the least loaded), once
+// the listener hears cancels; none before.
+func (c *Cluster) directClaim(rt route, candidates []registry.Candidate) DirectClaim {
+	select {
+	case <-c.listening:
+	default:
+		return DirectClaim{}
+	}
+	agents := make([]string, len(candidates))
+	first := 0
+	if len(candidates) > 1 {
+		first = int(c.nextTurn(rt) % uint64(len(candidates))) //nolint:gosec // G115: less than len(candidates)
+	}
+	for i := range candidates {
+		agents[i] = candidates[(first+i)%len(candidates)].ID
+	}
+	return DirectClaim{Owner: c.replica, Lease: c.cfg.LeaseDuration, Agents: agents, Limit: c.cfg.AgentConcurrency}
 }
 
 // candidates returns the agents that may take tasks of rt now, regardless
@@ -294,8 +330,10 @@ func (c *Cluster) candidates(ctx context.Context, rt route) ([]registry.Candidat
 
 // claim returns once a claim that started after the call has ended,
 // running it itself when none is running, or once a claim has sent a task
-// on claimed (nil: none to wait for).
-func (c *Cluster) claim(claimed chan Task) {
+// on claimed (nil: none to wait for). A claim the call runs itself starts
+// from the candidates in known (read a moment ago), instead of reading
+// them again.
+func (c *Cluster) claim(claimed chan Task, known map[route][]registry.Candidate) {
 	cl := &c.claims
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
@@ -309,7 +347,7 @@ func (c *Cluster) claim(claimed chan Task) {
 		cl.started++
 		round := cl.started
 		cl.mu.Unlock()
-		c.claimRound()
+		c.claimRound(known)
 		cl.mu.Lock()
 		cl.running, cl.done = false, round
 		cl.cond.Broadcast()
@@ -317,8 +355,9 @@ func (c *Cluster) claim(claimed chan Task) {
 }
 
 // claimRound claims waiting tasks while agents have free slots, and starts
-// delivering them.
-func (c *Cluster) claimRound() {
+// delivering them. The candidates of the routes in known are not read
+// again.
+func (c *Cluster) claimRound(known map[route][]registry.Candidate) {
 	c.mu.Lock()
 	if c.draining || c.closed {
 		c.mu.Unlock()
@@ -340,6 +379,7 @@ func (c *Cluster) claimRound() {
 	}
 
 	routes := map[route][]registry.Candidate{}
+	maps.Copy(routes, known)
 	chosen := map[string]registry.Candidate{}
 	choose := func(ctx context.Context, t Claimable, inFlight map[string]int) (string, bool, error) {
 		rt := route{agentType: t.AgentType, taskType: t.TaskType, pinned: t.PinnedAgentID}
@@ -617,7 +657,7 @@ func (c *Cluster) Run(ctx context.Context) {
 			}
 			due = now.Add(c.cfg.PollInterval)
 		}
-		c.claim(nil)
+		c.claim(nil, nil)
 		c.mu.Lock()
 		next := c.next
 		c.mu.Unlock()
@@ -636,13 +676,10 @@ func (c *Cluster) Run(ctx context.Context) {
 
 // listen hears the other replicas until ctx ends.
 func (c *Cluster) listen(ctx context.Context) {
-	wake := func(submitted string) {
+	wake := func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		c.backlog = true
-		if _, ours := c.waiters[submitted]; ours && submitted != "" {
-			return // the Submit that stored it claims at once
-		}
 		c.poke()
 	}
 	notes := Notifications{
@@ -650,7 +687,7 @@ func (c *Cluster) listen(ctx context.Context) {
 		Cancelled: c.abort,
 		Connected: func() {
 			c.listenOnce.Do(func() { close(c.listening) })
-			wake("")
+			wake()
 		},
 		Error: func(err error) {
 			c.log.Warn("listening for task notifications failed; reconnecting (the poll still runs)", zap.Error(err))

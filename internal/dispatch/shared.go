@@ -18,9 +18,21 @@ type Queue interface {
 	Store
 
 	// Enqueue stores t as pending (like Create) unless maxPending tasks
-	// already wait across the cluster (ErrQueueFull), counted atomically
-	// with the insert, and wakes the replicas (Notifications.Wake).
-	Enqueue(ctx context.Context, t Task, maxPending int) (Task, error)
+	// already wait across the cluster (ErrQueueFull), counted with the
+	// insert. It wakes no replica: the one that enqueues claims at once,
+	// and calls Wake when the task is left waiting.
+	//
+	// With direct.Agents, Enqueue also claims t, in the same round trip,
+	// when no other claim runs and no other task waits that could start
+	// now (so that t passes none): for the least loaded of direct.Agents with fewer than
+	// direct.Limit tasks in flight across the cluster, the first in
+	// their order among equals, leased to direct.Owner. claimed is then
+	// t's claim; otherwise nil, and t waits for Claim.
+	Enqueue(ctx context.Context, t Task, maxPending int, direct DirectClaim) (stored Task, claimed *Claimed, err error)
+
+	// Wake tells every replica (Notifications.Wake) that tasks wait
+	// which a change of the agents could start.
+	Wake(ctx context.Context) error
 
 	// Claim assigns waiting tasks (pending, or retrying past their
 	// backoff) to agents, best first (priority, then age), under a lock
@@ -32,7 +44,8 @@ type Queue interface {
 	// req.Owner for req.Lease.
 	Claim(ctx context.Context, req ClaimRequest) (ClaimResult, error)
 
-	// Finish records the outcome of l's attempt: status is terminal. It
+	// Finish records the outcome of l's attempt: status is terminal, and
+	// wakes the replicas when tasks wait (an agent's slot is free). It
 	// changes nothing and returns ErrFinished (with the task) when the
 	// task is already terminal, ErrLeaseLost when l is no longer the task's
 	// attempt (another replica took it over).
@@ -92,9 +105,9 @@ type Lease struct {
 
 // Notifications are what a replica hears from the others.
 type Notifications struct {
-	// Wake: there may be new work (a task submitted or retried, a slot
-	// freed); submitted is the ID of the task submitted, when that is why.
-	Wake func(submitted string)
+	// Wake: there may be new work (a task left waiting or retried, a slot
+	// freed while tasks wait).
+	Wake func()
 	// Cancelled: task id was cancelled; stop delivering it.
 	Cancelled func(id string)
 	// Connected: the listener is (again) hearing everything; what was
@@ -123,6 +136,17 @@ type ClaimRequest struct {
 	// flight across the cluster (including this claim's), or false when
 	// no agent can take it now.
 	Choose func(ctx context.Context, t Claimable, inFlight map[string]int) (agentID string, ok bool, err error)
+}
+
+// DirectClaim is what Enqueue needs to claim the task it stores.
+type DirectClaim struct {
+	Owner string
+	Lease time.Duration
+	// Agents are the task's candidates, in the order to prefer among
+	// equally loaded ones; none: no claim.
+	Agents []string
+	// Limit is the tasks in flight an agent may have (TASK_AGENT_CONCURRENCY).
+	Limit int
 }
 
 // Claimed is a task a claim dispatched, and its lease.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -130,5 +131,59 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Enqueue's direct claim takes the task for the least loaded agent under
+// the limit (the first of those given among equals), and only when no
+// other task waits that could start now: a task submitted behind a
+// waiting one never passes it.
+func TestEnqueueClaimsDirectly(t *testing.T) {
+	q := migrated(t, pgtest.NewDatabase(t))
+	ctx := context.Background()
+	n := 0
+	enqueue := func(agents []string, limit int) (dispatch.Task, *dispatch.Claimed) {
+		t.Helper()
+		n++
+		task := dispatch.Task{ID: "t" + strconv.Itoa(n), TaskType: "analyze", AgentType: "cost",
+			Parameters: []byte(`{}`), TimeoutSeconds: 60, CreatedAt: time.Now().UTC().Truncate(time.Microsecond)}
+		stored, claimed, err := q.Enqueue(ctx, task, 100, dispatch.DirectClaim{Owner: "r1", Lease: time.Minute, Agents: agents, Limit: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stored, claimed
+	}
+	claimedBy := func(what string, c *dispatch.Claimed, agent string) {
+		t.Helper()
+		switch {
+		case agent == "" && c != nil:
+			t.Errorf("%s: claimed for %s, want left waiting", what, c.Task.AgentID)
+		case agent == "":
+		case c == nil:
+			t.Errorf("%s: left waiting, want claimed for %s", what, agent)
+		case c.Task.AgentID != agent || c.Task.Status != dispatch.StatusDispatched || c.Lease != (dispatch.Lease{ID: c.Task.ID, Owner: "r1", Attempt: 1}):
+			t.Errorf("%s: %s for %s with lease %+v, want dispatched for %s, attempt 1 of r1", what, c.Task.Status, c.Task.AgentID, c.Lease, agent)
+		}
+	}
+
+	_, c := enqueue(nil, 1)
+	claimedBy("without agents", c, "")
+	first, err := q.Claim(ctx, dispatch.ClaimRequest{Owner: "r1", Lease: time.Minute, Limit: 10,
+		Choose: func(context.Context, dispatch.Claimable, map[string]int) (string, bool, error) { return "a", true, nil }})
+	if err != nil || len(first.Claimed) != 1 {
+		t.Fatalf("claiming the first task: %v, %d claimed", err, len(first.Claimed))
+	}
+	_, c = enqueue([]string{"a", "b"}, 2)
+	claimedBy("a busy, b idle", c, "b") // least loaded, though a comes first
+	_, c = enqueue([]string{"a", "b"}, 2)
+	claimedBy("a and b equally loaded", c, "a") // the first among equals
+	_, c = enqueue([]string{"a", "b"}, 2)
+	claimedBy("a full", c, "b")
+	waiting, c := enqueue([]string{"a", "b"}, 2)
+	claimedBy("both full", c, "")
+	_, c = enqueue([]string{"c"}, 2)
+	claimedBy("behind a waiting task", c, "")
+	if got, err := q.Get(ctx, waiting.ID); err != nil || got.Status != dispatch.StatusPending {
+		t.Errorf("the task left waiting: %s, %v; want pending", got.Status, err)
 	}
 }

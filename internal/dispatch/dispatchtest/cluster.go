@@ -828,11 +828,18 @@ func (k *killableQueue) Prune(ctx context.Context, cutoff time.Time) (int, error
 	return k.Queue.Prune(ctx, cutoff)
 }
 
-func (k *killableQueue) Enqueue(ctx context.Context, t dispatch.Task, maxPending int) (dispatch.Task, error) {
+func (k *killableQueue) Enqueue(ctx context.Context, t dispatch.Task, maxPending int, direct dispatch.DirectClaim) (dispatch.Task, *dispatch.Claimed, error) {
 	if err := k.alive(); err != nil {
-		return dispatch.Task{}, err
+		return dispatch.Task{}, nil, err
 	}
-	return k.Queue.Enqueue(ctx, t, maxPending)
+	return k.Queue.Enqueue(ctx, t, maxPending, direct)
+}
+
+func (k *killableQueue) Wake(ctx context.Context) error {
+	if err := k.alive(); err != nil {
+		return err
+	}
+	return k.Queue.Wake(ctx)
 }
 
 func (k *killableQueue) Claim(ctx context.Context, req dispatch.ClaimRequest) (dispatch.ClaimResult, error) {
