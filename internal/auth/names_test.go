@@ -21,7 +21,9 @@ const (
 )
 
 // unnamed is the name an operator token written without one gets.
-func unnamed(tok string) string { return "operator-" + strings.TrimPrefix(fingerprintOf(tok), "sha256:") }
+func unnamed(tok string) string {
+	return "operator-" + strings.TrimPrefix(fingerprintOf(tok), "sha256:")
+}
 
 // TestOperatorNames: which entries are named, and what each presented
 // token authenticates as. Every entry that was a valid token before names
