@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/optiinfra/orchestrator/internal/api"
 	"github.com/optiinfra/orchestrator/internal/auth"
 )
 
@@ -327,7 +328,12 @@ func TestAuthAgentBinding(t *testing.T) {
 		}
 		return out
 	}
-	by := func(token, role string) string { return fmt.Sprintf("map[role:%s token:%s]", role, fingerprint(token)) }
+	by := func(token, role string) string {
+		if role == "operator" { // an unnamed operator token is named after its fingerprint
+			return fmt.Sprintf("map[name:operator-%s role:operator token:%s]", strings.TrimPrefix(fingerprint(token), "sha256:"), fingerprint(token))
+		}
+		return fmt.Sprintf("map[role:%s token:%s]", role, fingerprint(token))
+	}
 	if regs := logged("agent registered"); len(regs) != 3 || regs[0]["owner"] != fingerprint(victimToken) || fmt.Sprint(regs[0]["by"]) != by(victimToken, "agent") {
 		t.Errorf("registrations logged as %v, want the victim's fingerprint as owner and author", regs)
 	}
@@ -383,6 +389,50 @@ func TestAuthOffNoBinding(t *testing.T) {
 		if owner := e.ContextMap()["owner"]; owner != "" {
 			t.Errorf("registration without agent auth bound to %v", owner)
 		}
+	}
+	af.checkNoLeak(t)
+}
+
+// TestAuthOperatorName: a named operator token ("alice=TOKEN") lets a
+// request in as alice: the handler behind the middleware reads the name
+// with auth.PrincipalFrom, and the logs of what she did show it beside
+// the fingerprint, never the token.
+func TestAuthOperatorName(t *testing.T) {
+	cfg := auth.Config{AgentTokens: agentToken, OperatorTokens: "alice@example.com=" + operatorToken + "," + otherToken}
+	a, err := auth.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen auth.Principal
+	h := api.RequireRole(a, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen, _ = auth.PrincipalFrom(r.Context())
+	}), auth.Agent, auth.Operator)
+	unnamed := "operator-" + strings.TrimPrefix(fingerprint(otherToken), "sha256:")
+	for _, tc := range []struct{ header, name string }{
+		{"Bearer " + operatorToken, "alice@example.com"},
+		{"Bearer alice@example.com=" + operatorToken, "alice@example.com"}, // the entry whole, as before names
+		{"Bearer " + otherToken, unnamed},
+		{"Bearer " + agentToken, ""},
+	} {
+		seen = auth.Principal{}
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/x", nil)
+		req.Header.Set("Authorization", tc.header)
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || !seen.HasToken() || seen.Name() != tc.name {
+			t.Errorf("%q: %d, the handler saw %+v; want the name %q", tc.header, rec.Code, seen, tc.name)
+		}
+	}
+
+	af := newAuthFixture(t, cfg)
+	rec := af.send(http.MethodPost, "/agents/register", mustJSON(t, agentBody("named", af.stub.port, "analyze")), bearer(agentToken)...)
+	wantThrough(t, "register", rec, http.StatusCreated)
+	id := objectOf(t, rec)["agent_id"].(string)
+	wantThrough(t, "unregister by alice", af.send(http.MethodPost, "/agents/"+id+"/unregister", "", bearer(operatorToken)...), http.StatusOK)
+	un := af.logs.FilterMessage("agent unregistered").All()
+	want := fmt.Sprintf("map[name:alice@example.com role:operator token:%s]", fingerprint(operatorToken))
+	if len(un) != 1 || fmt.Sprint(un[0].ContextMap()["by"]) != want {
+		t.Errorf("unregistration logged as %v, want by %s", un, want)
 	}
 	af.checkNoLeak(t)
 }

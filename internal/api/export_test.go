@@ -70,3 +70,6 @@ func (m *middleware) WithoutPlainProbes() *Middleware {
 
 // ClientAddr is clientAddr, for tests.
 var ClientAddr = clientAddr
+
+// RequireRole is requireRole, for tests of what it puts in the context.
+var RequireRole = requireRole

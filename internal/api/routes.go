@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -69,7 +68,7 @@ func requireRole(a *auth.Authenticator, next http.Handler, role auth.Role, also 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := a.Authenticate(r.Header.Get("Authorization"), role, also...)
 		if err == nil {
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+			next.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
 			return
 		}
 		challenge := `Bearer realm="orchestrator"`
@@ -81,15 +80,12 @@ func requireRole(a *auth.Authenticator, next http.Handler, role auth.Role, also 
 	})
 }
 
-// principalKey is the request context key of the auth.Principal that
-// requireRole let in.
-type principalKey struct{}
-
 // actorOf is who the request speaks for, as the registry knows callers:
-// the token's fingerprint, and whether it is an operator's. Without
-// authentication (no Authenticator, or a role without tokens) it is the
-// zero Actor: a caller without a token.
+// the token's fingerprint, whether it is an operator's, and the
+// operator's name. Without authentication (no Authenticator, or a role
+// without tokens) it is the zero Actor: a caller without a token. Handlers
+// that need the operator's name itself read auth.PrincipalFrom.
 func actorOf(r *http.Request) registry.Actor {
-	p, _ := r.Context().Value(principalKey{}).(auth.Principal)
-	return registry.Actor{Token: p.Fingerprint(), Operator: p.HasToken() && p.Role == auth.Operator}
+	p, _ := auth.PrincipalFrom(r.Context())
+	return registry.Actor{Token: p.Fingerprint(), Operator: p.HasToken() && p.Role == auth.Operator, Name: p.Name()}
 }

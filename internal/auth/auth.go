@@ -1,11 +1,3 @@
-// Package auth checks the optional bearer tokens of the two roles: agents
-// (registration and heartbeats) and operators (tasks and reads). A role
-// whose variables are unset is open, so existing agents, which send no
-// token, keep working until agent tokens are set. A role whose variable is
-// set but yields no token refuses to start: auth fails closed.
-//
-// Tokens are kept only as SHA-256 digests and compared in constant time;
-// no token, and no part of one, is ever logged or put in an error.
 package auth
 
 import (
@@ -103,9 +95,17 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	return nil
 }
 
-// Authenticator holds the token digests of each role.
+// Authenticator holds the token digests of each role, with the operator
+// tokens' names.
 type Authenticator struct {
-	digests [2][][sha256.Size]byte
+	tokens [2][]credential
+}
+
+// credential is one accepted token: its digest and, for an operator
+// token, the name it speaks for.
+type credential struct {
+	digest [sha256.Size]byte
+	name   string
 }
 
 // New loads the tokens c names.
@@ -117,16 +117,25 @@ func New(c Config) (*Authenticator, error) {
 		Agent:    {c.AgentTokens, c.AgentTokensFile},
 		Operator: {c.OperatorTokens, c.OperatorTokensFile},
 	} {
-		tokens, err := c.load(Role(role), src[0], src[1])
+		entries, err := c.load(Role(role), src[0], src[1])
+		if err == nil {
+			a.tokens[role], err = credentials(entries)
+		}
 		if err != nil {
 			errs = append(errs, err)
-			continue
-		}
-		for _, t := range tokens {
-			a.digests[role] = append(a.digests[role], sha256.Sum256([]byte(t)))
 		}
 	}
 	return a, errors.Join(errs...)
+}
+
+// entry is one configured token: where it was written (for errors), the
+// token, and for an operator token its name and, when the entry was
+// named, the entry whole (see the package doc: it is accepted too).
+type entry struct {
+	where string
+	token string
+	name  string
+	whole string
 }
 
 // byteOrderMark is what Windows editors put at the start of a UTF-8 file.
@@ -134,22 +143,25 @@ const byteOrderMark = "\uFEFF"
 
 // load reads role's tokens from list and file. A role with a variable set
 // must end up with a token; only a role with both unset stays open.
-func (c Config) load(role Role, list, file string) ([]string, error) {
+func (c Config) load(role Role, list, file string) ([]entry, error) {
 	listVar, fileVar := variables[role][0], variables[role][1]
-	tokens := splitTokens(list)
-	for i, t := range tokens {
-		if err := checkToken(t); err != nil {
+	var entries []entry
+	for i, t := range splitTokens(list) {
+		e, err := parseEntry(role, t)
+		if err != nil {
 			return nil, fmt.Errorf("%s: token %d of the list %w", listVar, i+1, err)
 		}
+		e.where = fmt.Sprintf("%s: token %d of the list", listVar, i+1)
+		entries = append(entries, e)
 	}
 	if file != "" {
-		fromFile, err := readFile(fileVar, file)
+		fromFile, err := readFile(role, fileVar, file)
 		if err != nil {
 			return nil, err
 		}
-		tokens = append(tokens, fromFile...)
+		entries = append(entries, fromFile...)
 	}
-	if len(tokens) == 0 {
+	if len(entries) == 0 {
 		var set []string
 		if list != "" || c.set[listVar] {
 			set = append(set, listVar)
@@ -166,11 +178,11 @@ func (c Config) load(role Role, list, file string) ([]string, error) {
 				set[0], set[1], role)
 		}
 	}
-	return tokens, nil
+	return entries, nil
 }
 
 // readFile reads the tokens of a file, one per line, with # comments.
-func readFile(variable, file string) ([]string, error) {
+func readFile(role Role, variable, file string) ([]entry, error) {
 	data, err := os.ReadFile(file) //nolint:gosec // G304: reading the file the operator configured is the point
 	if err != nil {
 		return nil, fmt.Errorf("%s=%q: %w", variable, file, unwrapPathError(err))
@@ -178,7 +190,7 @@ func readFile(variable, file string) ([]string, error) {
 	// A byte-order mark would otherwise glue itself to the first token,
 	// and the agent holding the real token would be locked out.
 	data = bytes.TrimPrefix(data, []byte(byteOrderMark))
-	var tokens []string
+	var entries []entry
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	line := 0
 	for sc.Scan() {
@@ -187,18 +199,20 @@ func readFile(variable, file string) ([]string, error) {
 		if t == "" || strings.HasPrefix(t, "#") {
 			continue
 		}
-		if err := checkToken(t); err != nil {
+		e, err := parseEntry(role, t)
+		if err != nil {
 			return nil, fmt.Errorf("%s=%q: line %d: the token %w", variable, file, line, err)
 		}
-		tokens = append(tokens, t)
+		e.where = fmt.Sprintf("%s=%q: line %d", variable, file, line)
+		entries = append(entries, e)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s=%q: %w", variable, file, err)
 	}
-	if len(tokens) == 0 {
+	if len(entries) == 0 {
 		return nil, fmt.Errorf("%s=%q: no token in the file (one per line)", variable, file)
 	}
-	return tokens, nil
+	return entries, nil
 }
 
 // unwrapPathError drops the path from an *os.PathError: the caller names it.
@@ -240,7 +254,7 @@ func checkToken(t string) error {
 }
 
 // Enabled reports whether role needs a token.
-func (a *Authenticator) Enabled(role Role) bool { return len(a.digests[role]) > 0 }
+func (a *Authenticator) Enabled(role Role) bool { return len(a.tokens[role]) > 0 }
 
 // Errors of Check.
 var (

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -15,12 +16,13 @@ import (
 const fingerprintBytes = 6
 
 // Principal is who a request speaks for: the role it was let in as and,
-// when it presented a token, which one. A role without tokens lets in
-// requests without one: then the Principal has the role and no token.
+// when it presented a token, which one, and for an operator token the
+// operator's name. A role without tokens lets in requests without one:
+// then the Principal has the role, no token and no name.
 //
-// Tokens are identified by their fingerprint only. Named tokens (say
-// "alice=TOKEN" in the token list) would add a name here, shown in logs
-// beside the fingerprint; nothing that keys on the fingerprint changes.
+// Tokens are identified by their fingerprint only; names (see the package
+// doc) are shown in logs beside it. Nothing that keys on the fingerprint
+// changes with names.
 type Principal struct {
 	// Role is the role the request was let in as.
 	Role Role
@@ -28,7 +30,16 @@ type Principal struct {
 	// request was let in without one.
 	sum   [fingerprintBytes]byte
 	token bool
+	name  string
 }
+
+// Name is the name of the operator whose token the request presented: the
+// name written before the token ("alice=TOKEN"), or "operator-" and the
+// fingerprint's hex digits for a token written without one. Empty for an
+// agent token and for a request let in without a token (auth off), when
+// nobody is authenticated: a caller that records who acted must then take
+// the name from elsewhere and say so.
+func (p Principal) Name() string { return p.name }
 
 // HasToken reports whether the request presented a valid token (false
 // when its role has no tokens and it was let in without one).
@@ -49,7 +60,27 @@ func (p Principal) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	if p.token {
 		enc.AddString("token", p.Fingerprint())
 	}
+	if p.name != "" {
+		enc.AddString("name", p.name)
+	}
 	return nil
+}
+
+// principalKey is the context key of the Principal a request speaks for.
+type principalKey struct{}
+
+// WithPrincipal returns ctx carrying p, as the HTTP layer does for every
+// request it authenticated.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the Principal ctx carries, and false (with the
+// zero Principal: no token, no name) when it carries none, as on a route
+// that needs no token or without an Authenticator.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
 }
 
 // Authenticate verifies an Authorization header value for role, also
@@ -72,8 +103,8 @@ func (a *Authenticator) Authenticate(authorization string, role Role, also ...Ro
 			if i >= 0 {
 				r = also[i]
 			}
-			if a.matches(r, &digest) {
-				p := Principal{Role: r, token: true}
+			if name, ok := a.match(r, &digest); ok {
+				p := Principal{Role: r, token: true, name: name}
 				copy(p.sum[:], digest[:fingerprintBytes])
 				return p, nil
 			}
@@ -99,11 +130,15 @@ func bearerToken(authorization string) (string, bool) {
 	return token, true
 }
 
-// matches compares digest with every digest of role, in constant time.
-func (a *Authenticator) matches(role Role, digest *[sha256.Size]byte) bool {
-	match := 0
-	for _, d := range a.digests[role] {
-		match |= subtle.ConstantTimeCompare(digest[:], d[:])
+// match compares digest with every digest of role, in constant time, and
+// returns the name of the one it matches.
+func (a *Authenticator) match(role Role, digest *[sha256.Size]byte) (string, bool) {
+	found := -1
+	for i, c := range a.tokens[role] {
+		found = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(digest[:], c.digest[:]), i, found)
 	}
-	return match == 1
+	if found < 0 {
+		return "", false
+	}
+	return a.tokens[role][found].name, true
 }

@@ -7,8 +7,8 @@ import (
 )
 
 // Actor is who asks the registry for a change: the fingerprint of the
-// bearer token the request carried, and whether that token is an
-// operator's. The zero Actor is a caller without a token, as every agent
+// bearer token the request carried, whether that token is an operator's,
+// and the operator's name. The zero Actor is a caller without a token, as every agent
 // is while agent authentication is off.
 //
 // An agent is bound to the token it registered with (Agent.Owner): only
@@ -21,6 +21,10 @@ type Actor struct {
 	Token string
 	// Operator is true for an operator's token.
 	Operator bool
+	// Name is the operator's name (auth.Principal.Name), for the logs:
+	// not a secret. Empty for an agent and a caller without a token.
+	// Ownership never depends on it.
+	Name string
 }
 
 // owner is what the store checks a change against: the agent token's
@@ -33,7 +37,8 @@ func (a Actor) owner() string {
 	return a.Token
 }
 
-// MarshalLogObject shows the role and the fingerprint (never a token).
+// MarshalLogObject shows the role, the fingerprint and the operator's
+// name (never a token).
 func (a Actor) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	role := "agent"
 	if a.Operator {
@@ -42,6 +47,9 @@ func (a Actor) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("role", role)
 	if a.Token != "" {
 		enc.AddString("token", a.Token)
+	}
+	if a.Name != "" {
+		enc.AddString("name", a.Name)
 	}
 	return nil
 }

@@ -1233,7 +1233,7 @@ func TestOwnership(t *testing.T) {
 	e := newEnv(t, defaultConfig(t))
 	alice := registry.Actor{Token: "sha256:aaaaaaaaaaaa"}
 	mallory := registry.Actor{Token: "sha256:bbbbbbbbbbbb"}
-	operator := registry.Actor{Token: "sha256:cccccccccccc", Operator: true}
+	operator := registry.Actor{Token: "sha256:cccccccccccc", Operator: true, Name: "alice@example.com"}
 
 	r := validRegistration()
 	r.Owner = alice.Token
@@ -1297,8 +1297,8 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("operator Unregister: %v", err)
 	}
 	un := e.logs.FilterMessage("agent unregistered").All()
-	if len(un) != 1 || fmt.Sprint(un[0].ContextMap()["by"]) != "map[role:operator token:sha256:cccccccccccc]" || un[0].ContextMap()["owner"] != alice.Token {
-		t.Errorf("unregistration logged as %v, want by the operator, owner alice", un)
+	if len(un) != 1 || fmt.Sprint(un[0].ContextMap()["by"]) != "map[name:alice@example.com role:operator token:sha256:cccccccccccc]" || un[0].ContextMap()["owner"] != alice.Token {
+		t.Errorf("unregistration logged as %v, want by the operator (with its name), owner alice", un)
 	}
 }
 
