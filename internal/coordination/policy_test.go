@@ -96,6 +96,15 @@ func TestDecide(t *testing.T) {
 			{"alice", true, now, nil, orchestrator.ApprovalPending},
 			{"bob", true, later, nil, orchestrator.ApprovalApproved},
 		}},
+		// A stored approval that lost its count (zero) is still critical.
+		{"critical without a count", func() orchestrator.Approval {
+			a := pending(orchestrator.RiskCritical)
+			a.RequiredApprovals = 0
+			return a
+		}(), []step{
+			{"alice", true, now, nil, orchestrator.ApprovalPending},
+			{"bob", true, later, nil, orchestrator.ApprovalApproved},
+		}},
 		{"critical: the same person twice", pending(orchestrator.RiskCritical), []step{
 			{"alice", true, now, nil, orchestrator.ApprovalPending},
 			{"alice", true, later, coordination.ErrAlreadyApproved, orchestrator.ApprovalPending},
