@@ -167,7 +167,7 @@ func ParseTemplates(s string) (Templates, error) {
 		action, steps, ok := strings.Cut(tmpl, "=")
 		action = strings.TrimSpace(action)
 		if !ok || action == "" || strings.TrimSpace(steps) == "" {
-			return nil, fmt.Errorf("%q: want action=step,step,...", tmpl)
+			return nil, fmt.Errorf("%q: want action=step[,step]", tmpl)
 		}
 		if err := registry.ValidTaskType(action); err != nil {
 			return nil, fmt.Errorf("%q: action %w", tmpl, err)

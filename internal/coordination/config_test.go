@@ -71,7 +71,7 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"COORDINATION_CONTRADICTORY_ACTIONS": "a:b:c"}, `COORDINATION_CONTRADICTORY_ACTIONS: "a:b:c"`},
 		{map[string]string{"COORDINATION_CONTRADICTORY_ACTIONS": "a:a"}, "cannot contradict itself"},
 		{map[string]string{"COORDINATION_CONTRADICTORY_ACTIONS": "a b:c"}, "COORDINATION_CONTRADICTORY_ACTIONS"},
-		{map[string]string{"COORDINATION_PLAN_TEMPLATES": "scale"}, `COORDINATION_PLAN_TEMPLATES: "scale": want action=step,step,...`},
+		{map[string]string{"COORDINATION_PLAN_TEMPLATES": "scale"}, `COORDINATION_PLAN_TEMPLATES: "scale": want action=step[,step]`},
 		{map[string]string{"COORDINATION_PLAN_TEMPLATES": "a=x;a=y"}, "a second template for a"},
 		{map[string]string{"COORDINATION_PLAN_TEMPLATES": "a=x,,y"}, "COORDINATION_PLAN_TEMPLATES"},
 		{map[string]string{"COORDINATION_PLAN_TEMPLATES": "a=x:fast"}, `unknown flag "fast"`},

@@ -230,8 +230,12 @@ func checkInvariants(t *testing.T, recs []orchestrator.Recommendation, table coo
 	conflicts := coordination.Detect(recs, table, counter("c"), now)
 	got, _ := coordination.Resolve(recs, conflicts, counter("x"), now)
 	status := map[string]orchestrator.Recommendation{}
+	dependents := map[string][]string{}
 	for _, r := range got {
 		status[r.ID] = r
+		for _, d := range r.Dependencies {
+			dependents[d] = append(dependents[d], r.ID)
+		}
 	}
 	rivals := map[[2]string]bool{}
 	for _, c := range conflicts {
@@ -249,6 +253,11 @@ func checkInvariants(t *testing.T, recs []orchestrator.Recommendation, table coo
 			w := status[r.SupersededBy]
 			if w.Status != orchestrator.RecommendationPending || !rivals[[2]string{r.ID, w.ID}] {
 				t.Errorf("%s superseded by %s (%s), which is not a kept rival", r.ID, w.ID, w.Status)
+			}
+			// A winner may rank lower only as the prerequisite of a
+			// better-ranked recommendation, decided at that one's rank.
+			if coordination.Compare(w, r) > 0 && len(dependents[w.ID]) == 0 {
+				t.Errorf("%s superseded by %s, which ranks lower and nothing waits for", r.ID, w.ID)
 			}
 		case orchestrator.RecommendationPending:
 			for _, d := range r.Dependencies {

@@ -205,4 +205,3 @@ func Resolve(recs []orchestrator.Recommendation, conflicts []orchestrator.Confli
 	}
 	return out, append(conflicts, extra...)
 }
-
