@@ -1,0 +1,261 @@
+package coordination
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/optiinfra/orchestrator/internal/config/bound"
+	"github.com/optiinfra/orchestrator/internal/registry"
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
+)
+
+// Config sets how recommendations are coordinated. Each setting is read
+// from the environment variable in its tag.
+type Config struct {
+	// MaxBatch is the most recommendations one coordinate request may
+	// carry. Conflict detection compares every pair, so it bounds the work
+	// of a request at MaxBatch^2.
+	MaxBatch int `env:"COORDINATION_MAX_BATCH, default=100"`
+	// AutoApproveMaxRisk is the highest risk a request with auto_approve
+	// lets pass without a person.
+	AutoApproveMaxRisk orchestrator.RiskLevel `env:"COORDINATION_AUTO_APPROVE_MAX_RISK, default=low"`
+	// ApprovalTTL* is how long an approval of each risk waits for a
+	// decision before it expires.
+	ApprovalTTLLow      time.Duration `env:"COORDINATION_APPROVAL_TTL_LOW, default=168h"`
+	ApprovalTTLMedium   time.Duration `env:"COORDINATION_APPROVAL_TTL_MEDIUM, default=48h"`
+	ApprovalTTLHigh     time.Duration `env:"COORDINATION_APPROVAL_TTL_HIGH, default=24h"`
+	ApprovalTTLCritical time.Duration `env:"COORDINATION_APPROVAL_TTL_CRITICAL, default=4h"`
+	// ContradictoryActions are the pairs of actions that undo each other:
+	// "a:b,c:d". Either order contradicts.
+	ContradictoryActions ActionTable `env:"COORDINATION_CONTRADICTORY_ACTIONS, default=scale_up:scale_down,enable:disable,increase:decrease,start:stop,migrate_to_spot:migrate_to_on_demand"`
+	// PlanTemplates are the steps of the plan of each action (see
+	// ParseTemplates for the format); any other action is one step.
+	PlanTemplates Templates `env:"COORDINATION_PLAN_TEMPLATES, default=migrate_to_spot=take_snapshot,migrate_workload,validate_quality;scale_down=validate_capacity,scale,validate_performance"`
+}
+
+// Limits of the settings. A batch of 10000 is 5*10^7 pairs to compare on
+// one request; an approval waiting more than a year is forgotten, not
+// pending; under a minute it expires before anyone can read it.
+const (
+	maxMaxBatch    = 10_000
+	minApprovalTTL = time.Minute
+	maxApprovalTTL = 365 * 24 * time.Hour
+)
+
+// Validate reports every setting that cannot be used, naming its variable.
+func (c Config) Validate() error {
+	errs := []error{
+		bound.Int("COORDINATION_MAX_BATCH", int64(c.MaxBatch), 1, maxMaxBatch),
+		bound.Duration("COORDINATION_APPROVAL_TTL_LOW", c.ApprovalTTLLow, minApprovalTTL, maxApprovalTTL),
+		bound.Duration("COORDINATION_APPROVAL_TTL_MEDIUM", c.ApprovalTTLMedium, minApprovalTTL, maxApprovalTTL),
+		bound.Duration("COORDINATION_APPROVAL_TTL_HIGH", c.ApprovalTTLHigh, minApprovalTTL, maxApprovalTTL),
+		bound.Duration("COORDINATION_APPROVAL_TTL_CRITICAL", c.ApprovalTTLCritical, minApprovalTTL, maxApprovalTTL),
+	}
+	if c.AutoApproveMaxRisk.Rank() < 0 {
+		errs = append(errs, fmt.Errorf("COORDINATION_AUTO_APPROVE_MAX_RISK=%q: must be one of %s", c.AutoApproveMaxRisk, riskNames()))
+	}
+	return errors.Join(errs...)
+}
+
+func riskNames() string {
+	names := make([]string, len(orchestrator.RiskLevels))
+	for i, r := range orchestrator.RiskLevels {
+		names[i] = string(r)
+	}
+	return strings.Join(names, ", ")
+}
+
+// ApprovalTTL is how long an approval of risk r waits; an unknown risk
+// gets the critical (shortest by default) one.
+func (c Config) ApprovalTTL(r orchestrator.RiskLevel) time.Duration {
+	switch r {
+	case orchestrator.RiskLow:
+		return c.ApprovalTTLLow
+	case orchestrator.RiskMedium:
+		return c.ApprovalTTLMedium
+	case orchestrator.RiskHigh:
+		return c.ApprovalTTLHigh
+	}
+	return c.ApprovalTTLCritical
+}
+
+// ActionTable holds the pairs of contradictory actions, both ways round:
+// table[a] holds b when a and b contradict.
+type ActionTable map[string]map[string]bool
+
+// Contradict reports whether actions a and b undo each other.
+func (t ActionTable) Contradict(a, b string) bool { return t[a][b] }
+
+// ParseActionTable reads "a:b,c:d": comma-separated pairs of actions
+// that contradict each other, in either order. Spaces around names are
+// ignored; an empty string is an empty table.
+func ParseActionTable(s string) (ActionTable, error) {
+	t := ActionTable{}
+	if strings.TrimSpace(s) == "" {
+		return t, nil
+	}
+	for pair := range strings.SplitSeq(s, ",") {
+		a, b, ok := strings.Cut(pair, ":")
+		a, b = strings.TrimSpace(a), strings.TrimSpace(b)
+		switch {
+		case !ok || a == "" || b == "" || strings.Contains(b, ":"):
+			return nil, fmt.Errorf("%q: want action:action", strings.TrimSpace(pair))
+		case a == b:
+			return nil, fmt.Errorf("%q: an action cannot contradict itself", strings.TrimSpace(pair))
+		}
+		for _, x := range []string{a, b} {
+			if err := registry.ValidTaskType(x); err != nil {
+				return nil, fmt.Errorf("%q: %w", strings.TrimSpace(pair), err)
+			}
+		}
+		add := func(x, y string) {
+			if t[x] == nil {
+				t[x] = map[string]bool{}
+			}
+			t[x][y] = true
+		}
+		add(a, b)
+		add(b, a)
+	}
+	return t, nil
+}
+
+// EnvDecode reads COORDINATION_CONTRADICTORY_ACTIONS.
+func (t *ActionTable) EnvDecode(s string) error {
+	parsed, err := ParseActionTable(s)
+	if err != nil {
+		return fmt.Errorf("COORDINATION_CONTRADICTORY_ACTIONS: %w", err)
+	}
+	*t = parsed
+	return nil
+}
+
+// StepTemplate is one step of a plan template.
+type StepTemplate struct {
+	Action     string
+	Critical   bool
+	Reversible bool
+}
+
+// Templates maps an action to the steps of its plan.
+type Templates map[string][]StepTemplate
+
+// maxStepAction bounds a step's action so that rollback_<action> is still
+// a valid task type (registry's 64 characters).
+const maxStepAction = 64 - len(rollbackPrefix)
+
+// ParseTemplates reads plan templates: "action=step,step;action=step".
+// Templates are separated by semicolons; a template is an action, "=",
+// and its steps in order, separated by commas. A step is its action,
+// optionally followed by ":" and flags joined by "+": critical, optional
+// (not critical), reversible, irreversible. Without flags a step takes
+// the defaults of DefaultStep: validate_* steps are critical and
+// irreversible (a failed check means the change is bad; there is nothing
+// to undo), every other step critical and reversible. For example
+// "scale_down=validate_capacity,scale,notify:optional+irreversible".
+func ParseTemplates(s string) (Templates, error) {
+	t := Templates{}
+	if strings.TrimSpace(s) == "" {
+		return t, nil
+	}
+	for tmpl := range strings.SplitSeq(s, ";") {
+		tmpl = strings.TrimSpace(tmpl)
+		action, steps, ok := strings.Cut(tmpl, "=")
+		action = strings.TrimSpace(action)
+		if !ok || action == "" || strings.TrimSpace(steps) == "" {
+			return nil, fmt.Errorf("%q: want action=step[,step]", tmpl)
+		}
+		if err := registry.ValidTaskType(action); err != nil {
+			return nil, fmt.Errorf("%q: action %w", tmpl, err)
+		}
+		if _, dup := t[action]; dup {
+			return nil, fmt.Errorf("%q: a second template for %s", tmpl, action)
+		}
+		for step := range strings.SplitSeq(steps, ",") {
+			st, err := parseStep(strings.TrimSpace(step))
+			if err != nil {
+				return nil, fmt.Errorf("%q: %w", tmpl, err)
+			}
+			t[action] = append(t[action], st)
+		}
+	}
+	return t, nil
+}
+
+func parseStep(s string) (StepTemplate, error) {
+	name, flags, hasFlags := strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if err := registry.ValidTaskType(name); err != nil {
+		return StepTemplate{}, fmt.Errorf("step %w", err)
+	}
+	if len(name) > maxStepAction {
+		return StepTemplate{}, fmt.Errorf("step %q: at most %d characters, so that %s%s is a task type", name, maxStepAction, rollbackPrefix, name)
+	}
+	st := DefaultStep(name)
+	if !hasFlags {
+		return st, nil
+	}
+	for flag := range strings.SplitSeq(flags, "+") {
+		switch strings.TrimSpace(flag) {
+		case "critical":
+			st.Critical = true
+		case "optional":
+			st.Critical = false
+		case "reversible":
+			st.Reversible = true
+		case "irreversible":
+			st.Reversible = false
+		default:
+			return StepTemplate{}, fmt.Errorf("step %s: unknown flag %q (want critical, optional, reversible or irreversible)", name, strings.TrimSpace(flag))
+		}
+	}
+	return st, nil
+}
+
+// DefaultStep is the step of action without flags: critical, and
+// reversible unless it is a validate_* check.
+func DefaultStep(action string) StepTemplate {
+	return StepTemplate{Action: action, Critical: true, Reversible: !strings.HasPrefix(action, "validate_")}
+}
+
+// String writes t back in the format ParseTemplates reads, actions sorted.
+func (t Templates) String() string {
+	var b strings.Builder
+	for i, action := range slices.Sorted(maps.Keys(t)) {
+		if i > 0 {
+			b.WriteByte(';')
+		}
+		b.WriteString(action + "=")
+		for j, st := range t[action] {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(st.Action)
+			if st != DefaultStep(st.Action) {
+				crit, rev := "optional", "irreversible"
+				if st.Critical {
+					crit = "critical"
+				}
+				if st.Reversible {
+					rev = "reversible"
+				}
+				b.WriteString(":" + crit + "+" + rev)
+			}
+		}
+	}
+	return b.String()
+}
+
+// EnvDecode reads COORDINATION_PLAN_TEMPLATES.
+func (t *Templates) EnvDecode(s string) error {
+	parsed, err := ParseTemplates(s)
+	if err != nil {
+		return fmt.Errorf("COORDINATION_PLAN_TEMPLATES: %w", err)
+	}
+	*t = parsed
+	return nil
+}
