@@ -35,6 +35,17 @@ type Config struct {
 	// PlanTemplates are the steps of the plan of each action (see
 	// ParseTemplates for the format); any other action is one step.
 	PlanTemplates Templates `env:"COORDINATION_PLAN_TEMPLATES, default=migrate_to_spot=take_snapshot,migrate_workload,validate_quality;scale_down=validate_capacity,scale,validate_performance"`
+	// MaxRecords bounds what the store holds: recommendations, conflicts,
+	// approvals and plans together. A coordination that would pass it is
+	// refused with ErrFull (503) until the sweep prunes.
+	MaxRecords int `env:"COORDINATION_MAX_RECORDS, default=100000"`
+	// Retention is how long a settled coordination (no approval pending,
+	// every plan finished) and an audit event are kept after their last
+	// change.
+	Retention time.Duration `env:"COORDINATION_RETENTION, default=168h"`
+	// SweepInterval is how often pending approvals past their expiry are
+	// expired, and settled coordinations pruned.
+	SweepInterval time.Duration `env:"COORDINATION_SWEEP_INTERVAL, default=30s"`
 }
 
 // Limits of the settings. A batch of 10000 is 5*10^7 pairs to compare on
@@ -44,6 +55,17 @@ const (
 	maxMaxBatch    = 10_000
 	minApprovalTTL = time.Minute
 	maxApprovalTTL = 365 * 24 * time.Hour
+	// A store of fewer records than a full batch's could refuse every
+	// batch; more than 10^8 is past what one process should hold.
+	minMaxRecords = 1000
+	maxMaxRecords = 100_000_000
+	// Retention under an hour forgets what an operator just decided;
+	// sweeping more often than every second is busy work, less often than
+	// every 10 minutes leaves expired approvals pending too long.
+	minRetention     = time.Hour
+	maxRetention     = 10 * 365 * 24 * time.Hour
+	minSweepInterval = time.Second
+	maxSweepInterval = 10 * time.Minute
 )
 
 // Validate reports every setting that cannot be used, naming its variable.
@@ -54,6 +76,9 @@ func (c Config) Validate() error {
 		bound.Duration("COORDINATION_APPROVAL_TTL_MEDIUM", c.ApprovalTTLMedium, minApprovalTTL, maxApprovalTTL),
 		bound.Duration("COORDINATION_APPROVAL_TTL_HIGH", c.ApprovalTTLHigh, minApprovalTTL, maxApprovalTTL),
 		bound.Duration("COORDINATION_APPROVAL_TTL_CRITICAL", c.ApprovalTTLCritical, minApprovalTTL, maxApprovalTTL),
+		bound.Int("COORDINATION_MAX_RECORDS", int64(c.MaxRecords), minMaxRecords, maxMaxRecords),
+		bound.Duration("COORDINATION_RETENTION", c.Retention, minRetention, maxRetention),
+		bound.Duration("COORDINATION_SWEEP_INTERVAL", c.SweepInterval, minSweepInterval, maxSweepInterval),
 	}
 	if c.AutoApproveMaxRisk.Rank() < 0 {
 		errs = append(errs, fmt.Errorf("COORDINATION_AUTO_APPROVE_MAX_RISK=%q: must be one of %s", c.AutoApproveMaxRisk, riskNames()))

@@ -37,6 +37,9 @@ func TestDefaultConfig(t *testing.T) {
 	if got := cfg.PlanTemplates.String(); got != want {
 		t.Errorf("templates = %s, want %s", got, want)
 	}
+	if cfg.MaxRecords != 100_000 || cfg.Retention != 7*24*time.Hour || cfg.SweepInterval != 30*time.Second {
+		t.Errorf("max records %d, retention %v, sweep interval %v; want 100000, 168h, 30s", cfg.MaxRecords, cfg.Retention, cfg.SweepInterval)
+	}
 }
 
 func TestConfigFromEnvironment(t *testing.T) {
@@ -97,6 +100,10 @@ func TestConfigValidate(t *testing.T) {
 		{"ttl negative", func(c *coordination.Config) { c.ApprovalTTLLow = -time.Hour }, "COORDINATION_APPROVAL_TTL_LOW="},
 		{"ttl past a year", func(c *coordination.Config) { c.ApprovalTTLMedium = 366 * 24 * time.Hour }, "COORDINATION_APPROVAL_TTL_MEDIUM="},
 		{"ttl critical", func(c *coordination.Config) { c.ApprovalTTLCritical = time.Second }, "COORDINATION_APPROVAL_TTL_CRITICAL="},
+		{"records few", func(c *coordination.Config) { c.MaxRecords = 10 }, `COORDINATION_MAX_RECORDS="10": must be from 1000 to 100000000`},
+		{"retention short", func(c *coordination.Config) { c.Retention = time.Minute }, "COORDINATION_RETENTION="},
+		{"sweep zero", func(c *coordination.Config) { c.SweepInterval = 0 }, "COORDINATION_SWEEP_INTERVAL="},
+		{"sweep slow", func(c *coordination.Config) { c.SweepInterval = time.Hour }, "COORDINATION_SWEEP_INTERVAL="},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultConfig(t)

@@ -37,6 +37,14 @@ var (
 	// ErrInvalidTransition: a plan cannot move from its status to the one
 	// asked, for example executing a plan twice or a finished plan (409).
 	ErrInvalidTransition = errors.New("invalid plan transition")
+
+	// ErrExecutionUnavailable: the request asked for plans to run
+	// (execute_now), and this orchestrator cannot run plans yet (501 Not
+	// Implemented until the executor comes). The request is refused whole,
+	// before anything is stored: pretending to run a plan, or storing the
+	// batch and silently not running it, would both tell the caller a change
+	// was applied that was not.
+	ErrExecutionUnavailable = errors.New("plan execution is not available yet: submit without execute_now")
 )
 
 // FieldError is a field of a request that cannot be accepted: Field names

@@ -58,8 +58,19 @@ const (
 // Recommendation is a change an agent proposes, as it is submitted in a
 // CoordinateRequest and as the orchestrator shows it.
 type Recommendation struct {
-	// ID is chosen by the submitter and unique within its batch.
+	// ID is chosen by the submitter and unique within its batch. Agents
+	// reuse their ids from batch to batch, so it names a recommendation
+	// only within its coordination: RecordID names it in the orchestrator.
 	ID string `json:"id"`
+	// RecordID is the orchestrator's id of the stored recommendation,
+	// unique across batches: GET /coordination/recommendations/{id}, and
+	// the recommendation_id of its approval and plan, use it. Set by the
+	// orchestrator; a submitted one is ignored. An addition.
+	RecordID string `json:"record_id,omitempty"`
+	// CoordinationID is the id of the coordination (the POST
+	// /coordination/coordinate answer) the recommendation came in. Set by
+	// the orchestrator. An addition.
+	CoordinationID string `json:"coordination_id,omitempty"`
 	// AgentID is the agent that made the recommendation.
 	AgentID string `json:"agent_id,omitempty"`
 	// AgentType is the type of the agents that carry the recommendation's
@@ -154,7 +165,8 @@ type ApprovalVote struct {
 
 // Approval is a person's decision a recommendation waits for.
 type Approval struct {
-	ID               string         `json:"id"`
+	ID string `json:"id"`
+	// RecommendationID is the RecordID of the recommendation approved.
 	RecommendationID string         `json:"recommendation_id"`
 	CustomerID       string         `json:"customer_id"`
 	RiskLevel        RiskLevel      `json:"risk_level"`
@@ -250,7 +262,8 @@ type PlanStep struct {
 // Plan is how an approved recommendation is carried out: its steps, run
 // in order.
 type Plan struct {
-	ID               string     `json:"id"`
+	ID string `json:"id"`
+	// RecommendationID is the RecordID of the recommendation carried out.
 	RecommendationID string     `json:"recommendation_id"`
 	CustomerID       string     `json:"customer_id"`
 	Steps            []PlanStep `json:"steps"`
@@ -293,4 +306,48 @@ type CoordinateResponse struct {
 	Approvals       []Approval       `json:"approvals"`
 	ExecutionPlans  []Plan           `json:"execution_plans"`
 	CreatedAt       time.Time        `json:"created_at"`
+}
+
+// EventKind names a change of state recorded in the coordination audit
+// log.
+type EventKind string
+
+// Event kinds. Each names what changed and how; SubjectID names the
+// record: a coordination, a recommendation's RecordID, an approval or a
+// plan.
+const (
+	EventCoordinationCreated        EventKind = "coordination.created"
+	EventRecommendationSuperseded   EventKind = "recommendation.superseded"
+	EventRecommendationRejected     EventKind = "recommendation.rejected"
+	EventRecommendationAutoApproved EventKind = "recommendation.auto_approved"
+	EventApprovalRequested          EventKind = "approval.requested"
+	// EventApprovalVoted: a first approver of a change that needs two.
+	EventApprovalVoted    EventKind = "approval.voted"
+	EventApprovalApproved EventKind = "approval.approved"
+	EventApprovalRejected EventKind = "approval.rejected"
+	EventApprovalExpired  EventKind = "approval.expired"
+	EventPlanCreated      EventKind = "plan.created"
+	EventPlanCancelled    EventKind = "plan.cancelled"
+)
+
+// Event is one entry of the append-only coordination audit log
+// (GET /coordination/events): who changed what, when, in which request.
+// An addition.
+type Event struct {
+	// Seq orders the log: every event has a greater Seq than those
+	// appended before it. Pass the last one seen as since to read on.
+	Seq        uint64    `json:"seq"`
+	At         time.Time `json:"at"`
+	CustomerID string    `json:"customer_id"`
+	Kind       EventKind `json:"kind"`
+	// SubjectID is the id of the record that changed.
+	SubjectID string `json:"subject_id"`
+	// Actor is who made the change: an operator's name, the submitter of
+	// a batch, or empty for the orchestrator itself (the expiry sweep).
+	Actor string `json:"actor,omitempty"`
+	// RequestID is the X-Request-ID of the request that made the change.
+	RequestID string `json:"request_id,omitempty"`
+	// Details is a JSON object saying more (a rejection's reason, the
+	// winner of a conflict).
+	Details json.RawMessage `json:"details,omitempty"`
 }

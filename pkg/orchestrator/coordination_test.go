@@ -20,13 +20,14 @@ func TestCoordinationFieldNames(t *testing.T) {
 		want string
 	}{
 		{reflect.TypeFor[orchestrator.Recommendation](), "id agent_id agent_type customer_id type title description action risk_level estimated_savings estimated_impact affected_resources parameters dependencies priority confidence created_at expires_at status metadata" +
-			" superseded_by"},
+			" superseded_by record_id coordination_id"},
 		{reflect.TypeFor[orchestrator.Conflict](), "id type recommendation_ids description severity resolved resolution detected_at"},
 		{reflect.TypeFor[orchestrator.Approval](), "id recommendation_id customer_id risk_level status requested_by requested_at approved_by approved_at rejected_by rejected_at rejection_reason expires_at" +
 			" required_approvals approvals"},
 		{reflect.TypeFor[orchestrator.Plan](), "id recommendation_id customer_id steps status current_step created_at started_at completed_at rolled_back_at total_duration_ms"},
 		{reflect.TypeFor[orchestrator.PlanStep](), "id action agent_id parameters critical reversible status result error started_at completed_at duration_ms" +
 			" agent_type rollback_of"},
+		{reflect.TypeFor[orchestrator.Event](), "seq at customer_id kind subject_id actor request_id details"},
 		{reflect.TypeFor[orchestrator.CoordinateRequest](), "customer_id recommendations auto_approve execute_now"},
 		{reflect.TypeFor[orchestrator.CoordinateResponse](), "id total_recommendations conflicts_detected conflicts_resolved recommendations_kept approvals_required auto_approved conflicts recommendations approvals execution_plans created_at"},
 	} {
