@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/optiinfra/orchestrator/internal/coordination"
+	"github.com/optiinfra/orchestrator/internal/coordination/coordinationtest"
 	"github.com/optiinfra/orchestrator/internal/eventually"
 	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
@@ -544,18 +545,7 @@ func TestConcurrentApprovalsOneWinner(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	wins := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			wins++
-		case !errors.Is(err, coordination.ErrAlreadyDecided):
-			t.Errorf("a loser got %v, want ErrAlreadyDecided", err)
-		}
-	}
-	if wins != 1 {
-		t.Fatalf("%d approvals won, want exactly 1", wins)
-	}
+	coordinationtest.OneWinner(t, errs)
 	if ps, _, _ := e.engine.Plans(ctx, coordination.PlanQuery{}); len(ps) != 1 {
 		t.Errorf("%d plans, want 1", len(ps))
 	}

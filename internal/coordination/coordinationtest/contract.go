@@ -413,18 +413,7 @@ func testConcurrentDecide(t *testing.T, s coordination.Store) {
 		})
 	}
 	wg.Wait()
-	wins := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			wins++
-		case !errors.Is(err, coordination.ErrAlreadyDecided):
-			t.Errorf("a loser got %v, want ErrAlreadyDecided", err)
-		}
-	}
-	if wins != 1 {
-		t.Fatalf("%d decisions won, want exactly 1", wins)
-	}
+	OneWinner(t, errs)
 	if plans, _, _ := s.Plans(ctx, coordination.PlanQuery{Limit: 100}); len(plans) != 1 {
 		t.Errorf("%d plans, want the winner's only", len(plans))
 	}
@@ -713,5 +702,23 @@ func testCancelledContext(t *testing.T, s coordination.Store) {
 	}
 	if _, _, err := s.Events(ctx, coordination.EventQuery{Limit: 1}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Events: %v, want context.Canceled", err)
+	}
+}
+
+// OneWinner fails t unless exactly one of errs, the results of concurrent
+// decisions of one approval, is nil and every other is ErrAlreadyDecided.
+func OneWinner(t *testing.T, errs []error) {
+	t.Helper()
+	wins := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case !errors.Is(err, coordination.ErrAlreadyDecided):
+			t.Errorf("a loser got %v, want ErrAlreadyDecided", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d decisions won, want exactly 1", wins)
 	}
 }
