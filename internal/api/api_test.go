@@ -65,6 +65,8 @@ type fixtureOptions struct {
 	database *pgxpool.Pool
 	// now, when set, is the coordination engine's clock (app.Options).
 	now func() time.Time
+	// coordination, when set, replaces testEnv's coordination settings.
+	coordination *coordination.Config
 }
 
 // testEnv is the fixture's environment: the production defaults, with
@@ -114,6 +116,9 @@ func newFixtureWith(t testing.TB, cfg api.Config, level zapcore.Level, fo fixtur
 	t.Helper()
 	conf := loadTestEnv()
 	conf.API, conf.Registry, conf.Dispatch, conf.Auth = cfg, fo.agents, fo.dispatch, fo.auth
+	if fo.coordination != nil {
+		conf.Coordination = *fo.coordination
+	}
 	if err := conf.Validate(); err != nil {
 		t.Fatalf("the fixture's settings: %v", err) // as the service would refuse to start
 	}

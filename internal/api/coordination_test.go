@@ -481,3 +481,33 @@ func TestPlansAndRecommendations(t *testing.T) {
 		t.Errorf("%d events after 2027", events.Count)
 	}
 }
+
+// TestCoordinateFull: past COORDINATION_MAX_RECORDS a batch is 503 with
+// Retry-After, and nothing of it is stored.
+func TestCoordinateFull(t *testing.T) {
+	cfg := loadTestEnv().Coordination
+	cfg.MaxRecords = 1000
+	f := newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{
+		agents: testAgentsConfig, dispatch: testDispatchConfig, coordination: &cfg,
+	})
+	batch := func(n int) string {
+		recs := make([]string, 100)
+		for i := range recs {
+			recs[i] = recJSON(fmt.Sprint("r", i), "tune", "low", 1, fmt.Sprint("b", n, "-i", i))
+		}
+		return batchJSON(true, recs...) // 100 recommendations and 100 plans: 200 records
+	}
+	for n := range 5 {
+		coordinate(t, f, batch(n))
+	}
+	rec := f.call(http.MethodPost, "/coordination/coordinate", batch(5))
+	expectError(t, "the sixth batch", rec, http.StatusServiceUnavailable)
+	if rec.Header().Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	var list struct{ Count int }
+	decodeInto(t, "plans", f.get("/coordination/plans?limit=1000"), &list)
+	if list.Count != 500 {
+		t.Errorf("%d plans stored, want the first five batches' 500", list.Count)
+	}
+}
