@@ -41,7 +41,7 @@ APT_PACKAGES += mmdebstrap postgresql-client
 SCRIPTS := $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 
 # Every fuzz target, as package:Function.
-FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask ./internal/api:FuzzRegisterV1 ./internal/api:FuzzHeartbeatV1 ./internal/coordination:FuzzCoordinateRequest
+FUZZ_TARGETS := ./internal/config:FuzzLoad ./internal/api:FuzzRequestID ./internal/api:FuzzRegister ./internal/api:FuzzHeartbeat ./internal/api:FuzzSubmitTask ./internal/api:FuzzRegisterV1 ./internal/api:FuzzHeartbeatV1 ./internal/coordination:FuzzCoordinateRequest ./internal/api:FuzzCoordinate
 
 .PHONY: help
 help: ## List the targets

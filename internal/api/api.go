@@ -80,6 +80,9 @@ type Options struct {
 	// only when they are set.
 	Agents Agents
 	Tasks  Tasks
+	// Coordination serves /coordination and /api/v1/recommendations,
+	// mounted only when set.
+	Coordination Coordination
 	// Auth checks the bearer tokens of /agents and /tasks; nil leaves them open.
 	Auth *auth.Authenticator
 }
@@ -114,6 +117,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.Tasks != nil {
 		mountTasks(rt, opts.Tasks, opts.Auth)
+	}
+	if opts.Coordination != nil {
+		mountCoordination(rt, opts.Coordination, opts.Auth)
 	}
 	if opts.Config.FaultsEnabled {
 		mountFaults(rt, opts.Health)

@@ -25,6 +25,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
 	"github.com/optiinfra/orchestrator/internal/config"
+	"github.com/optiinfra/orchestrator/internal/coordination"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
@@ -48,6 +49,8 @@ type fixture struct {
 	inFlight   *inflight.Tracker
 	agents     *agents.Registry
 	dispatcher app.Tasks
+	// coordination is the engine behind /coordination, to sweep by hand.
+	coordination *coordination.Engine
 }
 
 // fixtureOptions change the fixture's domain settings.
@@ -60,6 +63,10 @@ type fixtureOptions struct {
 	beforeStart func(*app.Service)
 	// database, when set, keeps the agents in PostgreSQL (app.Options).
 	database *pgxpool.Pool
+	// now, when set, is the coordination engine's clock (app.Options).
+	now func() time.Time
+	// coordination, when set, replaces testEnv's coordination settings.
+	coordination *coordination.Config
 }
 
 // testEnv is the fixture's environment: the production defaults, with
@@ -109,11 +116,14 @@ func newFixtureWith(t testing.TB, cfg api.Config, level zapcore.Level, fo fixtur
 	t.Helper()
 	conf := loadTestEnv()
 	conf.API, conf.Registry, conf.Dispatch, conf.Auth = cfg, fo.agents, fo.dispatch, fo.auth
+	if fo.coordination != nil {
+		conf.Coordination = *fo.coordination
+	}
 	if err := conf.Validate(); err != nil {
 		t.Fatalf("the fixture's settings: %v", err) // as the service would refuse to start
 	}
 	core, logs := observer.New(level)
-	svc, err := app.New(app.Options{Config: conf, Logger: zap.New(core), Build: testBuild, Database: fo.database})
+	svc, err := app.New(app.Options{Config: conf, Logger: zap.New(core), Build: testBuild, Database: fo.database, Now: fo.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,13 +133,14 @@ func newFixtureWith(t testing.TB, cfg api.Config, level zapcore.Level, fo fixtur
 	t.Cleanup(svc.Start(context.Background()))
 	svc.Health.MarkStarted() // as the server does once it listens
 	return &fixture{
-		handler:    svc.Handler,
-		health:     svc.Health,
-		registry:   svc.Metrics,
-		logs:       logs,
-		inFlight:   svc.InFlight,
-		agents:     svc.Agents,
-		dispatcher: svc.Tasks,
+		handler:      svc.Handler,
+		health:       svc.Health,
+		registry:     svc.Metrics,
+		logs:         logs,
+		inFlight:     svc.InFlight,
+		agents:       svc.Agents,
+		dispatcher:   svc.Tasks,
+		coordination: svc.Coordination,
 	}
 }
 

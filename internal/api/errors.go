@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/optiinfra/orchestrator/internal/coordination"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/registry"
 	"github.com/optiinfra/orchestrator/internal/storeerr"
@@ -46,6 +47,11 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 // leaves its Service.
 const retryAfterUnavailable = "5"
 
+// retryAfterCoordinationFull is the Retry-After, in seconds, of a 503 for a
+// full coordination store: the default COORDINATION_SWEEP_INTERVAL, after
+// which the sweep has pruned what has settled.
+const retryAfterCoordinationFull = "30"
+
 // writeDomainError answers for an error of the domain or of decoding: each
 // error's HTTP meaning is decided here and nowhere else. Anything not
 // known is a 500 whose cause goes to the access log, not to the client.
@@ -53,6 +59,7 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 	var (
 		body  *bodyError
 		field *registry.FieldError
+		coord *coordination.FieldError
 		noAgt *dispatch.NoAgentError
 	)
 	switch {
@@ -68,10 +75,30 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		w.Header().Set("Retry-After", retryAfterUnavailable)
 		writeError(w, http.StatusServiceUnavailable, "storage unavailable: the orchestrator cannot reach its database now; retry in a few seconds")
-	case errors.Is(err, registry.ErrTooLarge):
+	case errors.Is(err, registry.ErrTooLarge), errors.Is(err, coordination.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.As(err, &field):
 		writeError(w, http.StatusBadRequest, field.Error())
+	case errors.As(err, &coord):
+		writeError(w, http.StatusBadRequest, coord.Error())
+	case errors.Is(err, coordination.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, coordination.ErrAlreadyDecided), errors.Is(err, coordination.ErrAlreadyApproved),
+		errors.Is(err, coordination.ErrInvalidTransition):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, coordination.ErrExpired):
+		// Gone, not 409: no state of the approval will accept a decision
+		// again; the recommendation must be submitted anew.
+		writeError(w, http.StatusGone, err.Error())
+	case errors.Is(err, coordination.ErrSelfApproval):
+		writeError(w, http.StatusForbidden, err.Error())
+	case errors.Is(err, coordination.ErrFull):
+		// Like storage that cannot be reached: the capacity frees as the
+		// sweep prunes settled coordinations, so the client may retry.
+		w.Header().Set("Retry-After", retryAfterCoordinationFull)
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(err, coordination.ErrExecutionUnavailable):
+		writeError(w, http.StatusNotImplemented, err.Error())
 	case errors.Is(err, registry.ErrIDTaken):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, registry.ErrNotOwner):
@@ -112,7 +139,7 @@ func writeDomainError(w http.ResponseWriter, r *http.Request, err error) {
 
 // notFoundAs names what was not found: agent "1234" not found.
 func notFoundAs(err error, what, id string) error {
-	if errors.Is(err, registry.ErrNotFound) || errors.Is(err, dispatch.ErrNotFound) {
+	if errors.Is(err, registry.ErrNotFound) || errors.Is(err, dispatch.ErrNotFound) || errors.Is(err, coordination.ErrNotFound) {
 		return &notFoundError{what: what, id: id, err: err}
 	}
 	return err

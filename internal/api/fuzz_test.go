@@ -232,3 +232,71 @@ func FuzzSubmitTask(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCoordinate posts bodies to /coordination/coordinate through the
+// real handler: never a 500 or a panic, only the documented statuses, and
+// an accepted batch's answer adds up (each kept recommendation has an
+// approval or a plan; each superseded one names a kept winner).
+func FuzzCoordinate(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	rec := func(id, action, risk string, res string, extra string) string {
+		return `{"id":"` + id + `","agent_id":"a1","agent_type":"cost","action":"` + action + `","risk_level":"` + risk +
+			`","priority":1,"confidence":0.5,"affected_resources":[` + res + `]` + extra + `}`
+	}
+	for _, s := range []string{
+		`{"customer_id":"acme","recommendations":[]}`,
+		`{"customer_id":"acme","auto_approve":true,"recommendations":[` + rec("a", "scale_up", "low", `"x"`, "") + `,` + rec("b", "scale_down", "low", `"x"`, "") + `]}`,
+		`{"customer_id":"acme","recommendations":[` + rec("a", "tune", "critical", `"x"`, `,"dependencies":["b"]`) + `,` + rec("b", "tune", "low", `"y"`, `,"dependencies":["a"]`) + `]}`,
+		`{"customer_id":"acme","recommendations":[` + rec("a", "tune", "low", `"x"`, `,"dependencies":["a"]`) + `]}`,
+		`{"customer_id":"acme","recommendations":[` + rec("a", "tune", "extreme", `"x"`, "") + `]}`,
+		`{"customer_id":"acme","recommendations":[` + rec("a", "tune", "low", `"x"`, `,"confidence":2`) + `]}`,
+		`{"customer_id":"acme","recommendations":[` + rec("a", "tune", "low", `"x"`, `,"customer_id":"globex"`) + `]}`,
+		`{"customer_id":"acme","execute_now":true,"recommendations":[` + rec("a", "tune", "low", `"x"`, "") + `]}`,
+		`{"customer_id":"acme","auto_approve":true,"recommendations":[` + rec("a", "migrate_to_spot", "medium", `"x","y"`, `,"parameters":{"k":[1]},"metadata":null`) + `]}`,
+		`{"customer_id":"","recommendations":null}`,
+		`{"customer_id":"acme","recommendations":[{"id":"a","agent_type":"cost","action":"","risk_level":"low"}]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	fx := fuzzFixture(f, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		res := fx.do(httptest.NewRequest(http.MethodPost, "/coordination/coordinate", bytes.NewReader(body)))
+		checkFuzzResponse(t, "POST /coordination/coordinate", body, res, 200, 400, 413, 501, 503)
+		if res.Code != http.StatusOK {
+			return
+		}
+		var out struct {
+			Total     int `json:"total_recommendations"`
+			Kept      int `json:"recommendations_kept"`
+			Required  int `json:"approvals_required"`
+			Auto      int `json:"auto_approved"`
+			Approvals []json.RawMessage
+			Plans     []json.RawMessage `json:"execution_plans"`
+			Recs      []struct {
+				ID           string `json:"id"`
+				Status       string `json:"status"`
+				SupersededBy string `json:"superseded_by"`
+			} `json:"recommendations"`
+		}
+		if err := json.Unmarshal(res.Body.Bytes(), &out); err != nil {
+			t.Fatalf("%q: answer %s: %v", body, res.Body, err)
+		}
+		kept := map[string]bool{}
+		for _, r := range out.Recs {
+			if r.Status == "pending" || r.Status == "auto_approved" {
+				kept[r.ID] = true
+			}
+		}
+		if out.Total != len(out.Recs) || out.Required != len(out.Approvals) || out.Auto != len(out.Plans) ||
+			out.Kept != out.Required+out.Auto || out.Kept != len(kept) {
+			t.Fatalf("%q: the answer does not add up: %s", body, res.Body)
+		}
+		for _, r := range out.Recs {
+			if r.Status == "superseded" && !kept[r.SupersededBy] {
+				t.Fatalf("%q: %s superseded by %q, which was not kept: %s", body, r.ID, r.SupersededBy, res.Body)
+			}
+		}
+	})
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/optiinfra/orchestrator/internal/auth"
 	"github.com/optiinfra/orchestrator/internal/buildinfo"
 	"github.com/optiinfra/orchestrator/internal/config"
+	"github.com/optiinfra/orchestrator/internal/coordination"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/inflight"
@@ -45,6 +46,9 @@ type Options struct {
 	// tasks are dispatched by a dispatch.Cluster over it. With Database
 	// set and no TaskQueue, the database's queue is used.
 	TaskQueue dispatch.Queue
+	// Now is the clock of the coordination engine (approvals' expiry);
+	// it defaults to time.Now. Tests pass a fake one.
+	Now func() time.Time
 }
 
 // Tasks is the dispatcher the service runs: dispatch.Dispatcher in memory
@@ -59,9 +63,12 @@ type Tasks interface {
 
 // Service is the orchestrator, wired and not yet running.
 type Service struct {
-	Agents  *registry.Registry
-	Tasks   Tasks
-	Handler http.Handler
+	Agents *registry.Registry
+	Tasks  Tasks
+	// Coordination coordinates agents' recommendations; its records are
+	// in this process's memory, whatever the database.
+	Coordination *coordination.Engine
+	Handler      http.Handler
 	// Health holds the probes' checks and the started and draining
 	// switches; Serve marks the service started once it listens.
 	Health *health.Health
@@ -108,20 +115,37 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.Agents.OnChange(s.Tasks.Pump)
+	if opts.Database != nil {
+		// Said at every start, so no operator of several replicas takes
+		// an approval on one pod for a record the others share.
+		log.Warn("coordination records (recommendations, approvals, plans, events) are kept in this replica's memory, " +
+			"not in the database: each replica has its own, and a restart loses them")
+	}
+	s.Coordination, err = coordination.NewEngine(coordination.EngineOptions{
+		Store:   coordination.NewMemoryStore(),
+		Config:  cfg.Coordination,
+		Logger:  log.Named("coordination"),
+		Metrics: metrics,
+		Now:     opts.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
 	tokens, err := auth.New(cfg.Auth)
 	if err != nil {
 		return nil, err // validated already; a token file may have changed since
 	}
 	s.Handler, err = api.New(api.Options{
-		Config:   cfg.API,
-		Logger:   log,
-		Metrics:  metrics,
-		Health:   s.Health,
-		Build:    opts.Build,
-		InFlight: s.InFlight,
-		Agents:   s.Agents,
-		Tasks:    s.Tasks,
-		Auth:     tokens,
+		Config:       cfg.API,
+		Logger:       log,
+		Metrics:      metrics,
+		Health:       s.Health,
+		Build:        opts.Build,
+		InFlight:     s.InFlight,
+		Agents:       s.Agents,
+		Tasks:        s.Tasks,
+		Coordination: s.Coordination,
+		Auth:         tokens,
 	})
 	if err != nil {
 		return nil, err
@@ -178,7 +202,7 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // Start runs the background loops (health checks, agent liveness, task
-// delivery and pruning) and returns the function that stops them and waits
+// delivery and pruning, the coordination sweep) and returns the function that stops them and waits
 // for them to end. ctx lends the loops its values, not its end: they run
 // until stop is called. Serve starts them itself; Start is for driving
 // Handler without serving (the API tests do), where the caller marks the
@@ -191,6 +215,7 @@ func (s *Service) Start(ctx context.Context) (stop func()) {
 	wg.Go(func() { s.Health.Run(bgCtx) })
 	wg.Go(func() { s.Agents.Run(bgCtx) })
 	wg.Go(func() { s.Tasks.Run(bgCtx) })
+	wg.Go(func() { s.Coordination.Run(bgCtx) })
 	return func() {
 		cancel()
 		wg.Wait()

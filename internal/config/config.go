@@ -20,6 +20,7 @@ import (
 
 	"github.com/optiinfra/orchestrator/internal/api"
 	"github.com/optiinfra/orchestrator/internal/auth"
+	"github.com/optiinfra/orchestrator/internal/coordination"
 	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/internal/health"
 	"github.com/optiinfra/orchestrator/internal/logging"
@@ -41,6 +42,10 @@ type Config struct {
 	Registry registry.Config
 	Dispatch dispatch.Config
 	Auth     auth.Config
+	// Coordination is how agents' recommendations are coordinated. Its
+	// records are kept in memory even when Database is set (no PostgreSQL
+	// store for them yet).
+	Coordination coordination.Config
 	// Database is where state is kept: PostgreSQL when DATABASE_URL or
 	// DATABASE_URL_FILE is set, process memory otherwise.
 	Database postgres.Config
@@ -146,7 +151,7 @@ func (c *Config) Validate() error {
 	if !environmentName.MatchString(c.Environment) {
 		errs = append(errs, fmt.Errorf("ENVIRONMENT=%q: must be 1 to 63 letters, digits, '.', '_' or '-'", c.Environment))
 	}
-	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API, c.Registry, c.Dispatch, c.Auth, c.Database} {
+	for _, v := range []interface{ Validate() error }{c.Server, c.Log, c.Health, c.API, c.Registry, c.Dispatch, c.Auth, c.Coordination, c.Database} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -166,6 +171,7 @@ func (c *Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 		enc.AddObject("agents", c.Registry),
 		enc.AddObject("tasks", c.Dispatch),
 		enc.AddObject("auth", c.Auth),
+		enc.AddObject("coordination", c.Coordination),
 		enc.AddObject("database", c.Database),
 	)
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/optiinfra/orchestrator/internal/config/bound"
 	"github.com/optiinfra/orchestrator/internal/registry"
 	"github.com/optiinfra/orchestrator/pkg/orchestrator"
@@ -86,6 +88,22 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// MarshalLogObject lets the startup line show the effective settings.
+func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddInt("max_batch", c.MaxBatch)
+	enc.AddString("auto_approve_max_risk", string(c.AutoApproveMaxRisk))
+	enc.AddDuration("approval_ttl_low", c.ApprovalTTLLow)
+	enc.AddDuration("approval_ttl_medium", c.ApprovalTTLMedium)
+	enc.AddDuration("approval_ttl_high", c.ApprovalTTLHigh)
+	enc.AddDuration("approval_ttl_critical", c.ApprovalTTLCritical)
+	enc.AddString("contradictory_actions", c.ContradictoryActions.String())
+	enc.AddString("plan_templates", c.PlanTemplates.String())
+	enc.AddInt("max_records", c.MaxRecords)
+	enc.AddDuration("retention", c.Retention)
+	enc.AddDuration("sweep_interval", c.SweepInterval)
+	return nil
+}
+
 func riskNames() string {
 	names := make([]string, len(orchestrator.RiskLevels))
 	for i, r := range orchestrator.RiskLevels {
@@ -147,6 +165,21 @@ func ParseActionTable(s string) (ActionTable, error) {
 		add(b, a)
 	}
 	return t, nil
+}
+
+// String writes t back in the format ParseActionTable reads, each pair
+// once (the first of its actions in sort order on the left), sorted.
+func (t ActionTable) String() string {
+	var pairs []string
+	for a, others := range t {
+		for b := range others {
+			if a < b {
+				pairs = append(pairs, a+":"+b)
+			}
+		}
+	}
+	slices.Sort(pairs)
+	return strings.Join(pairs, ",")
 }
 
 // EnvDecode reads COORDINATION_CONTRADICTORY_ACTIONS.

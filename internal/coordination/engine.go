@@ -326,6 +326,45 @@ func (e *Engine) Reject(ctx context.Context, id string, actor Actor, reason stri
 	return a, err
 }
 
+// ApproveRecommendation is Approve for the approval of the recommendation
+// whose RecordID is recordID: the portal decides by recommendation.
+// Errors as Approve's; ErrNotFound for an unknown recommendation, and
+// ErrAlreadyDecided for one that has no approval (auto-approved,
+// superseded or rejected by the resolution): nothing is left to decide.
+func (e *Engine) ApproveRecommendation(ctx context.Context, recordID string, actor Actor) (orchestrator.Approval, *orchestrator.Plan, error) {
+	id, err := e.approvalOf(ctx, recordID)
+	if err != nil {
+		return orchestrator.Approval{}, nil, err
+	}
+	return e.Approve(ctx, id, actor)
+}
+
+// RejectRecommendation is Reject for the approval of the recommendation
+// whose RecordID is recordID, with ApproveRecommendation's errors.
+func (e *Engine) RejectRecommendation(ctx context.Context, recordID string, actor Actor, reason string) (orchestrator.Approval, error) {
+	id, err := e.approvalOf(ctx, recordID)
+	if err != nil {
+		return orchestrator.Approval{}, err
+	}
+	return e.Reject(ctx, id, actor, reason)
+}
+
+// approvalOf is the id of the approval of recommendation recordID.
+func (e *Engine) approvalOf(ctx context.Context, recordID string) (string, error) {
+	rec, err := e.store.Recommendation(ctx, recordID)
+	if err != nil {
+		return "", err
+	}
+	page, _, err := e.store.Approvals(ctx, ApprovalQuery{RecommendationID: recordID, Limit: 1})
+	if err != nil {
+		return "", err
+	}
+	if len(page) == 0 {
+		return "", fmt.Errorf("%w: recommendation %s is %s and waits for no approval", ErrAlreadyDecided, recordID, rec.Status)
+	}
+	return page[0].ID, nil
+}
+
 func (e *Engine) decide(ctx context.Context, id string, actor Actor, d Decision) (orchestrator.Approval, *orchestrator.Plan, error) {
 	if err := needName(actor); err != nil {
 		return orchestrator.Approval{}, nil, err

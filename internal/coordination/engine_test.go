@@ -649,3 +649,35 @@ func TestRunSweepsUntilCancelled(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestDecideByRecommendation: the portal's ApproveRecommendation and
+// RejectRecommendation decide the approval of a recommendation's record
+// id; one without an approval is decided already (409), an unknown one
+// is not found (404).
+func TestDecideByRecommendation(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	resp := e.coordinate(t, false, rec("r1", on("x")), rec("r2", on("y")), rec("r3", on("x"), prio(-1)))
+	r1, r2, r3 := byID(t, resp, "r1").RecordID, byID(t, resp, "r2").RecordID, byID(t, resp, "r3").RecordID
+	a, plan, err := e.engine.ApproveRecommendation(ctx, r1, alice)
+	if err != nil || a.Status != orchestrator.ApprovalApproved || a.RecommendationID != r1 || plan == nil || plan.RecommendationID != r1 {
+		t.Fatalf("ApproveRecommendation(r1) = %+v, %+v, %v", a, plan, err)
+	}
+	a, err = e.engine.RejectRecommendation(ctx, r2, bob, "no")
+	if err != nil || a.Status != orchestrator.ApprovalRejected || a.RecommendationID != r2 || a.RejectedBy != "bob" {
+		t.Fatalf("RejectRecommendation(r2) = %+v, %v", a, err)
+	}
+	if _, _, err := e.engine.ApproveRecommendation(ctx, r1, bob); !errors.Is(err, coordination.ErrAlreadyDecided) {
+		t.Errorf("approving r1 again: %v, want ErrAlreadyDecided", err)
+	}
+	if _, err := e.engine.RejectRecommendation(ctx, r3, bob, ""); !errors.Is(err, coordination.ErrAlreadyDecided) ||
+		!strings.Contains(err.Error(), "superseded") {
+		t.Errorf("rejecting superseded r3: %v, want ErrAlreadyDecided saying superseded", err)
+	}
+	if _, _, err := e.engine.ApproveRecommendation(ctx, "nope", alice); !errors.Is(err, coordination.ErrNotFound) {
+		t.Errorf("approving an unknown recommendation: %v, want ErrNotFound", err)
+	}
+	if _, _, err := e.engine.ApproveRecommendation(ctx, r1, coordination.Actor{}); !errors.Is(err, coordination.ErrInvalid) {
+		t.Errorf("approving without a name: %v, want a FieldError", err)
+	}
+}

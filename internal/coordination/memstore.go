@@ -268,6 +268,7 @@ func (s *MemoryStore) Approvals(ctx context.Context, q ApprovalQuery) ([]orchest
 	defer s.mu.RUnlock()
 	return s.approvals.page(q.After, q.Limit, func(a *orchestrator.Approval) bool {
 		return (q.CustomerID == "" || a.CustomerID == q.CustomerID) && (q.Status == "" || a.Status == q.Status) &&
+			(q.RecommendationID == "" || a.RecommendationID == q.RecommendationID) &&
 			(q.ExpiredBy.IsZero() || !a.ExpiresAt.After(q.ExpiredBy))
 	}, cloneApproval)
 }

@@ -94,6 +94,11 @@ type RecommendationQuery struct {
 type ApprovalQuery struct {
 	CustomerID string
 	Status     orchestrator.ApprovalStatus
+	// RecommendationID, when set, selects the approvals of the
+	// recommendation whose RecordID it is (one at most: the engine asks
+	// one approval per recommendation). The portal decides by
+	// recommendation, not by approval.
+	RecommendationID string
 	// ExpiredBy, when set, selects the approvals whose expires_at is at or
 	// before it (the sweep's query).
 	ExpiredBy time.Time

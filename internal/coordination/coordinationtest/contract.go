@@ -49,6 +49,7 @@ func TestStore(t *testing.T, open func(t *testing.T) coordination.Store) {
 		{"ConcurrentUpdatesLoseNothing", testConcurrentVotes},
 		{"ListFiltersAndPages", testLists},
 		{"ApprovalsExpiredBy", testExpiredBy},
+		{"ApprovalsOfRecommendation", testApprovalsOfRecommendation},
 		{"BadCursor", testBadCursor},
 		{"EventsOrderAndPages", testEvents},
 		{"CountRecommendations", testCount},
@@ -512,6 +513,24 @@ func testExpiredBy(t *testing.T, s coordination.Store) {
 		if err != nil || len(got) != tc.want {
 			t.Errorf("expired by %d: %d approvals (%v), want %d", tc.by, len(got), err, tc.want)
 		}
+	}
+}
+
+func testApprovalsOfRecommendation(t *testing.T, s coordination.Store) {
+	ctx := context.Background()
+	mustCreate(t, s, batch("c1", "acme", 0, 3))
+	mustCreate(t, s, batch("c2", "acme", 1, 3))
+	got, _, err := s.Approvals(ctx, coordination.ApprovalQuery{RecommendationID: "c2-r1", Limit: 10})
+	if err != nil || len(got) != 1 || got[0].ID != "c2-a1" {
+		t.Errorf("approvals of c2-r1 = %+v (%v), want c2-a1 alone", got, err)
+	}
+	got, _, err = s.Approvals(ctx, coordination.ApprovalQuery{RecommendationID: "c2-r1", Status: orchestrator.ApprovalRejected, Limit: 10})
+	if err != nil || len(got) != 0 {
+		t.Errorf("rejected approvals of c2-r1 = %+v (%v), want none: the filters combine", got, err)
+	}
+	got, _, err = s.Approvals(ctx, coordination.ApprovalQuery{RecommendationID: "nobody", Limit: 10})
+	if err != nil || len(got) != 0 {
+		t.Errorf("approvals of an unknown recommendation = %+v (%v), want none", got, err)
 	}
 }
 

@@ -1,0 +1,529 @@
+package api
+
+// The coordination routes: /coordination/* for operators, and the three
+// /api/v1/recommendations routes the OptiInfra portal calls, over the same
+// engine. Who decides is the operator's name when operator auth is on,
+// else the user_id the caller gives (deciderOf).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/optiinfra/orchestrator/internal/auth"
+	"github.com/optiinfra/orchestrator/internal/coordination"
+	"github.com/optiinfra/orchestrator/pkg/orchestrator"
+)
+
+// Coordination is what the HTTP layer needs of the coordination engine
+// (coordination.Engine).
+type Coordination interface {
+	Coordinate(ctx context.Context, actor coordination.Actor, req orchestrator.CoordinateRequest) (orchestrator.CoordinateResponse, error)
+	Recommendations(ctx context.Context, q coordination.RecommendationQuery) ([]orchestrator.Recommendation, string, error)
+	Recommendation(ctx context.Context, id string) (orchestrator.Recommendation, error)
+	Approvals(ctx context.Context, q coordination.ApprovalQuery) ([]orchestrator.Approval, string, error)
+	Approval(ctx context.Context, id string) (orchestrator.Approval, error)
+	Approve(ctx context.Context, id string, actor coordination.Actor) (orchestrator.Approval, *orchestrator.Plan, error)
+	Reject(ctx context.Context, id string, actor coordination.Actor, reason string) (orchestrator.Approval, error)
+	ApproveRecommendation(ctx context.Context, recordID string, actor coordination.Actor) (orchestrator.Approval, *orchestrator.Plan, error)
+	RejectRecommendation(ctx context.Context, recordID string, actor coordination.Actor, reason string) (orchestrator.Approval, error)
+	Plans(ctx context.Context, q coordination.PlanQuery) ([]orchestrator.Plan, string, error)
+	Plan(ctx context.Context, id string) (orchestrator.Plan, error)
+	CancelPlan(ctx context.Context, id string, actor coordination.Actor) (orchestrator.Plan, error)
+	Events(ctx context.Context, q coordination.EventQuery) ([]orchestrator.Event, uint64, error)
+}
+
+// mountCoordination registers the coordination routes, all of them the
+// operator role's (the portal's included: deciding is an operator's act).
+// The routes without variables come first: mux tries routes in order.
+func mountCoordination(rt *router, c Coordination, a *auth.Authenticator) {
+	op := func(h http.Handler) http.Handler { return requireRole(a, h, auth.Operator) }
+	rt.handle("/coordination/coordinate", loud, op(coordinateHandler(c)), http.MethodPost)
+	rt.handle("/coordination/recommendations", loud, op(listRecommendationsHandler(c)), readMethods...)
+	rt.handle("/coordination/approvals", loud, op(listApprovalsHandler(c)), readMethods...)
+	rt.handle("/coordination/plans", loud, op(listPlansHandler(c)), readMethods...)
+	rt.handle("/coordination/events", loud, op(listEventsHandler(c)), readMethods...)
+	rt.handle("/coordination/recommendations/{id}", loud, op(getRecommendationHandler(c)), readMethods...)
+	rt.handle("/coordination/approvals/{id}", loud, op(getApprovalHandler(c)), readMethods...)
+	rt.handle("/coordination/approvals/{id}/approve", loud, op(approveHandler(c)), http.MethodPost)
+	rt.handle("/coordination/approvals/{id}/reject", loud, op(rejectHandler(c)), http.MethodPost)
+	rt.handle("/coordination/plans/{id}", loud, op(getPlanHandler(c)), readMethods...)
+	rt.handle("/coordination/plans/{id}/cancel", loud, op(cancelPlanHandler(c)), http.MethodPost)
+	rt.handle("/coordination/plans/{id}/execute", loud, op(executePlanHandler(c)), http.MethodPost)
+
+	rt.handle("/api/v1/recommendations", loud, op(listRecommendationsHandler(c)), readMethods...)
+	rt.handle("/api/v1/recommendations/{id}/approve", loud, op(portalApproveHandler(c)), http.MethodPost)
+	rt.handle("/api/v1/recommendations/{id}/reject", loud, op(portalRejectHandler(c)), http.MethodPost)
+}
+
+// The messages of the decisions.
+const (
+	msgApproved = "Recommendation approved"
+	msgRejected = "Recommendation rejected"
+	// A critical change approved by its first approver waits for a
+	// second: saying "approved" then would tell the caller a change may
+	// proceed that may not.
+	msgFirstVote = "Approval recorded; a second, different approver is required"
+)
+
+// decisionRequest is the body of approve and reject. Both fields are
+// optional in the body: user_id is used only with operator auth off.
+type decisionRequest struct {
+	UserID string `json:"user_id"`
+	Reason string `json:"reason"`
+}
+
+// decisionResponse is the answer of approve and reject.
+type decisionResponse struct {
+	Message  string                `json:"message"`
+	Approval orchestrator.Approval `json:"approval"`
+	// Plan is the plan the approval created, when it completed.
+	Plan *orchestrator.Plan `json:"plan,omitempty"`
+}
+
+// requestIDOf is the request's X-Request-Id, as the middleware set it on
+// the answer.
+func requestIDOf(w http.ResponseWriter) string {
+	if v := w.Header()[RequestIDHeader]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// operatorOf is who an authenticated operator is: the token's name, or
+// the token's fingerprint for a token without a name (never the token).
+// ok is false without operator auth: the caller names itself.
+func operatorOf(r *http.Request) (name string, ok bool) {
+	p, _ := auth.PrincipalFrom(r.Context())
+	if !p.HasToken() {
+		return "", false
+	}
+	if n := p.Name(); n != "" {
+		return n, true
+	}
+	return p.Fingerprint(), true
+}
+
+// deciderOf is who decides: with operator auth on, the operator, whatever
+// userID says (a caller cannot decide in another's name); with it off,
+// userID, which the engine requires.
+func deciderOf(w http.ResponseWriter, r *http.Request, userID string) coordination.Actor {
+	name, ok := operatorOf(r)
+	if !ok {
+		name = strings.TrimSpace(userID)
+	}
+	return coordination.Actor{Name: name, RequestID: requestIDOf(w)}
+}
+
+// decodeOptionalBody is decodeBody where a body may be left out.
+func decodeOptionalBody(r *http.Request, v any) error {
+	if err := decodeBody(r, v); err != nil && !errors.Is(err, errEmptyBody) {
+		return err
+	}
+	return nil
+}
+
+// coordinateHandler serves POST /coordination/coordinate. The submitter
+// is the operator when operator auth is on; otherwise the approvals are
+// requested by each recommendation's agent.
+func coordinateHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req orchestrator.CoordinateRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		name, _ := operatorOf(r)
+		resp, err := c.Coordinate(r.Context(), coordination.Actor{Name: name, RequestID: requestIDOf(w)}, req)
+		if err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
+
+// decided is the answer of a decision.
+func decided(a orchestrator.Approval, plan *orchestrator.Plan) decisionResponse {
+	switch a.Status {
+	case orchestrator.ApprovalRejected:
+		return decisionResponse{Message: msgRejected, Approval: a}
+	case orchestrator.ApprovalPending:
+		return decisionResponse{Message: msgFirstVote, Approval: a}
+	}
+	return decisionResponse{Message: msgApproved, Approval: a, Plan: plan}
+}
+
+// approveHandler serves POST /coordination/approvals/{id}/approve.
+func approveHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req decisionRequest
+		if err := decodeOptionalBody(r, &req); err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		id := mux.Vars(r)["id"]
+		a, plan, err := c.Approve(r.Context(), id, deciderOf(w, r, req.UserID))
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "approval", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, decided(a, plan))
+	}
+}
+
+// rejectHandler serves POST /coordination/approvals/{id}/reject.
+func rejectHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req decisionRequest
+		if err := decodeOptionalBody(r, &req); err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		id := mux.Vars(r)["id"]
+		a, err := c.Reject(r.Context(), id, deciderOf(w, r, req.UserID), req.Reason)
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "approval", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, decided(a, nil))
+	}
+}
+
+// portalDecision reads who decides a portal request, and why: the portal
+// sends no body, so with operator auth off the user is named by
+// ?user_id= (or a body's user_id); the reason by ?reason= or the body.
+// Without a name, the answer is a 400 saying how to give one.
+func portalDecision(w http.ResponseWriter, r *http.Request) (coordination.Actor, string, bool) {
+	var req decisionRequest
+	if err := decodeOptionalBody(r, &req); err != nil {
+		writeDomainError(w, r, err)
+		return coordination.Actor{}, "", false
+	}
+	q := r.URL.Query()
+	if req.UserID == "" {
+		req.UserID = q.Get("user_id")
+	}
+	if req.Reason == "" {
+		req.Reason = q.Get("reason")
+	}
+	actor := deciderOf(w, r, req.UserID)
+	if actor.Name == "" {
+		writeError(w, http.StatusBadRequest, "user_id: is required: with operator auth off, "+
+			"name who decides with ?user_id= or a JSON body {\"user_id\": ...}")
+		return coordination.Actor{}, "", false
+	}
+	return actor, req.Reason, true
+}
+
+// portalApproveHandler serves POST /api/v1/recommendations/{id}/approve:
+// {id} is the recommendation's record_id.
+func portalApproveHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		actor, _, ok := portalDecision(w, r)
+		if !ok {
+			return
+		}
+		id := mux.Vars(r)["id"]
+		a, plan, err := c.ApproveRecommendation(r.Context(), id, actor)
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "recommendation", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, decided(a, plan))
+	}
+}
+
+// portalRejectHandler serves POST /api/v1/recommendations/{id}/reject.
+func portalRejectHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		actor, reason, ok := portalDecision(w, r)
+		if !ok {
+			return
+		}
+		id := mux.Vars(r)["id"]
+		a, err := c.RejectRecommendation(r.Context(), id, actor, reason)
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "recommendation", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, decided(a, nil))
+	}
+}
+
+// getRecommendationHandler serves GET /coordination/recommendations/{id},
+// by record_id.
+func getRecommendationHandler(c Coordination) http.HandlerFunc {
+	return getAs(c.Recommendation, "recommendation")
+}
+
+// getApprovalHandler serves GET /coordination/approvals/{id}.
+func getApprovalHandler(c Coordination) http.HandlerFunc {
+	return getAs(c.Approval, "approval")
+}
+
+// getPlanHandler serves GET /coordination/plans/{id}.
+func getPlanHandler(c Coordination) http.HandlerFunc {
+	return getAs(c.Plan, "plan")
+}
+
+func getAs[T any](get func(context.Context, string) (T, error), what string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := mux.Vars(r)["id"]
+		v, err := get(r.Context(), id)
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, what, id))
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// cancelPlanHandler serves POST /coordination/plans/{id}/cancel: 200 with
+// the cancelled plan, 409 for a plan that is not pending.
+func cancelPlanHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := mux.Vars(r)["id"]
+		name, ok := operatorOf(r)
+		if !ok {
+			// Cancelling is recorded with who did it, like a decision;
+			// without auth the caller may name itself, else "anonymous".
+			var req decisionRequest
+			if err := decodeOptionalBody(r, &req); err != nil {
+				writeDomainError(w, r, err)
+				return
+			}
+			name = cmpOr(strings.TrimSpace(req.UserID), r.URL.Query().Get("user_id"), "anonymous")
+		}
+		p, err := c.CancelPlan(r.Context(), id, coordination.Actor{Name: name, RequestID: requestIDOf(w)})
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "plan", id))
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	}
+}
+
+func cmpOr(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// executionUnavailable is ErrExecutionUnavailable for one plan, saying
+// what the caller can do instead.
+type executionUnavailable struct{ plan orchestrator.Plan }
+
+func (e *executionUnavailable) Error() string {
+	return fmt.Sprintf("plan execution is not available yet: this orchestrator cannot run plans; plan %s stays %s "+
+		"(cancel it with POST /coordination/plans/%s/cancel)", e.plan.ID, e.plan.Status, e.plan.ID)
+}
+
+func (e *executionUnavailable) Unwrap() error { return coordination.ErrExecutionUnavailable }
+
+// executePlanHandler serves POST /coordination/plans/{id}/execute: 404 for
+// an unknown plan, else 501 until plans can run. It answers honestly
+// rather than pretending a plan started.
+func executePlanHandler(c Coordination) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := mux.Vars(r)["id"]
+		p, err := c.Plan(r.Context(), id)
+		if err != nil {
+			writeDomainError(w, r, notFoundAs(err, "plan", id))
+			return
+		}
+		writeDomainError(w, r, &executionUnavailable{plan: p})
+	}
+}
+
+// Statuses a list may filter by.
+var (
+	recommendationStatuses = []orchestrator.RecommendationStatus{
+		orchestrator.RecommendationPending, orchestrator.RecommendationAutoApproved, orchestrator.RecommendationApproved,
+		orchestrator.RecommendationRejected, orchestrator.RecommendationSuperseded, orchestrator.RecommendationExpired,
+		orchestrator.RecommendationExecuting, orchestrator.RecommendationCompleted, orchestrator.RecommendationFailed,
+		orchestrator.RecommendationRolledBack, orchestrator.RecommendationCancelled,
+	}
+	approvalStatuses = []orchestrator.ApprovalStatus{
+		orchestrator.ApprovalPending, orchestrator.ApprovalApproved, orchestrator.ApprovalRejected, orchestrator.ApprovalExpired,
+	}
+	planStatuses = []orchestrator.PlanStatus{
+		orchestrator.PlanPending, orchestrator.PlanRunning, orchestrator.PlanCompleted, orchestrator.PlanFailed,
+		orchestrator.PlanRollingBack, orchestrator.PlanRolledBack, orchestrator.PlanRollbackFailed, orchestrator.PlanCancelled,
+	}
+)
+
+// page is a list query's common parameters: ?customer_id=, ?status= (one
+// of statuses), ?limit= (1 to coordination.MaxPage, default
+// coordination.DefaultPage) and ?cursor= (a next_cursor this service
+// returned), as GET /tasks takes them.
+type page[S ~string] struct {
+	customer string
+	status   S
+	limit    int
+	cursor   string
+}
+
+// parsePage reads a page's parameters, or answers 400 naming the bad one.
+func parsePage[S ~string](w http.ResponseWriter, r *http.Request, statuses []S) (page[S], bool) {
+	q := r.URL.Query()
+	p := page[S]{customer: q.Get("customer_id"), cursor: q.Get("cursor")}
+	if s := q.Get("status"); s != "" {
+		if !slices.Contains(statuses, S(s)) {
+			names := make([]string, len(statuses))
+			for i, st := range statuses {
+				names[i] = string(st)
+			}
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("status: %.64q is none of %s", s, strings.Join(names, ", ")))
+			return p, false
+		}
+		p.status = S(s)
+	}
+	p.limit = coordination.DefaultPage
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > coordination.MaxPage {
+			writeError(w, http.StatusBadRequest, "limit: must be an integer from 1 to "+strconv.Itoa(coordination.MaxPage))
+			return p, false
+		}
+		p.limit = n
+	}
+	return p, true
+}
+
+// cursorError is a cursor the store refused, said as GET /tasks says it.
+func cursorError(err error) error {
+	var field *coordination.FieldError
+	if errors.As(err, &field) && field.Field == "after" {
+		return &bodyError{http.StatusBadRequest, "cursor: not a cursor this service returned (use next_cursor)"}
+	}
+	return err
+}
+
+// listRecommendationsHandler serves GET /coordination/recommendations and
+// GET /api/v1/recommendations, oldest first.
+func listRecommendationsHandler(c Coordination) http.HandlerFunc {
+	type response struct {
+		Recommendations []orchestrator.Recommendation `json:"recommendations"`
+		Count           int                           `json:"count"`
+		NextCursor      string                        `json:"next_cursor,omitempty"`
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := parsePage(w, r, recommendationStatuses)
+		if !ok {
+			return
+		}
+		list, next, err := c.Recommendations(r.Context(), coordination.RecommendationQuery{
+			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		if err != nil {
+			writeDomainError(w, r, cursorError(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, response{Recommendations: nonNil(list), Count: len(list), NextCursor: next})
+	}
+}
+
+// listApprovalsHandler serves GET /coordination/approvals: the pending
+// ones unless ?status= says otherwise.
+func listApprovalsHandler(c Coordination) http.HandlerFunc {
+	type response struct {
+		Approvals  []orchestrator.Approval `json:"approvals"`
+		Count      int                     `json:"count"`
+		NextCursor string                  `json:"next_cursor,omitempty"`
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := parsePage(w, r, approvalStatuses)
+		if !ok {
+			return
+		}
+		list, next, err := c.Approvals(r.Context(), coordination.ApprovalQuery{
+			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		if err != nil {
+			writeDomainError(w, r, cursorError(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, response{Approvals: nonNil(list), Count: len(list), NextCursor: next})
+	}
+}
+
+// listPlansHandler serves GET /coordination/plans.
+func listPlansHandler(c Coordination) http.HandlerFunc {
+	type response struct {
+		Plans      []orchestrator.Plan `json:"plans"`
+		Count      int                 `json:"count"`
+		NextCursor string              `json:"next_cursor,omitempty"`
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := parsePage(w, r, planStatuses)
+		if !ok {
+			return
+		}
+		list, next, err := c.Plans(r.Context(), coordination.PlanQuery{
+			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		if err != nil {
+			writeDomainError(w, r, cursorError(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, response{Plans: nonNil(list), Count: len(list), NextCursor: next})
+	}
+}
+
+// listEventsHandler serves GET /coordination/events?customer_id=&since=
+// &limit=&cursor=: the audit log in order; since is an RFC 3339 time.
+func listEventsHandler(c Coordination) http.HandlerFunc {
+	type response struct {
+		Events     []orchestrator.Event `json:"events"`
+		Count      int                  `json:"count"`
+		NextCursor string               `json:"next_cursor,omitempty"`
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := parsePage[string](w, r, nil)
+		if !ok {
+			return
+		}
+		q := coordination.EventQuery{CustomerID: p.customer, Limit: p.limit}
+		if s := r.URL.Query().Get("since"); s != "" {
+			since, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("since: %.64q is not an RFC 3339 time such as 2026-12-01T00:00:00Z", s))
+				return
+			}
+			q.Since = since
+		}
+		if p.cursor != "" {
+			after, err := strconv.ParseUint(p.cursor, 10, 64)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, "cursor: not a cursor this service returned (use next_cursor)")
+				return
+			}
+			q.After = after
+		}
+		list, next, err := c.Events(r.Context(), q)
+		if err != nil {
+			writeDomainError(w, r, err)
+			return
+		}
+		out := response{Events: nonNil(list), Count: len(list)}
+		if next != 0 {
+			out.NextCursor = strconv.FormatUint(next, 10)
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
