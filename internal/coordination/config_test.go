@@ -93,7 +93,7 @@ func TestConfigValidate(t *testing.T) {
 		change func(*coordination.Config)
 		want   string
 	}{
-		{"batch zero", func(c *coordination.Config) { c.MaxBatch = 0 }, `COORDINATION_MAX_BATCH="0": must be from 1 to 10000`},
+		{"batch zero", func(c *coordination.Config) { c.MaxBatch = 0 }, `COORDINATION_MAX_BATCH="0": must be from 1 to 200`},
 		{"batch huge", func(c *coordination.Config) { c.MaxBatch = 10_001 }, "COORDINATION_MAX_BATCH="},
 		{"unknown risk", func(c *coordination.Config) { c.AutoApproveMaxRisk = "none" }, `COORDINATION_AUTO_APPROVE_MAX_RISK="none": must be one of low, medium, high, critical`},
 		{"ttl zero", func(c *coordination.Config) { c.ApprovalTTLHigh = 0 }, `COORDINATION_APPROVAL_TTL_HIGH="0s": must be from 1m to 8760h`},
