@@ -7,6 +7,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -413,79 +414,88 @@ func cursorError(err error) error {
 // listRecommendationsHandler serves GET /coordination/recommendations and
 // GET /api/v1/recommendations, oldest first.
 func listRecommendationsHandler(c Coordination) http.HandlerFunc {
-	type response struct {
-		Recommendations []orchestrator.Recommendation `json:"recommendations"`
-		Count           int                           `json:"count"`
-		NextCursor      string                        `json:"next_cursor,omitempty"`
-	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := parsePage(w, r, recommendationStatuses)
-		if !ok {
-			return
-		}
-		list, next, err := c.Recommendations(r.Context(), coordination.RecommendationQuery{
-			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
-		if err != nil {
-			writeDomainError(w, r, cursorError(err))
-			return
-		}
-		writeJSON(w, http.StatusOK, response{Recommendations: nonNil(list), Count: len(list), NextCursor: next})
-	}
+	return listHandler("recommendations", recommendationStatuses,
+		func(ctx context.Context, p page[orchestrator.RecommendationStatus]) ([]orchestrator.Recommendation, string, error) {
+			return c.Recommendations(ctx, coordination.RecommendationQuery{
+				CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		})
 }
 
 // listApprovalsHandler serves GET /coordination/approvals: the pending
 // ones unless ?status= says otherwise.
 func listApprovalsHandler(c Coordination) http.HandlerFunc {
-	type response struct {
-		Approvals  []orchestrator.Approval `json:"approvals"`
-		Count      int                     `json:"count"`
-		NextCursor string                  `json:"next_cursor,omitempty"`
-	}
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := parsePage(w, r, approvalStatuses)
-		if !ok {
-			return
-		}
-		list, next, err := c.Approvals(r.Context(), coordination.ApprovalQuery{
-			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
-		if err != nil {
-			writeDomainError(w, r, cursorError(err))
-			return
-		}
-		writeJSON(w, http.StatusOK, response{Approvals: nonNil(list), Count: len(list), NextCursor: next})
-	}
+	return listHandler("approvals", approvalStatuses,
+		func(ctx context.Context, p page[orchestrator.ApprovalStatus]) ([]orchestrator.Approval, string, error) {
+			return c.Approvals(ctx, coordination.ApprovalQuery{
+				CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		})
 }
 
 // listPlansHandler serves GET /coordination/plans.
 func listPlansHandler(c Coordination) http.HandlerFunc {
-	type response struct {
-		Plans      []orchestrator.Plan `json:"plans"`
-		Count      int                 `json:"count"`
-		NextCursor string              `json:"next_cursor,omitempty"`
-	}
+	return listHandler("plans", planStatuses,
+		func(ctx context.Context, p page[orchestrator.PlanStatus]) ([]orchestrator.Plan, string, error) {
+			return c.Plans(ctx, coordination.PlanQuery{
+				CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		})
+}
+
+// listHandler serves a page of records read by list, filtered by the
+// page's parameters (a status among statuses), as {key: [...], "count",
+// "next_cursor"}.
+func listHandler[T any, S ~string](key string, statuses []S, list func(context.Context, page[S]) ([]T, string, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := parsePage(w, r, planStatuses)
+		p, ok := parsePage(w, r, statuses)
 		if !ok {
 			return
 		}
-		list, next, err := c.Plans(r.Context(), coordination.PlanQuery{
-			CustomerID: p.customer, Status: p.status, After: p.cursor, Limit: p.limit})
+		items, next, err := list(r.Context(), p)
 		if err != nil {
 			writeDomainError(w, r, cursorError(err))
 			return
 		}
-		writeJSON(w, http.StatusOK, response{Plans: nonNil(list), Count: len(list), NextCursor: next})
+		writeJSON(w, http.StatusOK, listBody[T]{key: key, items: items, next: next})
 	}
+}
+
+// listBody is a page of a list as the coordination routes answer it: the
+// records under key (never null), their count, and the cursor of the next
+// page when there is one.
+type listBody[T any] struct {
+	key   string
+	items []T
+	next  string
+}
+
+// MarshalJSON writes {key: items, "count": n, "next_cursor": next}.
+func (b listBody[T]) MarshalJSON() ([]byte, error) {
+	key, err := json.Marshal(b.key)
+	if err != nil {
+		return nil, err
+	}
+	items, err := json.Marshal(nonNil(b.items))
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte{'{'}, key...)
+	out = append(out, ':')
+	out = append(out, items...)
+	out = append(out, `,"count":`...)
+	out = strconv.AppendInt(out, int64(len(b.items)), 10)
+	if b.next != "" {
+		next, err := json.Marshal(b.next)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, `,"next_cursor":`...)
+		out = append(out, next...)
+	}
+	return append(out, '}'), nil
 }
 
 // listEventsHandler serves GET /coordination/events?customer_id=&since=
 // &limit=&cursor=: the audit log in order; since is an RFC 3339 time.
 func listEventsHandler(c Coordination) http.HandlerFunc {
-	type response struct {
-		Events     []orchestrator.Event `json:"events"`
-		Count      int                  `json:"count"`
-		NextCursor string               `json:"next_cursor,omitempty"`
-	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, ok := parsePage[string](w, r, nil)
 		if !ok {
@@ -513,9 +523,9 @@ func listEventsHandler(c Coordination) http.HandlerFunc {
 			writeDomainError(w, r, err)
 			return
 		}
-		out := response{Events: nonNil(list), Count: len(list)}
+		out := listBody[orchestrator.Event]{key: "events", items: list}
 		if next != 0 {
-			out.NextCursor = strconv.FormatUint(next, 10)
+			out.next = strconv.FormatUint(next, 10)
 		}
 		writeJSON(w, http.StatusOK, out)
 	}
