@@ -398,7 +398,7 @@ func (s *CoordinationStore) Recommendation(ctx context.Context, id string) (orch
 
 // coordFilter builds the WHERE clause of a list: each condition is added
 // only when its filter is set, so that the planner sees a plain predicate
-// it can match to an index, not "($1 = '' OR column = $1)".
+// it can match to an index, not "$1 is empty OR column = $1".
 type coordFilter struct {
 	conds []string
 	args  []any
