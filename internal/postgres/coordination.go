@@ -320,6 +320,9 @@ func (s *CoordinationStore) CreateCoordination(ctx context.Context, b coordinati
 
 // Coordination implements coordination.Store.
 func (s *CoordinationStore) Coordination(ctx context.Context, id string) (coordination.Coordination, error) {
+	if hasNUL(id) {
+		return coordination.Coordination{}, coordination.ErrNotFound
+	}
 	c, err := scanCoordination(s.pool.QueryRow(ctx, `SELECT `+coordinationColumns+` FROM coordinations WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return coordination.Coordination{}, coordination.ErrNotFound
@@ -329,6 +332,9 @@ func (s *CoordinationStore) Coordination(ctx context.Context, id string) (coordi
 
 // CoordinationRecords implements coordination.Store, in one snapshot.
 func (s *CoordinationStore) CoordinationRecords(ctx context.Context, id string) (coordination.Batch, error) {
+	if hasNUL(id) {
+		return coordination.Batch{}, coordination.ErrNotFound
+	}
 	var b coordination.Batch
 	err := s.readTx(ctx, func(tx pgx.Tx) error {
 		c, err := scanCoordination(tx.QueryRow(ctx, `SELECT `+coordinationColumns+` FROM coordinations WHERE id = $1`, id))
@@ -388,6 +394,9 @@ func coordRows[T any](ctx context.Context, q coordQuerier, scan func(pgx.Row) (T
 
 // Recommendation implements coordination.Store.
 func (s *CoordinationStore) Recommendation(ctx context.Context, id string) (orchestrator.Recommendation, error) {
+	if hasNUL(id) {
+		return orchestrator.Recommendation{}, coordination.ErrNotFound
+	}
 	r, err := scanRecommendation(s.pool.QueryRow(ctx, `SELECT `+coordRecColumns+`
 		FROM coordination_recommendations WHERE record_id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -402,6 +411,7 @@ func (s *CoordinationStore) Recommendation(ctx context.Context, id string) (orch
 type coordFilter struct {
 	conds []string
 	args  []any
+	none  bool // a filter no record can match
 }
 
 func (f *coordFilter) add(cond string, arg any) {
@@ -410,10 +420,19 @@ func (f *coordFilter) add(cond string, arg any) {
 }
 
 func (f *coordFilter) eq(column, value string) {
-	if value != "" {
+	switch {
+	case hasNUL(value):
+		// No stored text holds a NUL (PostgreSQL refuses it, even as a
+		// parameter): the filter matches nothing.
+		f.none = true
+	case value != "":
 		f.add(column+" = ?", value)
 	}
 }
+
+// hasNUL reports whether s holds a NUL character, which PostgreSQL text
+// cannot: an id or filter holding one matches no record.
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
 // coordPage lists up to limit rows of table matching f after the cursor, in
 // seq order, and the cursor of the next page ("" when no match follows):
@@ -426,7 +445,7 @@ func coordPage[T any](ctx context.Context, s *CoordinationStore, scan func(pgx.R
 		}
 		f.add("seq > ?", int64(n))
 	}
-	if limit <= 0 {
+	if limit <= 0 || f.none {
 		return []T{}, "", coordErr(ctx, ctx.Err())
 	}
 	where := ""
@@ -468,6 +487,9 @@ func (s *CoordinationStore) Recommendations(ctx context.Context, q coordination.
 
 // Approval implements coordination.Store.
 func (s *CoordinationStore) Approval(ctx context.Context, id string) (orchestrator.Approval, error) {
+	if hasNUL(id) {
+		return orchestrator.Approval{}, coordination.ErrNotFound
+	}
 	a, err := scanApproval(s.pool.QueryRow(ctx, `SELECT `+coordApprovalColumns+` FROM coordination_approvals WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return orchestrator.Approval{}, coordination.ErrNotFound
@@ -489,6 +511,9 @@ func (s *CoordinationStore) Approvals(ctx context.Context, q coordination.Approv
 
 // Plan implements coordination.Store.
 func (s *CoordinationStore) Plan(ctx context.Context, id string) (orchestrator.Plan, error) {
+	if hasNUL(id) {
+		return orchestrator.Plan{}, coordination.ErrNotFound
+	}
 	p, err := scanPlan(s.pool.QueryRow(ctx, `SELECT `+coordPlanColumns+` FROM coordination_plans WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return orchestrator.Plan{}, coordination.ErrNotFound
@@ -537,6 +562,9 @@ func apply(ctx context.Context, tx pgx.Tx, coord, recID string, eff coordination
 
 // UpdateApproval implements coordination.Store.
 func (s *CoordinationStore) UpdateApproval(ctx context.Context, id string, change func(*orchestrator.Approval, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Approval, error) {
+	if hasNUL(id) {
+		return orchestrator.Approval{}, coordination.ErrNotFound
+	}
 	var out orchestrator.Approval
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var coord string
@@ -611,6 +639,9 @@ func clonePtr[T any](p *T) *T {
 
 // UpdatePlan implements coordination.Store.
 func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
+	if hasNUL(id) {
+		return orchestrator.Plan{}, coordination.ErrNotFound
+	}
 	var out orchestrator.Plan
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var coord string
@@ -655,14 +686,14 @@ func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change fu
 
 // Events implements coordination.Store.
 func (s *CoordinationStore) Events(ctx context.Context, q coordination.EventQuery) ([]orchestrator.Event, uint64, error) {
-	if q.Limit <= 0 {
-		return []orchestrator.Event{}, 0, coordErr(ctx, ctx.Err())
-	}
 	var f coordFilter
 	if q.After > 0 {
 		f.add("seq > ?", int64(min(q.After, math.MaxInt64))) //nolint:gosec // G115: bounded just above
 	}
 	f.eq("customer_id", q.CustomerID)
+	if q.Limit <= 0 || f.none {
+		return []orchestrator.Event{}, 0, coordErr(ctx, ctx.Err())
+	}
 	if !q.Since.IsZero() {
 		f.add("at >= ?", q.Since)
 	}
@@ -804,7 +835,8 @@ func (s *CoordinationStore) runTx(ctx context.Context, opts pgx.TxOptions, f fun
 	return tx.Commit(ctx)
 }
 
-// coordErr turns a unique violation into coordination.ErrExists, marks
+// coordErr turns a unique violation into coordination.ErrExists and a
+// NUL character into a *coordination.FieldError, marks
 // the errors that mean "the database cannot be reached now"
 // (storeerr.ErrUnavailable: the API answers 503), and leaves the others:
 // the store's sentinels, a change function's own errors, the caller's
@@ -814,8 +846,14 @@ func coordErr(ctx context.Context, err error) error {
 		return err
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "23505":
 		return fmt.Errorf("%w: %s", coordination.ErrExists, pgErr.ConstraintName)
+	case errors.As(err, &pgErr) && pgErr.Code == "22021":
+		// A NUL in a text a client sent (a title, a reason): the memory
+		// store keeps it, PostgreSQL text cannot. The client's to fix
+		// (400), not the service's (500).
+		return &coordination.FieldError{Field: "request", Msg: "a text field holds a NUL character (\\u0000), which cannot be stored"}
 	}
 	return unavailable(ctx, err)
 }

@@ -189,3 +189,51 @@ func TestCoordinationStoreUnavailable(t *testing.T) {
 		t.Errorf("Approvals on a closed pool: %v, want ErrUnavailable", err)
 	}
 }
+
+// PostgreSQL text cannot hold a NUL character, even as a parameter: an id
+// or a filter holding one matches nothing (404, an empty list), and a
+// record holding one is refused as the client's mistake (400), never a
+// 500.
+func TestCoordinationStoreNUL(t *testing.T) {
+	s := postgres.NewCoordinationStore(migratedPool(t, pgtest.NewDatabase(t)))
+	ctx := context.Background()
+	b := pendingBatch("c1", time.Now().Add(time.Hour))
+	if err := s.CreateCoordination(ctx, b, 100); err != nil {
+		t.Fatal(err)
+	}
+	nul := "c1-a\x00"
+	noop := func() (coordination.Effects, error) { return coordination.Effects{}, nil }
+	for name, err := range map[string]error{
+		"Coordination":   second(s.Coordination(ctx, nul)),
+		"Records":        second(s.CoordinationRecords(ctx, nul)),
+		"Recommendation": second(s.Recommendation(ctx, nul)),
+		"Approval":       second(s.Approval(ctx, nul)),
+		"Plan":           second(s.Plan(ctx, nul)),
+		"UpdateApproval": second(s.UpdateApproval(ctx, nul, func(*orchestrator.Approval, orchestrator.Recommendation) (coordination.Effects, error) { return noop() })),
+		"UpdatePlan":     second(s.UpdatePlan(ctx, nul, func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error) { return noop() })),
+	} {
+		if !errors.Is(err, coordination.ErrNotFound) {
+			t.Errorf("%s of an id with a NUL: %v, want ErrNotFound", name, err)
+		}
+	}
+	if page, _, err := s.Approvals(ctx, coordination.ApprovalQuery{CustomerID: "acme\x00", Limit: 10}); err != nil || len(page) != 0 {
+		t.Errorf("approvals of a customer with a NUL = %v, %v; want none", page, err)
+	}
+	if page, _, err := s.Events(ctx, coordination.EventQuery{CustomerID: "acme\x00", Limit: 10}); err != nil || len(page) != 0 {
+		t.Errorf("events of a customer with a NUL = %v, %v; want none", page, err)
+	}
+	b = pendingBatch("c2", time.Now().Add(time.Hour))
+	b.Recommendations[0].Title = "a\x00b"
+	var fe *coordination.FieldError
+	if err := s.CreateCoordination(ctx, b, 100); !errors.As(err, &fe) {
+		t.Errorf("a title with a NUL: %v, want a FieldError", err)
+	}
+	if _, err := s.UpdateApproval(ctx, "c1-a", func(a *orchestrator.Approval, _ orchestrator.Recommendation) (coordination.Effects, error) {
+		a.Status, a.RejectionReason = orchestrator.ApprovalRejected, "no\x00"
+		return coordination.Effects{}, nil
+	}); !errors.As(err, &fe) {
+		t.Errorf("a reason with a NUL: %v, want a FieldError", err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
