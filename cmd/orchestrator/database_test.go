@@ -222,3 +222,44 @@ func TestServeWaitsForTheDatabase(t *testing.T) {
 	base := "http://" + s.logs.await(t, "orchestrator listening")["address"].(string)
 	eventually.True(t, 20*time.Second, "/ready once the database is up", func() bool { return status(t, base+"/ready") == http.StatusOK })
 }
+
+// With DATABASE_URL, coordination records are shared by the replicas and
+// outlive them: a batch submitted to one replica is approved through the
+// other, deciding it again through the first is 409, and a replica
+// started afterwards sees the approval and its plan.
+func TestServeWithDatabaseSharesCoordination(t *testing.T) {
+	env := []string{"DATABASE_URL=" + pgtest.NewDatabase(t)}
+	first, second := runInProcess(t, env...), runInProcess(t, env...)
+
+	code, body := call(t, http.MethodPost, first.base+"/coordination/coordinate",
+		`{"customer_id":"acme","auto_approve":false,"recommendations":[{"id":"r1","agent_id":"cost-1","agent_type":"cost",`+
+			`"action":"scale_down","risk_level":"medium","priority":1,"confidence":0.9,"estimated_savings":10,"affected_resources":["i-1"]}]}`)
+	if code != http.StatusOK {
+		t.Fatalf("coordinate through the first replica = %d %v", code, body)
+	}
+	_, list := call(t, http.MethodGet, second.base+"/coordination/approvals?customer_id=acme", "")
+	approvals, _ := list["approvals"].([]any)
+	if len(approvals) != 1 {
+		t.Fatalf("the second replica lists %v, want the first's approval", list)
+	}
+	id, _ := approvals[0].(map[string]any)["id"].(string)
+	if code, body := call(t, http.MethodPost, second.base+"/coordination/approvals/"+id+"/approve", `{"user_id":"alice"}`); code != http.StatusOK {
+		t.Fatalf("approve through the second replica = %d %v", code, body)
+	}
+	if code, body := call(t, http.MethodPost, first.base+"/coordination/approvals/"+id+"/approve", `{"user_id":"bob"}`); code != http.StatusConflict {
+		t.Fatalf("approve again through the first replica = %d %v, want 409", code, body)
+	}
+	first.cancel()
+	second.cancel()
+	if err := errors.Join(first.wait(t), second.wait(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	third := runInProcess(t, env...)
+	if code, body := call(t, http.MethodGet, third.base+"/coordination/approvals/"+id, ""); code != http.StatusOK || body["status"] != "approved" || body["approved_by"] != "alice" {
+		t.Fatalf("the approval after both replicas stopped = %d %v, want approved by alice", code, body)
+	}
+	if code, body := call(t, http.MethodGet, third.base+"/coordination/plans?customer_id=acme", ""); code != http.StatusOK || body["count"] != 1.0 {
+		t.Fatalf("plans after a restart = %d %v, want the approval's plan", code, body)
+	}
+}

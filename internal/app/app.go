@@ -115,14 +115,15 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	s.Agents.OnChange(s.Tasks.Pump)
+	// With a database, the coordination records are shared by the
+	// replicas and survive restarts; every replica sweeps, and each
+	// expiry is a conditional update, so an approval expires once.
+	var coordStore coordination.Store = coordination.NewMemoryStore()
 	if opts.Database != nil {
-		// Said at every start, so no operator of several replicas takes
-		// an approval on one pod for a record the others share.
-		log.Warn("coordination records (recommendations, approvals, plans, events) are kept in this replica's memory, " +
-			"not in the database: each replica has its own, and a restart loses them")
+		coordStore = postgres.NewCoordinationStore(opts.Database)
 	}
 	s.Coordination, err = coordination.NewEngine(coordination.EngineOptions{
-		Store:   coordination.NewMemoryStore(),
+		Store:   coordStore,
 		Config:  cfg.Coordination,
 		Logger:  log.Named("coordination"),
 		Metrics: metrics,
