@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -109,5 +110,61 @@ func TestDatabaseOutage(t *testing.T) {
 	slices.Sort(names)
 	if want := []string{"cost-1", "cost-2", "cost-3", "perf-1"}; !slices.Equal(names, want) {
 		t.Errorf("agents after the outage = %v, want %v: none lost, none half-written", names, want)
+	}
+}
+
+// An id PostgreSQL text cannot hold (a NUL, bytes that are not UTF-8),
+// sent in a path or a body, names no record: the database mode answers as
+// the memory mode does (404, or the 4xx the route gives an unknown id),
+// never a 500 from the database refusing the parameter.
+func TestDatabaseUnstorableIDs(t *testing.T) {
+	ctx := context.Background()
+	pool, err := postgres.Open(ctx, postgres.Config{MaxConns: 4, ConnectTimeout: 5 * time.Second}, pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := postgres.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	fixtures := map[string]*fixture{
+		"memory":     newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig}),
+		"PostgreSQL": newFixtureWith(t, defaultConfig, zapcore.InfoLevel, fixtureOptions{agents: testAgentsConfig, dispatch: testDispatchConfig, database: pool}),
+	}
+	for _, f := range fixtures {
+		f.register(t, agentBody("cost-1", 8001, "analyze"))
+	}
+	requests := []struct{ method, path, body string }{
+		{http.MethodGet, "/agents/a%00b", ""},
+		{http.MethodGet, "/agents/%ff%fe", ""},
+		{http.MethodPost, "/agents/a%00b/heartbeat", `{"status":"healthy"}`},
+		{http.MethodPost, "/agents/%ff/heartbeat", `{}`},
+		{http.MethodPost, "/agents/%ff/unregister", ""},
+		{http.MethodGet, "/api/v1/agents/%00", ""},
+		{http.MethodDelete, "/api/v1/agents/%ff", ""},
+		{http.MethodPost, "/api/v1/agents/heartbeat", `{"agent_id":"a\u0000b","status":"active"}`},
+		{http.MethodGet, "/tasks/%00", ""},
+		{http.MethodGet, "/tasks/%ff", ""},
+		{http.MethodDelete, "/tasks/a%00", ""},
+		{http.MethodPost, "/tasks", `{"task_type":"analyze","agent_type":"cost","parameters":{},"agent_id":"q\u0000"}`},
+		{http.MethodGet, "/coordination/approvals/%ff", ""},
+		{http.MethodGet, "/coordination/plans/%00", ""},
+	}
+	for _, r := range requests {
+		codes := map[string]int{}
+		for mode, f := range fixtures {
+			req := httptest.NewRequest(r.method, "http://orchestrator"+r.path, strings.NewReader(r.body))
+			if r.body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
+			rec := f.do(req)
+			codes[mode] = rec.Code
+			if rec.Code >= 500 {
+				t.Errorf("%s %s (%s): %d %s", r.method, r.path, mode, rec.Code, rec.Body)
+			}
+		}
+		if codes["memory"] != codes["PostgreSQL"] {
+			t.Errorf("%s %s: memory answers %d, PostgreSQL %d", r.method, r.path, codes["memory"], codes["PostgreSQL"])
+		}
 	}
 }

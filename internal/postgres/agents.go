@@ -241,6 +241,9 @@ func growMetadata(ctx context.Context, tx pgx.Tx, delta int, lim registry.Limits
 // statement; with metadata, a transaction that locks the agent, then
 // agent_totals when the metadata changes size.
 func (s *AgentStore) Heartbeat(ctx context.Context, id, owner string, status registry.Status, metadata json.RawMessage, at time.Time, lim registry.Limits) (registry.Agent, registry.Liveness, error) {
+	if !storable(id) {
+		return registry.Agent{}, registry.Liveness{}, registry.ErrNotFound
+	}
 	var updated registry.Agent
 	var before registry.Liveness
 	if len(metadata) == 0 {
@@ -366,6 +369,9 @@ func notFoundOrNotOwner(ctx context.Context, db *pgxpool.Pool, id string) error 
 
 // Delete implements registry.Store.
 func (s *AgentStore) Delete(ctx context.Context, id, owner string) (registry.Agent, error) {
+	if !storable(id) {
+		return registry.Agent{}, registry.ErrNotFound
+	}
 	a, err := scanAgent(s.pool.QueryRow(ctx, `WITH gone AS (
 			DELETE FROM agents WHERE id = $1 AND (owner = '' OR $2 = '' OR owner = $2) RETURNING *
 		), counted AS (
@@ -383,6 +389,9 @@ func (s *AgentStore) Delete(ctx context.Context, id, owner string) (registry.Age
 
 // Get implements registry.Store.
 func (s *AgentStore) Get(ctx context.Context, id string) (registry.Agent, error) {
+	if !storable(id) {
+		return registry.Agent{}, registry.ErrNotFound
+	}
 	a, err := scanAgent(s.pool.QueryRow(ctx, `SELECT `+agentColumns+` FROM agents WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return registry.Agent{}, registry.ErrNotFound

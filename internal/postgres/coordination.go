@@ -320,7 +320,7 @@ func (s *CoordinationStore) CreateCoordination(ctx context.Context, b coordinati
 
 // Coordination implements coordination.Store.
 func (s *CoordinationStore) Coordination(ctx context.Context, id string) (coordination.Coordination, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return coordination.Coordination{}, coordination.ErrNotFound
 	}
 	c, err := scanCoordination(s.pool.QueryRow(ctx, `SELECT `+coordinationColumns+` FROM coordinations WHERE id = $1`, id))
@@ -332,7 +332,7 @@ func (s *CoordinationStore) Coordination(ctx context.Context, id string) (coordi
 
 // CoordinationRecords implements coordination.Store, in one snapshot.
 func (s *CoordinationStore) CoordinationRecords(ctx context.Context, id string) (coordination.Batch, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return coordination.Batch{}, coordination.ErrNotFound
 	}
 	var b coordination.Batch
@@ -394,7 +394,7 @@ func coordRows[T any](ctx context.Context, q coordQuerier, scan func(pgx.Row) (T
 
 // Recommendation implements coordination.Store.
 func (s *CoordinationStore) Recommendation(ctx context.Context, id string) (orchestrator.Recommendation, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return orchestrator.Recommendation{}, coordination.ErrNotFound
 	}
 	r, err := scanRecommendation(s.pool.QueryRow(ctx, `SELECT `+coordRecColumns+`
@@ -421,7 +421,7 @@ func (f *coordFilter) add(cond string, arg any) {
 
 func (f *coordFilter) eq(column, value string) {
 	switch {
-	case hasNUL(value):
+	case !storable(value):
 		// No stored text holds a NUL (PostgreSQL refuses it, even as a
 		// parameter): the filter matches nothing.
 		f.none = true
@@ -429,10 +429,6 @@ func (f *coordFilter) eq(column, value string) {
 		f.add(column+" = ?", value)
 	}
 }
-
-// hasNUL reports whether s holds a NUL character, which PostgreSQL text
-// cannot: an id or filter holding one matches no record.
-func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
 // coordPage lists up to limit rows of table matching f after the cursor, in
 // seq order, and the cursor of the next page ("" when no match follows):
@@ -487,7 +483,7 @@ func (s *CoordinationStore) Recommendations(ctx context.Context, q coordination.
 
 // Approval implements coordination.Store.
 func (s *CoordinationStore) Approval(ctx context.Context, id string) (orchestrator.Approval, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return orchestrator.Approval{}, coordination.ErrNotFound
 	}
 	a, err := scanApproval(s.pool.QueryRow(ctx, `SELECT `+coordApprovalColumns+` FROM coordination_approvals WHERE id = $1`, id))
@@ -511,7 +507,7 @@ func (s *CoordinationStore) Approvals(ctx context.Context, q coordination.Approv
 
 // Plan implements coordination.Store.
 func (s *CoordinationStore) Plan(ctx context.Context, id string) (orchestrator.Plan, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return orchestrator.Plan{}, coordination.ErrNotFound
 	}
 	p, err := scanPlan(s.pool.QueryRow(ctx, `SELECT `+coordPlanColumns+` FROM coordination_plans WHERE id = $1`, id))
@@ -562,7 +558,7 @@ func apply(ctx context.Context, tx pgx.Tx, coord, recID string, eff coordination
 
 // UpdateApproval implements coordination.Store.
 func (s *CoordinationStore) UpdateApproval(ctx context.Context, id string, change func(*orchestrator.Approval, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Approval, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return orchestrator.Approval{}, coordination.ErrNotFound
 	}
 	var out orchestrator.Approval
@@ -639,7 +635,7 @@ func clonePtr[T any](p *T) *T {
 
 // UpdatePlan implements coordination.Store.
 func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
-	if hasNUL(id) {
+	if !storable(id) {
 		return orchestrator.Plan{}, coordination.ErrNotFound
 	}
 	var out orchestrator.Plan

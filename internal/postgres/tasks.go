@@ -153,6 +153,9 @@ func (s *TaskStore) insert(ctx context.Context, q taskQuerier, t dispatch.Task) 
 
 // Get implements dispatch.Store.
 func (s *TaskStore) Get(ctx context.Context, id string) (dispatch.Task, error) {
+	if !storable(id) {
+		return dispatch.Task{}, dispatch.ErrNotFound
+	}
 	t, err := scanTask(s.pool.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return dispatch.Task{}, dispatch.ErrNotFound
@@ -163,6 +166,9 @@ func (s *TaskStore) Get(ctx context.Context, id string) (dispatch.Task, error) {
 // Update implements dispatch.Store: the row is read under FOR UPDATE, the
 // change applied in Go and written back, in one transaction.
 func (s *TaskStore) Update(ctx context.Context, id string, change func(*dispatch.Task) error) (dispatch.Task, error) {
+	if !storable(id) {
+		return dispatch.Task{}, dispatch.ErrNotFound
+	}
 	var out dispatch.Task
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		t, err := scanTask(tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
@@ -737,6 +743,9 @@ func (s *TaskStore) changed(ctx context.Context, update string, args ...any) ([]
 
 // Cancel implements dispatch.Queue.
 func (s *TaskStore) Cancel(ctx context.Context, id, msg string) (dispatch.Task, error) {
+	if !storable(id) {
+		return dispatch.Task{}, dispatch.ErrNotFound
+	}
 	var out dispatch.Task
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		t, err := scanTask(tx.QueryRow(ctx, `SELECT `+taskColumns+` FROM tasks WHERE id = $1 FOR UPDATE`, id))
