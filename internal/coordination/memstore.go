@@ -23,7 +23,18 @@ type MemoryStore struct {
 	events          []orchestrator.Event
 	eventSeq        uint64
 	records         int
+	// runs are the plans' run leases, by plan id; resources are the
+	// resource leases, by customer and resource, naming the holding plan.
+	runs      map[string]runLease
+	resources map[resourceKey]string
 }
+
+type runLease struct {
+	owner string
+	until time.Time
+}
+
+type resourceKey struct{ customer, resource string }
 
 // memCoordination is a stored coordination and the ids of its records.
 type memCoordination struct {
@@ -38,6 +49,8 @@ func NewMemoryStore() *MemoryStore {
 		recommendations: newTable[orchestrator.Recommendation](),
 		approvals:       newTable[orchestrator.Approval](),
 		plans:           newTable[orchestrator.Plan](),
+		runs:            map[string]runLease{},
+		resources:       map[resourceKey]string{},
 	}
 }
 
@@ -328,6 +341,32 @@ func (s *MemoryStore) UpdatePlan(ctx context.Context, id string, change func(*or
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.updatePlanLocked(id, change)
+}
+
+// UpdateRun implements Store.
+func (s *MemoryStore) UpdateRun(ctx context.Context, id, owner string, until time.Time, change func(*orchestrator.Plan, orchestrator.Recommendation) (Effects, error)) (orchestrator.Plan, error) {
+	if err := ctx.Err(); err != nil {
+		return orchestrator.Plan{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.plans.byID[id]
+	if !ok {
+		return orchestrator.Plan{}, ErrNotFound
+	}
+	if s.runs[id].owner != owner || owner == "" {
+		return clonePlan(r.v), ErrLeaseLost
+	}
+	p, err := s.updatePlanLocked(id, change)
+	if err == nil {
+		s.runs[id] = runLease{owner: owner, until: until}
+	}
+	return p, err
+}
+
+// updatePlanLocked is UpdatePlan with s.mu held.
+func (s *MemoryStore) updatePlanLocked(id string, change func(*orchestrator.Plan, orchestrator.Recommendation) (Effects, error)) (orchestrator.Plan, error) {
 	r, ok := s.plans.byID[id]
 	if !ok {
 		return orchestrator.Plan{}, ErrNotFound
@@ -337,10 +376,85 @@ func (s *MemoryStore) UpdatePlan(ctx context.Context, id string, change func(*or
 	if err != nil {
 		return clonePlan(r.v), err
 	}
+	for _, res := range eff.Acquire {
+		if holder, held := s.resources[resourceKey{r.v.CustomerID, res}]; held && holder != id {
+			return clonePlan(r.v), &BusyError{Resource: res, Holder: holder}
+		}
+	}
 	updated.ID, updated.RecommendationID, updated.CustomerID = r.v.ID, r.v.RecommendationID, r.v.CustomerID
 	r.v = clonePlan(updated)
+	if eff.Release {
+		s.releaseResourcesLocked(id)
+	}
+	for _, res := range eff.Acquire {
+		s.resources[resourceKey{r.v.CustomerID, res}] = id
+	}
 	s.apply(r.coordination, r.v.RecommendationID, eff)
 	return updated, nil
+}
+
+// releaseResourcesLocked frees the resource leases plan id holds.
+func (s *MemoryStore) releaseResourcesLocked(id string) {
+	for k, holder := range s.resources {
+		if holder == id {
+			delete(s.resources, k)
+		}
+	}
+}
+
+// ClaimPlans implements Store.
+func (s *MemoryStore) ClaimPlans(ctx context.Context, owner string, now, until time.Time, limit int) ([]orchestrator.Plan, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []orchestrator.Plan
+	for _, r := range s.plans.order {
+		if len(out) >= limit {
+			break
+		}
+		if r.v.Status != orchestrator.PlanRunning && r.v.Status != orchestrator.PlanRollingBack {
+			continue
+		}
+		if l, held := s.runs[r.id]; held && l.until.After(now) {
+			continue
+		}
+		s.runs[r.id] = runLease{owner: owner, until: until}
+		out = append(out, clonePlan(r.v))
+	}
+	return out, nil
+}
+
+// RenewRuns implements Store.
+func (s *MemoryStore) RenewRuns(ctx context.Context, owner string, ids []string, until time.Time) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lost []string
+	for _, id := range ids {
+		if l, held := s.runs[id]; !held || l.owner != owner {
+			lost = append(lost, id)
+			continue
+		}
+		s.runs[id] = runLease{owner: owner, until: until}
+	}
+	return lost, nil
+}
+
+// ReleaseRun implements Store.
+func (s *MemoryStore) ReleaseRun(ctx context.Context, id, owner string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.runs[id].owner == owner {
+		delete(s.runs, id)
+	}
+	return nil
 }
 
 // recommendationOf is a copy of recommendation id, or the zero one when
@@ -446,6 +560,10 @@ func (s *MemoryStore) Prune(ctx context.Context, cutoff time.Time) (int, error) 
 		s.recommendations.remove(recs)
 		s.approvals.remove(apps)
 		s.plans.remove(plans)
+		for _, id := range plans {
+			delete(s.runs, id)
+			s.releaseResourcesLocked(id)
+		}
 	}
 	s.events = slices.DeleteFunc(s.events, func(e orchestrator.Event) bool { return e.At.Before(cutoff) })
 	return pruned, nil

@@ -43,17 +43,19 @@ func NewPlan(rec orchestrator.Recommendation, templates Templates, newID func() 
 	return p
 }
 
-// transitions are the moves of a plan's status. failed -> rolling_back
-// is the rollback that follows a failed critical step; a failed plan with
-// nothing to undo stays failed. A running plan is cancelled before its
-// next step; the steps it completed stay done (cancelled is terminal, so
-// undoing them would be a failure's rollback, not a cancel). Rollback
-// itself cannot be cancelled: stopping half-way would leave the resources
-// in neither state.
+// transitions are the moves of a plan's status. A failed critical step
+// moves a running plan to rolling_back when it completed a reversible
+// step, else to failed, which is then final: a plan is failed only when
+// nothing is left to undo, so that every state a reader sees is one it
+// stays in or leaves by the rules here. A running plan is cancelled
+// between steps, or during one (its task is cancelled); the steps it
+// completed stay done (cancelled is final, so undoing them would be a
+// failure's rollback, not a cancel). Rollback itself cannot be
+// cancelled: stopping half-way would leave the resources in neither
+// state.
 var transitions = map[orchestrator.PlanStatus][]orchestrator.PlanStatus{
 	orchestrator.PlanPending:     {orchestrator.PlanRunning, orchestrator.PlanCancelled},
-	orchestrator.PlanRunning:     {orchestrator.PlanCompleted, orchestrator.PlanFailed, orchestrator.PlanCancelled},
-	orchestrator.PlanFailed:      {orchestrator.PlanRollingBack},
+	orchestrator.PlanRunning:     {orchestrator.PlanCompleted, orchestrator.PlanFailed, orchestrator.PlanRollingBack, orchestrator.PlanCancelled},
 	orchestrator.PlanRollingBack: {orchestrator.PlanRolledBack, orchestrator.PlanRollbackFailed},
 }
 
@@ -86,8 +88,16 @@ func Transition(p orchestrator.Plan, to orchestrator.PlanStatus, now time.Time) 
 		if p.StartedAt != nil {
 			p.TotalDurationMS = now.Sub(*p.StartedAt).Milliseconds()
 		}
+	case orchestrator.PlanRollingBack:
+		p.CompletedAt = &now // the forward run ended here
+		if p.StartedAt != nil {
+			p.TotalDurationMS = now.Sub(*p.StartedAt).Milliseconds()
+		}
 	case orchestrator.PlanRolledBack, orchestrator.PlanRollbackFailed:
 		p.RolledBackAt = &now
+		if p.StartedAt != nil {
+			p.TotalDurationMS = now.Sub(*p.StartedAt).Milliseconds()
+		}
 	}
 	return p, nil
 }
@@ -96,8 +106,9 @@ func Transition(p orchestrator.Plan, to orchestrator.PlanStatus, now time.Time) 
 // reversible step, latest first, each a pending step whose action is
 // rollback_<action>, with the parameters of the step it undoes and
 // RollbackOf naming it (the executor sends that step's result along).
-// Its id is the undone step's with "/rollback" appended.
-func RollbackSteps(p orchestrator.Plan) []orchestrator.PlanStep {
+// newID names each (a step's id is its task's, so it must be one a task
+// id may be).
+func RollbackSteps(p orchestrator.Plan, newID func() string) []orchestrator.PlanStep {
 	var out []orchestrator.PlanStep
 	for i := len(p.Steps) - 1; i >= 0; i-- {
 		s := p.Steps[i]
@@ -105,7 +116,7 @@ func RollbackSteps(p orchestrator.Plan) []orchestrator.PlanStep {
 			continue
 		}
 		out = append(out, orchestrator.PlanStep{
-			ID:         s.ID + "/rollback",
+			ID:         newID(),
 			Action:     rollbackPrefix + s.Action,
 			AgentType:  s.AgentType,
 			Parameters: s.Parameters,

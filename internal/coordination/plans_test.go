@@ -66,8 +66,8 @@ func TestCanTransition(t *testing.T) {
 		{orchestrator.PlanPending, orchestrator.PlanCancelled}:          true,
 		{orchestrator.PlanRunning, orchestrator.PlanCompleted}:          true,
 		{orchestrator.PlanRunning, orchestrator.PlanFailed}:             true,
+		{orchestrator.PlanRunning, orchestrator.PlanRollingBack}:        true,
 		{orchestrator.PlanRunning, orchestrator.PlanCancelled}:          true,
-		{orchestrator.PlanFailed, orchestrator.PlanRollingBack}:         true,
 		{orchestrator.PlanRollingBack, orchestrator.PlanRolledBack}:     true,
 		{orchestrator.PlanRollingBack, orchestrator.PlanRollbackFailed}: true,
 	}
@@ -97,14 +97,15 @@ func TestTransition(t *testing.T) {
 	if _, err := coordination.Transition(p, orchestrator.PlanRunning, end); !errors.Is(err, coordination.ErrInvalidTransition) {
 		t.Errorf("running twice: %v, want ErrInvalidTransition", err)
 	}
-	if p, err = coordination.Transition(p, orchestrator.PlanFailed, end); err != nil || p.CompletedAt == nil || p.TotalDurationMS != 2000 {
-		t.Fatalf("to failed: %v, completed %v after %dms", err, p.CompletedAt, p.TotalDurationMS)
+	if failed, err := coordination.Transition(p, orchestrator.PlanFailed, end); err != nil || failed.CompletedAt == nil || failed.TotalDurationMS != 2000 {
+		t.Fatalf("to failed: %v, completed %v after %dms", err, failed.CompletedAt, failed.TotalDurationMS)
 	}
-	if p, err = coordination.Transition(p, orchestrator.PlanRollingBack, end); err != nil {
-		t.Fatal(err)
+	if p, err = coordination.Transition(p, orchestrator.PlanRollingBack, end); err != nil || p.CompletedAt == nil || p.TotalDurationMS != 2000 {
+		t.Fatalf("to rolling back: %v, completed %v after %dms", err, p.CompletedAt, p.TotalDurationMS)
 	}
-	if p, err = coordination.Transition(p, orchestrator.PlanRolledBack, end.Add(time.Second)); err != nil || p.RolledBackAt == nil || !p.RolledBackAt.Equal(end.Add(time.Second)) {
-		t.Fatalf("to rolled back: %v, at %v", err, p.RolledBackAt)
+	if p, err = coordination.Transition(p, orchestrator.PlanRolledBack, end.Add(time.Second)); err != nil || p.RolledBackAt == nil ||
+		!p.RolledBackAt.Equal(end.Add(time.Second)) || p.TotalDurationMS != 3000 {
+		t.Fatalf("to rolled back: %v, at %v, %dms in all", err, p.RolledBackAt, p.TotalDurationMS)
 	}
 	before := p
 	if p, err = coordination.Transition(p, orchestrator.PlanCancelled, end); !errors.Is(err, coordination.ErrInvalidTransition) || p.Status != before.Status {
@@ -117,11 +118,11 @@ func TestRollbackSteps(t *testing.T) {
 	// take_snapshot and migrate_workload done, validate_quality failed.
 	p.Steps[0].Status, p.Steps[1].Status, p.Steps[2].Status = orchestrator.StepCompleted, orchestrator.StepCompleted, orchestrator.StepFailed
 	p.Steps[1].Parameters = []byte(`{"k":1}`)
-	got := coordination.RollbackSteps(p)
+	got := coordination.RollbackSteps(p, counter("rb"))
 	if want := []string{"rollback_migrate_workload/c", "rollback_take_snapshot/c"}; !slices.Equal(stepsOf(got), want) {
 		t.Fatalf("rollback steps %v, want %v", stepsOf(got), want)
 	}
-	if got[0].RollbackOf != p.Steps[1].ID || got[0].ID != p.Steps[1].ID+"/rollback" || string(got[0].Parameters) != `{"k":1}` ||
+	if got[0].RollbackOf != p.Steps[1].ID || got[0].ID != "rb-1" || got[1].ID != "rb-2" || string(got[0].Parameters) != `{"k":1}` ||
 		got[0].Status != orchestrator.StepPending || got[1].RollbackOf != p.Steps[0].ID {
 		t.Errorf("rollback steps %+v", got)
 	}
@@ -129,14 +130,14 @@ func TestRollbackSteps(t *testing.T) {
 	// Irreversible completed steps, and steps not completed, are left.
 	p = coordination.NewPlan(rec("r", action("scale_down")), defaultConfig(t).PlanTemplates, counter("id"), now)
 	p.Steps[0].Status, p.Steps[1].Status = orchestrator.StepCompleted, orchestrator.StepFailed
-	if got := coordination.RollbackSteps(p); len(got) != 0 {
+	if got := coordination.RollbackSteps(p, counter("rb")); len(got) != 0 {
 		t.Errorf("rollback of a validation and a failed step: %v", stepsOf(got))
 	}
 	// Rollback steps appended to a plan are not rolled back themselves.
 	p.Steps[1].Status = orchestrator.StepCompleted
-	p.Steps = append(p.Steps, coordination.RollbackSteps(p)...)
+	p.Steps = append(p.Steps, coordination.RollbackSteps(p, counter("rb"))...)
 	p.Steps[len(p.Steps)-1].Status = orchestrator.StepCompleted
-	if got := stepsOf(coordination.RollbackSteps(p)); !slices.Equal(got, []string{"rollback_scale/c"}) {
+	if got := stepsOf(coordination.RollbackSteps(p, counter("rb"))); !slices.Equal(got, []string{"rollback_scale/c"}) {
 		t.Errorf("rollback steps %v, want only rollback_scale", got)
 	}
 }

@@ -26,7 +26,30 @@ var (
 	// expire was decided meanwhile): the store changes nothing, and the
 	// update returns it.
 	ErrNoChange = errors.New("nothing to change")
+
+	// ErrLeaseLost is returned by UpdateRun when the caller no longer
+	// holds the plan's run lease: it lapsed and another executor took
+	// the plan over. Nothing is stored; the caller stops running it.
+	ErrLeaseLost = errors.New("the plan's run lease is held by another executor")
+
+	// ErrResourceBusy is wrapped by the *BusyError of an update whose
+	// Effects.Acquire names a resource another plan holds.
+	ErrResourceBusy = errors.New("resource held by another plan")
 )
+
+// BusyError is an Effects.Acquire refused: Resource (of the plan's
+// customer) is held by plan Holder. Nothing was stored.
+type BusyError struct {
+	Resource string
+	Holder   string
+}
+
+func (e *BusyError) Error() string {
+	return "resource " + e.Resource + " is held by plan " + e.Holder
+}
+
+// Unwrap returns ErrResourceBusy.
+func (e *BusyError) Unwrap() error { return ErrResourceBusy }
 
 // Coordination is what one POST /coordination/coordinate decided, as the
 // store keeps it: with its recommendations, approvals and plans (stored
@@ -75,6 +98,15 @@ type Effects struct {
 	Plan *orchestrator.Plan
 	// Events are appended to the log; the store assigns their Seq.
 	Events []orchestrator.Event
+	// Acquire, on a plan's update, takes the resource leases of these
+	// resources (of the plan's customer) for the plan: all of them, or,
+	// when another plan holds one, none, and the update fails with a
+	// *BusyError and stores nothing. Leases the plan holds already are
+	// kept. One plan at a time per resource.
+	Acquire []string
+	// Release, on a plan's update, frees every resource lease the plan
+	// holds.
+	Release bool
 }
 
 // RecommendationQuery selects a page of recommendations, oldest first.
@@ -172,6 +204,26 @@ type Store interface {
 	Plans(ctx context.Context, q PlanQuery) (page []orchestrator.Plan, next string, err error)
 	// UpdatePlan is UpdateApproval for plan id.
 	UpdatePlan(ctx context.Context, id string, change func(*orchestrator.Plan, orchestrator.Recommendation) (Effects, error)) (orchestrator.Plan, error)
+
+	// ClaimPlans takes the run lease, for owner until until, of up to
+	// limit plans that are running or rolling_back and whose lease is
+	// free or lapsed at now, oldest first, and returns them. Concurrent
+	// claims (other replicas' included) never take the same plan: an
+	// executor that dies stops renewing, and its plans are taken over
+	// once their leases lapse.
+	ClaimPlans(ctx context.Context, owner string, now, until time.Time, limit int) ([]orchestrator.Plan, error)
+	// UpdateRun is UpdatePlan for the holder of plan id's run lease: it
+	// extends the lease to until in the same atomic step. ErrLeaseLost
+	// when owner does not hold it (another took it over, or it was
+	// released); nothing is stored then.
+	UpdateRun(ctx context.Context, id, owner string, until time.Time, change func(*orchestrator.Plan, orchestrator.Recommendation) (Effects, error)) (orchestrator.Plan, error)
+	// RenewRuns extends to until owner's run leases of the plans ids and
+	// returns the ids whose lease owner no longer holds.
+	RenewRuns(ctx context.Context, owner string, ids []string, until time.Time) (lost []string, err error)
+	// ReleaseRun frees owner's run lease of plan id, so that another
+	// executor may take the plan at once; nothing when owner does not
+	// hold it.
+	ReleaseRun(ctx context.Context, id, owner string) error
 
 	// Events returns a page of the audit log, and the Seq to pass as
 	// After for the next (0 when there is none).

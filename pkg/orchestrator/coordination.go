@@ -193,8 +193,10 @@ type Approval struct {
 // PlanStatus is where an execution plan is in its life.
 type PlanStatus string
 
-// Plan statuses: pending -> running -> completed, or failed -> rolling_back
-// -> rolled_back or rollback_failed; pending or running -> cancelled.
+// Plan statuses: pending -> running -> completed; a failed critical step
+// takes a running plan to rolling_back -> rolled_back or rollback_failed
+// when it completed a step to undo, else to failed; pending or running ->
+// cancelled.
 const (
 	PlanPending        PlanStatus = "pending"
 	PlanRunning        PlanStatus = "running"
@@ -206,11 +208,11 @@ const (
 	PlanCancelled      PlanStatus = "cancelled"
 )
 
-// Terminal reports whether s is final: completed, rolled_back,
-// rollback_failed or cancelled. Failed is not: a rollback may follow it.
+// Terminal reports whether s is final: completed, failed (nothing was
+// left to undo), rolled_back, rollback_failed or cancelled.
 func (s PlanStatus) Terminal() bool {
 	switch s {
-	case PlanCompleted, PlanRolledBack, PlanRollbackFailed, PlanCancelled:
+	case PlanCompleted, PlanFailed, PlanRolledBack, PlanRollbackFailed, PlanCancelled:
 		return true
 	}
 	return false
@@ -227,6 +229,9 @@ const (
 	StepFailed     StepStatus = "failed"
 	StepSkipped    StepStatus = "skipped" // the plan ended before the step ran
 	StepRolledBack StepStatus = "rolled_back"
+	// StepCancelled: the plan was cancelled while the step ran; its task
+	// was cancelled. An addition.
+	StepCancelled StepStatus = "cancelled"
 )
 
 // PlanStep is one step of a plan: a task sent to an agent.
@@ -257,6 +262,10 @@ type PlanStep struct {
 	// RollbackOf is, for a rollback step, the id of the step it undoes.
 	// An addition.
 	RollbackOf string `json:"rollback_of,omitempty"`
+	// TaskID is the id of the step's task (GET /tasks/{id}), set when
+	// the step starts. It is the step's id: a step resumed by another
+	// replica is the same task, never a second one. An addition.
+	TaskID string `json:"task_id,omitempty"`
 }
 
 // Plan is how an approved recommendation is carried out: its steps, run
@@ -276,6 +285,10 @@ type Plan struct {
 	CompletedAt     *time.Time `json:"completed_at,omitempty"`
 	RolledBackAt    *time.Time `json:"rolled_back_at,omitempty"`
 	TotalDurationMS int64      `json:"total_duration_ms,omitempty"`
+	// WaitingFor says why a running plan has not started its first step:
+	// a dependency whose plan has not completed, or an affected resource
+	// another plan holds. Empty once it runs. An addition.
+	WaitingFor string `json:"waiting_for,omitempty"`
 }
 
 // CoordinateRequest is the body of POST /coordination/coordinate: a batch
@@ -328,6 +341,18 @@ const (
 	EventApprovalExpired  EventKind = "approval.expired"
 	EventPlanCreated      EventKind = "plan.created"
 	EventPlanCancelled    EventKind = "plan.cancelled"
+	// The execution of a plan: started by an operator (or execute_now),
+	// then each step's start and outcome, and the plan's end. The
+	// executor's events have no actor.
+	EventPlanStarted        EventKind = "plan.started"
+	EventStepStarted        EventKind = "plan.step_started"
+	EventStepCompleted      EventKind = "plan.step_completed"
+	EventStepFailed         EventKind = "plan.step_failed"
+	EventPlanCompleted      EventKind = "plan.completed"
+	EventPlanFailed         EventKind = "plan.failed"
+	EventPlanRollingBack    EventKind = "plan.rolling_back"
+	EventPlanRolledBack     EventKind = "plan.rolled_back"
+	EventPlanRollbackFailed EventKind = "plan.rollback_failed"
 )
 
 // Event is one entry of the append-only coordination audit log
