@@ -245,7 +245,7 @@ func (c *Cluster) Submit(ctx context.Context, req Request) (Task, error) {
 		return Task{}, noAgentError(rt)
 	}
 	// The database keeps microseconds: the task returned is the one stored.
-	t.ID, t.CreatedAt = c.newID(), c.now().UTC().Truncate(time.Microsecond)
+	t.ID, t.CreatedAt = cmp.Or(req.ID, c.newID()), c.now().UTC().Truncate(time.Microsecond)
 	// Waiting before the task exists: the claim that takes it may be one
 	// the insert's own notification started.
 	claimed := make(chan Task, 1)

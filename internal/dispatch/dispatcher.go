@@ -286,7 +286,7 @@ func (d *Dispatcher) Submit(ctx context.Context, req Request) (Task, error) {
 			return Task{}, err
 		}
 	}
-	t.ID, t.CreatedAt = d.newID(), d.now().UTC()
+	t.ID, t.CreatedAt = cmp.Or(req.ID, d.newID()), d.now().UTC()
 	j := &job{task: t, route: rt, index: -1, tried: map[string]bool{}}
 
 	d.mu.Lock()

@@ -981,3 +981,23 @@ func TestShutdownWaitsForTimers(t *testing.T) {
 		t.Errorf("queued task = %s (%q), want the timeout its deadline recorded", got.Status, got.Error)
 	}
 }
+
+// A caller that names its task (the coordination executor, resuming a
+// plan step) gets ErrExists the second time, never a second delivery.
+func TestNamedTaskIsSubmittedOnce(t *testing.T) {
+	h := newHarness(t, testConfig)
+	agent := h.addAgent("a", completed(`{"ok":true}`))
+	first := h.submit(dispatch.Request{ID: "step-1"})
+	if first.ID != "step-1" {
+		t.Fatalf("task id %q, want step-1", first.ID)
+	}
+	if _, err := h.d.Submit(context.Background(), dispatch.Request{ID: "step-1", AgentType: "cost", TaskType: "analyze"}); !errors.Is(err, dispatch.ErrExists) {
+		t.Fatalf("second Submit of step-1: %v, want ErrExists", err)
+	}
+	if got := h.wait("step-1"); got.Status != dispatch.StatusCompleted {
+		t.Fatalf("step-1 %s", got.Status)
+	}
+	if n := len(agent.received()); n != 1 {
+		t.Errorf("delivered %d times, want once", n)
+	}
+}

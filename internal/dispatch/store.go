@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -14,6 +15,9 @@ var (
 	// ErrFinished is returned by an update of a task that is already in a
 	// terminal state: terminal states never change.
 	ErrFinished = errors.New("task already finished")
+	// ErrExists is returned by Create for a task whose id is taken: a
+	// caller that names its tasks (Request.ID) submitted it before.
+	ErrExists = errors.New("task id already taken")
 )
 
 // Store keeps tasks. Every method is safe for concurrent use and atomic.
@@ -67,7 +71,7 @@ func (s *MemoryStore) Create(ctx context.Context, t Task) (Task, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, taken := s.byID[t.ID]; taken || t.ID == "" {
-		return Task{}, errors.New("dispatch: task ID empty or already taken")
+		return Task{}, fmt.Errorf("dispatch: task ID %.64q empty or already taken: %w", t.ID, ErrExists)
 	}
 	s.seq++
 	t.Seq = s.seq

@@ -86,6 +86,12 @@ const (
 
 // Request is an operator's submission. Nil pointers mean "not given".
 type Request struct {
+	// ID, when set, names the task instead of a new random id: a caller
+	// that may submit the same work again (the coordination executor,
+	// resuming a plan another replica was running) gets ErrExists the
+	// second time instead of a second task. Not on the wire: operators'
+	// tasks always get new ids.
+	ID             string
 	TaskType       string
 	AgentType      string
 	AgentID        string

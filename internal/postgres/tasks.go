@@ -143,7 +143,7 @@ func (s *TaskStore) insert(ctx context.Context, q taskQuerier, t dispatch.Task) 
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-			return dispatch.Task{}, fmt.Errorf("postgres: task ID %.64q already taken", t.ID)
+			return dispatch.Task{}, fmt.Errorf("postgres: task ID %.64q: %w", t.ID, dispatch.ErrExists)
 		}
 		return dispatch.Task{}, taskErr(err)
 	}
@@ -340,7 +340,7 @@ func (s *TaskStore) Enqueue(ctx context.Context, t dispatch.Task, maxPending int
 	case err == nil && full:
 		return dispatch.Task{}, nil, dispatch.ErrQueueFull
 	case errors.As(err, &pgErr) && pgErr.Code == "23505":
-		return dispatch.Task{}, nil, fmt.Errorf("postgres: task ID %.64q already taken", t.ID)
+		return dispatch.Task{}, nil, fmt.Errorf("postgres: task ID %.64q: %w", t.ID, dispatch.ErrExists)
 	case err != nil:
 		return dispatch.Task{}, nil, taskErr(err)
 	}

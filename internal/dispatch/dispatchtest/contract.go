@@ -213,8 +213,8 @@ func testCreateDuplicate(t *testing.T, s dispatch.Store) {
 	first := mustCreate(t, s, newTask("t1", 0))
 	dup := newTask("t1", 5)
 	dup.TaskType, dup.Status = "other", dispatch.StatusCompleted
-	if _, err := s.Create(context.Background(), dup); err == nil {
-		t.Error("Create of a duplicate ID succeeded")
+	if _, err := s.Create(context.Background(), dup); !errors.Is(err, dispatch.ErrExists) {
+		t.Errorf("Create of a duplicate ID: %v, want ErrExists", err)
 	}
 	checkTask(t, "task after a duplicate Create", mustGet(t, s, "t1"), first)
 	if got := taskIDs(list(t, s, dispatch.Query{Limit: 10})); !slices.Equal(got, []string{"t1"}) {
