@@ -38,6 +38,7 @@ type Coordination interface {
 	Plans(ctx context.Context, q coordination.PlanQuery) ([]orchestrator.Plan, string, error)
 	Plan(ctx context.Context, id string) (orchestrator.Plan, error)
 	CancelPlan(ctx context.Context, id string, actor coordination.Actor) (orchestrator.Plan, error)
+	ExecutePlan(ctx context.Context, id string, actor coordination.Actor) (orchestrator.Plan, error)
 	Events(ctx context.Context, q coordination.EventQuery) ([]orchestrator.Event, uint64, error)
 }
 
@@ -288,7 +289,7 @@ func getAs[T any](get func(context.Context, string) (T, error), what string) htt
 }
 
 // cancelPlanHandler serves POST /coordination/plans/{id}/cancel: 200 with
-// the cancelled plan, 409 for a plan that is not pending.
+// the cancelled plan, 409 for a plan neither pending nor running.
 func cancelPlanHandler(c Coordination) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := mux.Vars(r)["id"]
@@ -321,29 +322,36 @@ func cmpOr(values ...string) string {
 	return ""
 }
 
-// executionUnavailable is ErrExecutionUnavailable for one plan, saying
-// what the caller can do instead.
-type executionUnavailable struct{ plan orchestrator.Plan }
-
-func (e *executionUnavailable) Error() string {
-	return fmt.Sprintf("plan execution is not available yet: this orchestrator cannot run plans; plan %s stays %s "+
-		"(cancel it with POST /coordination/plans/%s/cancel)", e.plan.ID, e.plan.Status, e.plan.ID)
+// executeResponse is the 202 answer of POST /coordination/plans/{id}/execute,
+// in the old engine's shape, with the plan as started (an addition).
+type executeResponse struct {
+	Message string            `json:"message"`
+	PlanID  string            `json:"plan_id"`
+	Plan    orchestrator.Plan `json:"plan"`
 }
 
-func (e *executionUnavailable) Unwrap() error { return coordination.ErrExecutionUnavailable }
-
-// executePlanHandler serves POST /coordination/plans/{id}/execute: 404 for
-// an unknown plan, else 501 until plans can run. It answers honestly
-// rather than pretending a plan started.
+// executePlanHandler serves POST /coordination/plans/{id}/execute: 202
+// once the plan is running (its steps run in the background: poll GET
+// /coordination/plans/{id}), 404 for an unknown plan, 409 for one that
+// is not pending (executed already, cancelled).
 func executePlanHandler(c Coordination) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := mux.Vars(r)["id"]
-		p, err := c.Plan(r.Context(), id)
+		name, ok := operatorOf(r)
+		if !ok {
+			var req decisionRequest
+			if err := decodeOptionalBody(r, &req); err != nil {
+				writeDomainError(w, r, err)
+				return
+			}
+			name = cmpOr(strings.TrimSpace(req.UserID), r.URL.Query().Get("user_id"), "anonymous")
+		}
+		p, err := c.ExecutePlan(r.Context(), id, coordination.Actor{Name: name, RequestID: requestIDOf(w)})
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "plan", id))
 			return
 		}
-		writeDomainError(w, r, &executionUnavailable{plan: p})
+		writeJSON(w, http.StatusAccepted, executeResponse{Message: "Execution started", PlanID: p.ID, Plan: p})
 	}
 }
 

@@ -4,14 +4,17 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -65,8 +68,9 @@ type Tasks interface {
 type Service struct {
 	Agents *registry.Registry
 	Tasks  Tasks
-	// Coordination coordinates agents' recommendations; its records are
-	// in this process's memory, whatever the database.
+	// Coordination coordinates agents' recommendations and runs their
+	// plans through Tasks; its records are in the database when there is
+	// one, else in this process's memory.
 	Coordination *coordination.Engine
 	Handler      http.Handler
 	// Health holds the probes' checks and the started and draining
@@ -128,6 +132,8 @@ func New(opts Options) (*Service, error) {
 		Logger:  log.Named("coordination"),
 		Metrics: metrics,
 		Now:     opts.Now,
+		Tasks:   s.Tasks,
+		Owner:   executorName(),
 	})
 	if err != nil {
 		return nil, err
@@ -152,6 +158,15 @@ func New(opts Options) (*Service, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// executorName names this replica's plan executor in the plans' run
+// leases: the pod's name (the hostname) for the operator reading them,
+// and a random part, so that a pod restarted under the same name is not
+// taken for its previous life.
+func executorName() string {
+	host, _ := os.Hostname()
+	return cmp.Or(host, "orchestrator") + "/" + uuid.NewString()[:8]
 }
 
 // newTasks builds the dispatcher: a cluster over opts.TaskQueue when set,

@@ -48,6 +48,29 @@ type Config struct {
 	// SweepInterval is how often pending approvals past their expiry are
 	// expired, and settled coordinations pruned.
 	SweepInterval time.Duration `env:"COORDINATION_SWEEP_INTERVAL, default=30s"`
+
+	// The executor. MaxRunning is how many plans one replica runs at
+	// once; the rest wait, running, until one ends.
+	MaxRunning int `env:"COORDINATION_MAX_RUNNING, default=16"`
+	// RunLease is how long a replica holds a plan it runs without renewing
+	// (every third of it): a replica that dies leaves its plans to another
+	// after at most this long.
+	RunLease time.Duration `env:"COORDINATION_RUN_LEASE, default=15s"`
+	// StepTimeout is the timeout_seconds of each step's task: how long an
+	// agent may take over one attempt.
+	StepTimeout time.Duration `env:"COORDINATION_STEP_TIMEOUT, default=300s"`
+	// StepMaxRetries is the max_retries of each step's task: attempts
+	// after the first, on another agent when one is free, before the step
+	// fails. Agents deduplicate by task_id, as for any task.
+	StepMaxRetries int `env:"COORDINATION_STEP_MAX_RETRIES, default=2"`
+	// AgentWait is how long a step waits for an agent of its type to be
+	// registered and healthy before it fails (an agent restarting is not
+	// a failed step).
+	AgentWait time.Duration `env:"COORDINATION_AGENT_WAIT, default=2m"`
+	// PollInterval is how often the executor looks at the task of each
+	// step running, at the plans waiting for a dependency or a resource,
+	// and for plans to take over.
+	PollInterval time.Duration `env:"COORDINATION_POLL_INTERVAL, default=250ms"`
 }
 
 // Limits of the settings. A batch's conflicts are pairs: n recommendations
@@ -73,6 +96,19 @@ const (
 	maxRetention     = 10 * 365 * 24 * time.Hour
 	minSweepInterval = time.Second
 	maxSweepInterval = 10 * time.Minute
+	// Each running plan is a goroutine polling its step's task; 1,000 of
+	// them is 4,000 reads a second at the fastest poll.
+	maxMaxRunning = 1000
+	// A lease renewed every third must outlast a slow store round trip;
+	// past 10 minutes a dead replica's plans stall too long.
+	minRunLease = 3 * time.Second
+	maxRunLease = 10 * time.Minute
+	// A step's task obeys the dispatcher's own bounds.
+	minStepTimeout  = time.Second
+	maxStepTimeout  = 300 * time.Second
+	minPollInterval = 10 * time.Millisecond
+	maxPollInterval = 30 * time.Second
+	maxAgentWait    = 24 * time.Hour
 )
 
 // Validate reports every setting that cannot be used, naming its variable.
@@ -86,6 +122,15 @@ func (c Config) Validate() error {
 		bound.Int("COORDINATION_MAX_RECORDS", int64(c.MaxRecords), minMaxRecords, maxMaxRecords),
 		bound.Duration("COORDINATION_RETENTION", c.Retention, minRetention, maxRetention),
 		bound.Duration("COORDINATION_SWEEP_INTERVAL", c.SweepInterval, minSweepInterval, maxSweepInterval),
+		bound.Int("COORDINATION_MAX_RUNNING", int64(c.MaxRunning), 1, maxMaxRunning),
+		bound.Duration("COORDINATION_RUN_LEASE", c.RunLease, minRunLease, maxRunLease),
+		bound.Duration("COORDINATION_STEP_TIMEOUT", c.StepTimeout, minStepTimeout, maxStepTimeout),
+		bound.Int("COORDINATION_STEP_MAX_RETRIES", int64(c.StepMaxRetries), 0, 10),
+		bound.Duration("COORDINATION_AGENT_WAIT", c.AgentWait, 0, maxAgentWait),
+		bound.Duration("COORDINATION_POLL_INTERVAL", c.PollInterval, minPollInterval, maxPollInterval),
+	}
+	if c.StepTimeout%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("COORDINATION_STEP_TIMEOUT=%s: must be whole seconds (it is a task's timeout_seconds)", c.StepTimeout))
 	}
 	if c.AutoApproveMaxRisk.Rank() < 0 {
 		errs = append(errs, fmt.Errorf("COORDINATION_AUTO_APPROVE_MAX_RISK=%q: must be one of %s", c.AutoApproveMaxRisk, riskNames()))
@@ -106,6 +151,12 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt("max_records", c.MaxRecords)
 	enc.AddDuration("retention", c.Retention)
 	enc.AddDuration("sweep_interval", c.SweepInterval)
+	enc.AddInt("max_running", c.MaxRunning)
+	enc.AddDuration("run_lease", c.RunLease)
+	enc.AddDuration("step_timeout", c.StepTimeout)
+	enc.AddInt("step_max_retries", c.StepMaxRetries)
+	enc.AddDuration("agent_wait", c.AgentWait)
+	enc.AddDuration("poll_interval", c.PollInterval)
 	return nil
 }
 

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/optiinfra/orchestrator/internal/dispatch"
 	"github.com/optiinfra/orchestrator/pkg/orchestrator"
 )
 
@@ -37,6 +39,12 @@ type EngineOptions struct {
 	Now func() time.Time
 	// NewID names every record; it defaults to random UUIDs.
 	NewID func() string
+	// Tasks, when set, is the dispatcher plans are executed through;
+	// without it plans cannot run (ErrExecutionUnavailable).
+	Tasks Tasks
+	// Owner names this executor in the plans' run leases; it must differ
+	// from every other replica's. It defaults to a random one.
+	Owner string
 }
 
 // Engine coordinates recommendations over a Store: it decides each batch
@@ -53,6 +61,9 @@ type Engine struct {
 	now     func() time.Time
 	newID   func() string
 	metrics *metrics
+	tasks   Tasks
+	owner   string
+	runner  *runner
 }
 
 // NewEngine returns an engine over o.Store, after checking o.Config and
@@ -64,7 +75,7 @@ func NewEngine(o EngineOptions) (*Engine, error) {
 	if err := o.Config.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{store: o.Store, cfg: o.Config, log: o.Logger, now: o.Now, newID: o.NewID}
+	e := &Engine{store: o.Store, cfg: o.Config, log: o.Logger, now: o.Now, newID: o.NewID, tasks: o.Tasks, owner: o.Owner, runner: newRunner()}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -73,6 +84,9 @@ func NewEngine(o EngineOptions) (*Engine, error) {
 	}
 	if e.newID == nil {
 		e.newID = uuid.NewString
+	}
+	if e.owner == "" {
+		e.owner = uuid.NewString()
 	}
 	m, err := newMetrics(o.Metrics, e)
 	if err != nil {
@@ -109,15 +123,18 @@ func recordRef(rec orchestrator.Recommendation) orchestrator.Recommendation {
 // requested by actor.Name, or by the recommending agent when the actor
 // has no name: whoever submitted the batch must not approve it.
 //
+// With req.ExecuteNow the auto-approved recommendations' plans are
+// stored running, for the executor to take.
+//
 // Errors: a *FieldError (ErrInvalid; ErrTooLarge for a batch over
-// COORDINATION_MAX_BATCH), ErrExecutionUnavailable for execute_now (after
-// validation, before anything is stored), ErrFull when the store holds
-// COORDINATION_MAX_RECORDS.
+// COORDINATION_MAX_BATCH), ErrExecutionUnavailable for execute_now
+// without a dispatcher (after validation, before anything is stored),
+// ErrFull when the store holds COORDINATION_MAX_RECORDS.
 func (e *Engine) Coordinate(ctx context.Context, actor Actor, req orchestrator.CoordinateRequest) (orchestrator.CoordinateResponse, error) {
 	if err := Validate(req, e.cfg); err != nil {
 		return orchestrator.CoordinateResponse{}, err
 	}
-	if req.ExecuteNow {
+	if req.ExecuteNow && e.tasks == nil {
 		return orchestrator.CoordinateResponse{}, ErrExecutionUnavailable
 	}
 	now := e.now()
@@ -166,10 +183,16 @@ func (e *Engine) Coordinate(ctx context.Context, actor Actor, req orchestrator.C
 			}
 			r.Status = orchestrator.RecommendationAutoApproved
 			p := NewPlan(recordRef(r), e.cfg.PlanTemplates, e.newID, now)
-			b.Plans = append(b.Plans, p)
 			b.Events = append(b.Events,
 				event(now, actor, c.CustomerID, orchestrator.EventRecommendationAutoApproved, r.RecordID, map[string]any{"id": r.ID}),
 				event(now, actor, c.CustomerID, orchestrator.EventPlanCreated, p.ID, map[string]any{"recommendation_id": r.RecordID}))
+			if req.ExecuteNow {
+				p, _ = Transition(p, orchestrator.PlanRunning, now) // a new plan is pending
+				r.Status = orchestrator.RecommendationExecuting
+				b.Events = append(b.Events, event(now, actor, c.CustomerID, orchestrator.EventPlanStarted, p.ID,
+					map[string]any{"recommendation_id": r.RecordID, "execute_now": true}))
+			}
+			b.Plans = append(b.Plans, p)
 		}
 		b.Recommendations = append(b.Recommendations, r)
 	}
@@ -179,6 +202,9 @@ func (e *Engine) Coordinate(ctx context.Context, actor Actor, req orchestrator.C
 	}
 	for _, cf := range conflicts {
 		e.metrics.conflicts.WithLabelValues(string(cf.Type)).Inc()
+	}
+	if req.ExecuteNow && len(b.Plans) > 0 {
+		e.runner.poke()
 	}
 	e.log.Info("coordinated recommendations", zap.String("coordination_id", c.ID), zap.String("customer_id", c.CustomerID),
 		zap.Int("recommendations", len(recs)), zap.Int("conflicts", len(conflicts)),
@@ -410,37 +436,110 @@ func (e *Engine) decide(ctx context.Context, id string, actor Actor, d Decision)
 	return a, plan, nil
 }
 
-// CancelPlan cancels plan id, which must be pending (plans do not run
-// yet; cancelling a running plan will be the executor's), and its
-// recommendation becomes cancelled; the steps are skipped. Errors:
-// ErrNotFound, ErrInvalidTransition for a plan that is not pending (a
-// second cancel included), a FieldError on user_id for an empty
-// actor.Name.
+// ExecutePlan starts plan id: it becomes running and its recommendation
+// executing, and this replica's executor takes it (or another's, when
+// this one is full). It returns the plan as started. Errors: ErrNotFound,
+// ErrInvalidTransition for a plan that is not pending (executed already,
+// cancelled), ErrExecutionUnavailable without a dispatcher, a FieldError
+// on user_id for an empty actor.Name.
+func (e *Engine) ExecutePlan(ctx context.Context, id string, actor Actor) (orchestrator.Plan, error) {
+	if err := needName(actor); err != nil {
+		return orchestrator.Plan{}, err
+	}
+	if e.tasks == nil {
+		return orchestrator.Plan{}, ErrExecutionUnavailable
+	}
+	now := e.now()
+	p, err := e.store.UpdatePlan(ctx, id, func(p *orchestrator.Plan, rec orchestrator.Recommendation) (Effects, error) {
+		if p.Status != orchestrator.PlanPending {
+			return Effects{}, fmt.Errorf("%w: plan %s is %s; only a pending plan can be executed", ErrInvalidTransition, p.ID, p.Status)
+		}
+		switch rec.Status {
+		case orchestrator.RecommendationApproved, orchestrator.RecommendationAutoApproved:
+		default:
+			return Effects{}, fmt.Errorf("%w: plan %s is for recommendation %s, which is %s, not approved", ErrInvalidTransition, p.ID, rec.RecordID, rec.Status)
+		}
+		next, err := Transition(*p, orchestrator.PlanRunning, now)
+		if err != nil {
+			return Effects{}, err
+		}
+		*p = next
+		return Effects{
+			RecommendationStatus: orchestrator.RecommendationExecuting,
+			Events: []orchestrator.Event{event(now, actor, p.CustomerID, orchestrator.EventPlanStarted, p.ID,
+				map[string]any{"recommendation_id": p.RecommendationID})},
+		}, nil
+	})
+	if err != nil {
+		return p, err
+	}
+	e.log.Info("plan started", zap.String("plan_id", p.ID), zap.String("by", strings.TrimSpace(actor.Name)), zap.String("request_id", actor.RequestID))
+	e.runner.poke()
+	return p, nil
+}
+
+// CancelPlan cancels plan id, pending or running, and its recommendation
+// becomes cancelled. The steps not started are skipped; a step running
+// becomes cancelled and its task is cancelled (the agent's call aborted);
+// the steps completed stay done. A plan rolling back cannot be cancelled:
+// stopping half-way would leave the resources in neither state. Errors:
+// ErrNotFound, ErrInvalidTransition for a plan neither pending nor
+// running (a second cancel included), a FieldError on user_id for an
+// empty actor.Name.
 func (e *Engine) CancelPlan(ctx context.Context, id string, actor Actor) (orchestrator.Plan, error) {
 	if err := needName(actor); err != nil {
 		return orchestrator.Plan{}, err
 	}
 	now := e.now()
-	return e.store.UpdatePlan(ctx, id, func(p *orchestrator.Plan, _ orchestrator.Recommendation) (Effects, error) {
-		if p.Status != orchestrator.PlanPending {
-			return Effects{}, fmt.Errorf("%w: plan %s is %s; only a pending plan can be cancelled", ErrInvalidTransition, p.ID, p.Status)
-		}
-		next, err := Transition(*p, orchestrator.PlanCancelled, now)
-		if err != nil {
-			return Effects{}, err
-		}
-		for i := range next.Steps {
-			if next.Steps[i].Status == orchestrator.StepPending {
-				next.Steps[i].Status = orchestrator.StepSkipped
+	p, err := e.store.UpdatePlan(ctx, id, func(p *orchestrator.Plan, _ orchestrator.Recommendation) (Effects, error) {
+		return e.cancel(p, actor, "", now)
+	})
+	if err != nil {
+		return p, err
+	}
+	for _, st := range p.Steps {
+		if st.Status == orchestrator.StepCancelled && st.TaskID != "" && e.tasks != nil {
+			if _, err := e.tasks.Cancel(ctx, st.TaskID); err != nil && !errors.Is(err, dispatch.ErrFinished) && !errors.Is(err, dispatch.ErrNotFound) {
+				e.log.Warn("cancelling a cancelled plan's task", zap.String("plan_id", p.ID), zap.String("task_id", st.TaskID), zap.Error(err))
 			}
 		}
-		*p = next
-		return Effects{
-			RecommendationStatus: orchestrator.RecommendationCancelled,
-			Events: []orchestrator.Event{event(now, actor, p.CustomerID, orchestrator.EventPlanCancelled, p.ID,
-				map[string]any{"recommendation_id": p.RecommendationID})},
-		}, nil
-	})
+	}
+	if p.StartedAt != nil {
+		e.finished(p)
+	}
+	e.log.Info("plan cancelled", zap.String("plan_id", p.ID), zap.String("by", strings.TrimSpace(actor.Name)), zap.String("request_id", actor.RequestID))
+	return p, nil
+}
+
+// cancel moves p to cancelled in a store update: by actor, or by the
+// executor (why says why: a dependency that will not complete).
+func (e *Engine) cancel(p *orchestrator.Plan, actor Actor, why string, now time.Time) (Effects, error) {
+	if p.Status != orchestrator.PlanPending && p.Status != orchestrator.PlanRunning {
+		return Effects{}, fmt.Errorf("%w: plan %s is %s; only a pending or running plan can be cancelled", ErrInvalidTransition, p.ID, p.Status)
+	}
+	next, err := Transition(*p, orchestrator.PlanCancelled, now)
+	if err != nil {
+		return Effects{}, err
+	}
+	for i := range next.Steps {
+		switch next.Steps[i].Status {
+		case orchestrator.StepPending:
+			next.Steps[i].Status = orchestrator.StepSkipped
+		case orchestrator.StepRunning:
+			next.Steps[i].Status, next.Steps[i].CompletedAt = orchestrator.StepCancelled, &now
+		}
+	}
+	next.WaitingFor = ""
+	*p = next
+	details := map[string]any{"recommendation_id": p.RecommendationID}
+	if why != "" {
+		details["reason"] = why
+	}
+	return Effects{
+		RecommendationStatus: orchestrator.RecommendationCancelled,
+		Release:              true,
+		Events:               []orchestrator.Event{event(now, actor, p.CustomerID, orchestrator.EventPlanCancelled, p.ID, details)},
+	}, nil
 }
 
 // Sweep expires every pending approval past its expires_at (its
@@ -503,10 +602,17 @@ func (e *Engine) expire(ctx context.Context, id string, now time.Time) error {
 	return nil
 }
 
-// Run sweeps at once, then every COORDINATION_SWEEP_INTERVAL, until ctx
-// ends. It starts no goroutine: the caller runs it in one, and it has
-// returned when that goroutine ends.
+// Run sweeps at once, then every COORDINATION_SWEEP_INTERVAL, and runs
+// the executor (with a dispatcher), until ctx ends. The caller runs it in
+// a goroutine; it has returned when every goroutine it started has: the
+// plans running here are left for another replica (their leases
+// released), their tasks to the dispatcher's own drain.
 func (e *Engine) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if e.tasks != nil {
+		wg.Go(func() { e.execute(ctx) })
+	}
+	defer wg.Wait()
 	tick := time.NewTicker(e.cfg.SweepInterval)
 	defer tick.Stop()
 	for {

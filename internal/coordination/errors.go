@@ -39,12 +39,11 @@ var (
 	ErrInvalidTransition = errors.New("invalid plan transition")
 
 	// ErrExecutionUnavailable: the request asked for plans to run
-	// (execute_now), and this orchestrator cannot run plans yet (501 Not
-	// Implemented until the executor comes). The request is refused whole,
-	// before anything is stored: pretending to run a plan, or storing the
-	// batch and silently not running it, would both tell the caller a change
-	// was applied that was not.
-	ErrExecutionUnavailable = errors.New("plan execution is not available yet: submit without execute_now")
+	// (execute_now, execute) of an engine built without a dispatcher (501
+	// Not Implemented; the service always has one). The request is refused
+	// whole, before anything is stored: storing the batch and silently not
+	// running it would tell the caller a change was applied that was not.
+	ErrExecutionUnavailable = errors.New("plan execution is not available: this engine has no dispatcher")
 )
 
 // FieldError is a field of a request that cannot be accepted: Field names
