@@ -427,7 +427,9 @@ func TestCancelMidPlanAbortsTheRunningStep(t *testing.T) {
 	}}, steps...)
 	out := x.coordinate(true, spot("r1"))
 	id := out.ExecutionPlans[0].ID
-	x.wait(id, "migrate_workload to run", func(p orchestrator.Plan) bool { return p.CurrentStep == 1 && p.Steps[1].Status == orchestrator.StepRunning })
+	x.wait(id, "migrate_workload to run", func(p orchestrator.Plan) bool {
+		return p.CurrentStep == 1 && p.Steps[1].Status == orchestrator.StepRunning
+	})
 	p, err := x.engine.CancelPlan(context.Background(), id, coordination.Actor{Name: "bob"})
 	if err != nil {
 		t.Fatal(err)
