@@ -181,7 +181,7 @@ func TestCoordinateErrors(t *testing.T) {
 		{"other customer", batchJSON(false, strings.Replace(recJSON("a", "tune", "low", 1, "x"), `{"id"`, `{"customer_id":"globex","id"`, 1)), http.StatusBadRequest, "recommendations[0].customer_id"},
 		{"unknown dependency", batchJSON(false, strings.Replace(recJSON("a", "tune", "low", 1, "x"), `{"id"`, `{"dependencies":["zz"],"id"`, 1)), http.StatusBadRequest, "recommendations[0].dependencies"},
 		{"batch too large", batchJSON(false, big...), http.StatusRequestEntityTooLarge, "recommendations"},
-		{"execute_now", strings.Replace(batchJSON(false, recJSON("a", "tune", "low", 1, "x")), `"auto_approve"`, `"execute_now":true,"auto_approve"`, 1), http.StatusNotImplemented, "execution"},
+		{"execute_now with a bad batch", strings.Replace(batchJSON(false, recJSON("a", "tune", "extreme", 1, "x")), `"auto_approve"`, `"execute_now":true,"auto_approve"`, 1), http.StatusBadRequest, "recommendations[0].risk_level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			msg := expectError(t, tc.name, f.call(http.MethodPost, "/coordination/coordinate", tc.body), tc.code)
@@ -399,7 +399,7 @@ func TestPortalRoutes(t *testing.T) {
 }
 
 // TestPlansAndRecommendations: lists page with limit and next_cursor,
-// get by id, cancel, execute is 501, bad parameters are 400.
+// get by id, execute (202, then 409), cancel, bad parameters are 400.
 func TestPlansAndRecommendations(t *testing.T) {
 	f, _ := newCoordinationFixture(t, auth.Config{})
 	out := coordinate(t, f, batchJSON(true, recJSON("a", "migrate_to_spot", "low", 1, "x"), recJSON("b", "tune", "low", 1, "y"),
@@ -433,11 +433,28 @@ func TestPlansAndRecommendations(t *testing.T) {
 	if plan.ID != id || plan.Status != "pending" {
 		t.Errorf("GET plan = %+v", plan)
 	}
-	msg := expectError(t, "execute", f.call(http.MethodPost, "/coordination/plans/"+id+"/execute", ""), http.StatusNotImplemented)
-	if !strings.Contains(msg, "not available yet") {
-		t.Errorf("execute says %q", msg)
+	rec := f.call(http.MethodPost, "/coordination/plans/"+id+"/execute", "")
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("execute = %d %s, want 202", rec.Code, rec.Body)
+	}
+	var started struct {
+		Message string `json:"message"`
+		PlanID  string `json:"plan_id"`
+		Plan    struct{ Status string }
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &started); err != nil {
+		t.Fatal(err)
+	}
+	if started.Message != "Execution started" || started.PlanID != id || started.Plan.Status != "running" {
+		t.Errorf("execute answered %s", rec.Body)
+	}
+	msg := expectError(t, "execute twice", f.call(http.MethodPost, "/coordination/plans/"+id+"/execute", ""), http.StatusConflict)
+	if !strings.Contains(msg, "running") {
+		t.Errorf("second execute says %q", msg)
 	}
 	expectError(t, "execute unknown", f.call(http.MethodPost, "/coordination/plans/nope/execute", ""), http.StatusNotFound)
+	// No agent serves take_snapshot: the running plan waits for one, and
+	// an operator cancels it.
 	decodeInto(t, "cancel", f.call(http.MethodPost, "/coordination/plans/"+id+"/cancel", ""), &plan)
 	if plan.Status != "cancelled" {
 		t.Errorf("cancelled plan is %s", plan.Status)

@@ -552,7 +552,7 @@ var coordinationIDs = map[string]func(c coordinatedExample) string{
 	"GET /coordination/plans/{id}":              func(c coordinatedExample) string { return c.ExecutionPlans[0].ID },
 	"HEAD /coordination/plans/{id}":             func(c coordinatedExample) string { return c.ExecutionPlans[0].ID },
 	"POST /coordination/plans/{id}/cancel":      func(c coordinatedExample) string { return c.ExecutionPlans[0].ID },
-	"POST /coordination/plans/{id}/execute":     func(c coordinatedExample) string { return c.ExecutionPlans[0].ID },
+	"POST /coordination/plans/{id}/execute":     func(c coordinatedExample) string { return c.ExecutionPlans[1].ID },
 }
 
 // coordinatedExample is what the coordinate example created.
@@ -569,9 +569,9 @@ type coordinatedExample struct {
 	} `json:"execution_plans"`
 }
 
-// exampleStatus is the answer of the examples that cannot succeed: plans
-// cannot run yet, and the document says so.
-var exampleStatus = map[string]int{"POST /coordination/plans/{id}/execute": http.StatusNotImplemented}
+// exampleStatus is the answer of the examples that cannot succeed, and
+// the document says so. None today.
+var exampleStatus = map[string]int{}
 
 func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 	s := loadSpec(t)
@@ -775,7 +775,6 @@ func TestOpenAPIErrorAnswers(t *testing.T) {
 		{"GET", "/tasks?limit=0", ``, 400},
 		{"GET", "/tasks?limit=1001", ``, 400},
 		{"POST", "/coordination/coordinate", `{"customer_id":"acme","recommendations":[{"id":"a","agent_type":"cost","action":"x","risk_level":"extreme"}]}`, 400},
-		{"POST", "/coordination/coordinate", `{"customer_id":"acme","execute_now":true,"recommendations":[{"id":"a","agent_type":"cost","action":"x","risk_level":"low"}]}`, 501},
 		{"GET", "/coordination/approvals/nobody", ``, 404},
 		{"POST", "/coordination/approvals/nobody/approve", `{"user_id":"alice"}`, 404},
 		{"POST", "/coordination/approvals/nobody/reject", `{}`, 400},
