@@ -4,11 +4,11 @@
 // the risky ones, and turns the approved ones into plans of steps that
 // agents carry out, with rollback.
 //
-// This package is pure: functions over explicit inputs, no HTTP, no
-// stores, no goroutines, no clock (now is always passed in) and no
-// randomness (ids come from a newID function the caller passes). The API
-// routes, the memory and PostgreSQL stores, the expiry sweep and the
-// executor are built on it. It works on the wire types of
+// Its core is pure: functions over explicit inputs, no HTTP, no stores,
+// no goroutines, no clock (now is always passed in) and no randomness
+// (ids come from a newID function the caller passes). The Engine (the
+// stores, the expiry sweep, the executor) and the API routes are built
+// on it. It works on the wire types of
 // pkg/orchestrator (Recommendation, Conflict, Approval, Plan), which are
 // the records the stores keep; a richer domain type can come with the
 // stores if they need one.
@@ -76,10 +76,20 @@
 // step's action, sent to an agent of the recommendation's agent_type. By
 // default validate_* steps are critical and irreversible and every other
 // step critical and reversible; a template may say otherwise per step.
-// A failed critical step fails the plan; RollbackSteps then gives the
-// completed reversible steps in reverse order, each as rollback_<action>.
-// A plan moves pending -> running -> completed, or running -> failed ->
-// rolling_back -> rolled_back | rollback_failed; pending and running
-// plans may be cancelled. Completed, rolled_back, rollback_failed and
+// A failed critical step ends the forward run; RollbackSteps then gives
+// the completed reversible steps in reverse order, each as
+// rollback_<action>. A plan moves pending -> running -> completed, or
+// running -> rolling_back -> rolled_back | rollback_failed, or running ->
+// failed when nothing was left to undo; pending and running plans may be
+// cancelled. Completed, failed, rolled_back, rollback_failed and
 // cancelled are final.
+//
+// # Execution
+//
+// The Engine's executor (executor.go) runs the plans that are running
+// or rolling back through a Tasks dispatcher, each under a run lease in
+// the Store, so that across replicas sharing a store each plan is run by
+// one at a time, and a dead replica's plans are taken over when their
+// leases lapse. Everything it needs to resume is in the plan: the
+// current step, and that step's task, named by the step's id.
 package coordination
