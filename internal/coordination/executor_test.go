@@ -644,3 +644,99 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 	}
 	return n
 }
+
+// dyingStore is a replica's view of the shared store, cut off when the
+// replica dies: from then on every call fails, so it can neither renew
+// nor release its leases, as a killed process cannot.
+type dyingStore struct {
+	coordination.Store
+	mu   sync.Mutex
+	dead bool
+}
+
+var errDead = errors.New("the replica is dead")
+
+func (d *dyingStore) kill() { d.mu.Lock(); d.dead = true; d.mu.Unlock() }
+
+func (d *dyingStore) alive() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dead {
+		return errDead
+	}
+	return nil
+}
+
+func (d *dyingStore) Plan(ctx context.Context, id string) (orchestrator.Plan, error) {
+	if err := d.alive(); err != nil {
+		return orchestrator.Plan{}, err
+	}
+	return d.Store.Plan(ctx, id)
+}
+
+func (d *dyingStore) Recommendation(ctx context.Context, id string) (orchestrator.Recommendation, error) {
+	if err := d.alive(); err != nil {
+		return orchestrator.Recommendation{}, err
+	}
+	return d.Store.Recommendation(ctx, id)
+}
+
+func (d *dyingStore) ClaimPlans(ctx context.Context, owner string, now, until time.Time, limit int) ([]orchestrator.Plan, error) {
+	if err := d.alive(); err != nil {
+		return nil, err
+	}
+	return d.Store.ClaimPlans(ctx, owner, now, until, limit)
+}
+
+func (d *dyingStore) UpdateRun(ctx context.Context, id, owner string, until time.Time, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
+	if err := d.alive(); err != nil {
+		return orchestrator.Plan{}, err
+	}
+	return d.Store.UpdateRun(ctx, id, owner, until, change)
+}
+
+func (d *dyingStore) RenewRuns(ctx context.Context, owner string, ids []string, until time.Time) ([]string, error) {
+	if err := d.alive(); err != nil {
+		return nil, err
+	}
+	return d.Store.RenewRuns(ctx, owner, ids, until)
+}
+
+func (d *dyingStore) ReleaseRun(ctx context.Context, id, owner string) error {
+	if err := d.alive(); err != nil {
+		return err
+	}
+	return d.Store.ReleaseRun(ctx, id, owner)
+}
+
+// A replica that dies in the middle of a step leaves its plan to another
+// once the run lease lapses: the other resumes at the current step,
+// waits for the step's task that was sent (it is never sent twice), and
+// runs the rest.
+func TestAnotherReplicaResumesADeadReplicasPlan(t *testing.T) {
+	shared := coordination.NewMemoryStore()
+	view := &dyingStore{Store: shared}
+	first := newExecOn(t, view, nil)
+	release := make(chan struct{})
+	first.agent("a", map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
+		select {
+		case <-release:
+			done(w, r, c)
+		case <-r.Context().Done():
+		}
+	}}, steps...)
+	out := first.coordinate(true, spot("r1"))
+	id := out.ExecutionPlans[0].ID
+	first.wait(id, "migrate_workload to run", func(p orchestrator.Plan) bool { return p.CurrentStep == 1 && p.Steps[1].Status == orchestrator.StepRunning })
+
+	view.kill()
+	second := newExecOn(t, shared, first) // the same dispatcher: the task outlives the replica, as in PostgreSQL
+	close(release)                        // the agent finishes the step the dead replica sent
+	p := second.waitEnd(id)
+	if p.Status != orchestrator.PlanCompleted {
+		t.Fatalf("plan %s after the takeover: %v", p.Status, stepStatuses(p))
+	}
+	if got, want := first.received(), []string{"take_snapshot", "migrate_workload", "validate_quality"}; !slices.Equal(got, want) {
+		t.Errorf("agents received %v, want each step once: %v", got, want)
+	}
+}
