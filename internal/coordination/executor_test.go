@@ -727,7 +727,9 @@ func TestAnotherReplicaResumesADeadReplicasPlan(t *testing.T) {
 	}}, steps...)
 	out := first.coordinate(true, spot("r1"))
 	id := out.ExecutionPlans[0].ID
-	first.wait(id, "migrate_workload to run", func(p orchestrator.Plan) bool { return p.CurrentStep == 1 && p.Steps[1].Status == orchestrator.StepRunning })
+	first.wait(id, "migrate_workload to run", func(p orchestrator.Plan) bool {
+		return p.CurrentStep == 1 && p.Steps[1].Status == orchestrator.StepRunning
+	})
 
 	view.kill()
 	second := newExecOn(t, shared, first) // the same dispatcher: the task outlives the replica, as in PostgreSQL
