@@ -35,7 +35,6 @@ type stepCall struct {
 	TaskID     string         `json:"task_id"`
 	TaskType   string         `json:"task_type"`
 	Parameters map[string]any `json:"parameters"`
-	Agent      string         `json:"-"`
 }
 
 // coordinationOf is the "coordination" object the executor adds to a
@@ -137,9 +136,9 @@ func newExecOn(t *testing.T, store coordination.Store, other *exec) *exec {
 	return x
 }
 
-// agent starts a fake agent of type cost serving taskTypes, answering
+// agent starts a fake cost agent serving taskTypes, answering
 // each as answers says (done for a type not in it).
-func (x *exec) agent(name string, answers map[string]answer, taskTypes ...string) {
+func (x *exec) agent(answers map[string]answer, taskTypes ...string) {
 	x.t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var c stepCall
@@ -148,7 +147,6 @@ func (x *exec) agent(name string, answers map[string]answer, taskTypes ...string
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		c.Agent = name
 		x.mu.Lock()
 		x.calls = append(x.calls, c)
 		x.mu.Unlock()
@@ -162,7 +160,7 @@ func (x *exec) agent(name string, answers map[string]answer, taskTypes ...string
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	p, _ := strconv.Atoi(port)
 	if _, _, err := x.agents.Register(context.Background(), registry.Registration{
-		Name: name, Type: "cost", Host: "127.0.0.1", Port: p, Capabilities: taskTypes,
+		Name: "agent", Type: "cost", Host: "127.0.0.1", Port: p, Capabilities: taskTypes,
 	}); err != nil {
 		x.t.Fatal(err)
 	}
@@ -275,7 +273,7 @@ func spot(id string, change ...func(*orchestrator.Recommendation)) orchestrator.
 
 func TestPlanRunsItsStepsInOrder(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", nil, steps...)
+	x.agent(nil, steps...)
 	out := x.coordinate(true, spot("r1"))
 	if len(out.ExecutionPlans) != 1 || out.ExecutionPlans[0].Status != orchestrator.PlanRunning || out.Recommendations[0].Status != orchestrator.RecommendationExecuting {
 		t.Fatalf("execute_now answer: %+v", out.ExecutionPlans)
@@ -348,7 +346,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, v string) float6
 
 func TestCriticalStepFailureRollsBackInReverseOrder(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", map[string]answer{"validate_quality": refuse}, steps...)
+	x.agent(map[string]answer{"validate_quality": refuse}, steps...)
 	out := x.coordinate(true, spot("r1"))
 	p := x.waitEnd(out.ExecutionPlans[0].ID)
 	if p.Status != orchestrator.PlanRolledBack || p.RolledBackAt == nil {
@@ -384,7 +382,7 @@ func TestCriticalStepFailureRollsBackInReverseOrder(t *testing.T) {
 
 func TestFailedRollbackStepStopsTheRollback(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", map[string]answer{"validate_quality": refuse, "rollback_migrate_workload": refuse}, steps...)
+	x.agent(map[string]answer{"validate_quality": refuse, "rollback_migrate_workload": refuse}, steps...)
 	out := x.coordinate(true, spot("r1"))
 	p := x.waitEnd(out.ExecutionPlans[0].ID)
 	if p.Status != orchestrator.PlanRollbackFailed || p.RolledBackAt == nil {
@@ -407,7 +405,7 @@ func TestFailedRollbackStepStopsTheRollback(t *testing.T) {
 // one with nothing reversible done fails it, with nothing to roll back.
 func TestFailureWithNothingToUndo(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", map[string]answer{"validate_capacity": refuse}, "validate_capacity", "scale", "validate_performance")
+	x.agent(map[string]answer{"validate_capacity": refuse}, "validate_capacity", "scale", "validate_performance")
 	out := x.coordinate(true, rec("r1", action("scale_down"), on("c-1")))
 	p := x.waitEnd(out.ExecutionPlans[0].ID)
 	if p.Status != orchestrator.PlanFailed {
@@ -421,7 +419,7 @@ func TestFailureWithNothingToUndo(t *testing.T) {
 func TestCancelMidPlanAbortsTheRunningStep(t *testing.T) {
 	x := newExec(t)
 	aborted := make(chan struct{})
-	x.agent("a", map[string]answer{"migrate_workload": func(_ http.ResponseWriter, r *http.Request, _ stepCall) {
+	x.agent(map[string]answer{"migrate_workload": func(_ http.ResponseWriter, r *http.Request, _ stepCall) {
 		<-r.Context().Done() // works until the orchestrator hangs up
 		close(aborted)
 	}}, steps...)
@@ -478,7 +476,7 @@ func TestAgentDyingMidStep(t *testing.T) {
 			x := newExec(t)
 			var mu sync.Mutex
 			deaths := tc.deaths
-			x.agent("a", map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
+			x.agent(map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
 				mu.Lock()
 				die := deaths > 0
 				deaths--
@@ -514,7 +512,7 @@ func TestAgentDyingMidStep(t *testing.T) {
 
 func TestExecuteTwiceOrUnapproved(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", nil, steps...)
+	x.agent(nil, steps...)
 	ctx, bob := context.Background(), coordination.Actor{Name: "bob"}
 	out := x.coordinate(false, spot("r1"))
 	id := out.ExecutionPlans[0].ID
@@ -552,7 +550,7 @@ func TestExecuteTwiceOrUnapproved(t *testing.T) {
 func TestOnePlanAtATimePerResource(t *testing.T) {
 	x := newExec(t)
 	release := make(chan struct{})
-	x.agent("a", map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
+	x.agent(map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
 		if c.coordinationOf(t)["recommendation_id"] == firstRec.Load() {
 			select {
 			case <-release:
@@ -597,7 +595,7 @@ func (a *atomicString) Load() string   { a.mu.Lock(); defer a.mu.Unlock(); retur
 // dependents.
 func TestPlansRunInDependencyOrder(t *testing.T) {
 	x := newExec(t)
-	x.agent("a", nil, steps...)
+	x.agent(nil, steps...)
 	out := x.coordinate(true, rec("base", on("db-1")), rec("top", on("db-2"), dependsOn("base")))
 	for _, p := range out.ExecutionPlans {
 		if p := x.waitEnd(p.ID); p.Status != orchestrator.PlanCompleted {
@@ -615,7 +613,7 @@ func TestPlansRunInDependencyOrder(t *testing.T) {
 
 	// A failing dependency: the dependent is cancelled, never run.
 	x2 := newExec(t)
-	x2.agent("a", map[string]answer{"tune": refuse}, append(steps, "resize")...)
+	x2.agent(map[string]answer{"tune": refuse}, append(steps, "resize")...)
 	out = x2.coordinate(true, rec("base", on("db-1")), rec("top", on("db-2"), dependsOn("base"), action("resize")))
 	base, top := x2.waitEnd(out.ExecutionPlans[0].ID), x2.waitEnd(out.ExecutionPlans[1].ID)
 	if base.Status != orchestrator.PlanFailed || top.Status != orchestrator.PlanCancelled {
@@ -718,7 +716,7 @@ func TestAnotherReplicaResumesADeadReplicasPlan(t *testing.T) {
 	view := &dyingStore{Store: shared}
 	first := newExecOn(t, view, nil)
 	release := make(chan struct{})
-	first.agent("a", map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
+	first.agent(map[string]answer{"migrate_workload": func(w http.ResponseWriter, r *http.Request, c stepCall) {
 		select {
 		case <-release:
 			done(w, r, c)
