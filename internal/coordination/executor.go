@@ -393,6 +393,10 @@ func (e *Engine) submit(ctx context.Context, p orchestrator.Plan, st orchestrato
 	return next, false, serr
 }
 
+// stepParametersKey is the key of the object the executor adds to a
+// step's parameters; a recommendation's parameters may not use it.
+const stepParametersKey = "coordination"
+
 // errInvalidTask wraps a dispatcher refusal of a step's request.
 var errInvalidTask = errors.New("invalid step task")
 
@@ -422,7 +426,7 @@ func stepRequest(p orchestrator.Plan, st orchestrator.PlanStep, rec orchestrator
 	if err != nil {
 		return dispatch.Request{}, fmt.Errorf("%w: %w", errInvalidTask, err)
 	}
-	params["coordination"] = raw
+	params[stepParametersKey] = raw
 	body, err := json.Marshal(params)
 	if err != nil {
 		return dispatch.Request{}, fmt.Errorf("%w: %w", errInvalidTask, err)

@@ -23,6 +23,8 @@ func Validate(req orchestrator.CoordinateRequest, cfg Config) error {
 	switch {
 	case customer == "":
 		return fieldErr("customer_id", "is required")
+	case strings.ContainsRune(req.CustomerID, 0):
+		return fieldErr("customer_id", "must not contain NUL")
 	case len(req.Recommendations) == 0:
 		return fieldErr("recommendations", "must not be empty")
 	case len(req.Recommendations) > cfg.MaxBatch:
@@ -44,6 +46,13 @@ func Validate(req orchestrator.CoordinateRequest, cfg Config) error {
 	}
 	for i, r := range req.Recommendations {
 		field := func(name string) string { return fmt.Sprintf("recommendations[%d].%s", i, name) }
+		// PostgreSQL text cannot hold NUL: refused here, the same with
+		// either store.
+		for _, f := range [...]struct{ name, v string }{{"id", r.ID}, {"agent_id", r.AgentID}, {"type", r.Type}, {"title", r.Title}, {"description", r.Description}} {
+			if strings.ContainsRune(f.v, 0) {
+				return fieldErr(field(f.name), "must not contain NUL")
+			}
+		}
 		if r.CustomerID != "" && r.CustomerID != req.CustomerID {
 			return fieldErr(field("customer_id"), "%.64q is not the request's customer_id %.64q", r.CustomerID, req.CustomerID)
 		}
@@ -71,8 +80,8 @@ func Validate(req orchestrator.CoordinateRequest, cfg Config) error {
 			return fieldErr(field("estimated_savings"), "%v: must be a finite number", r.EstimatedSavings)
 		}
 		for k, res := range r.AffectedResources {
-			if strings.TrimSpace(res) == "" {
-				return fieldErr(field(fmt.Sprintf("affected_resources[%d]", k)), "must not be empty")
+			if strings.TrimSpace(res) == "" || strings.ContainsRune(res, 0) {
+				return fieldErr(field(fmt.Sprintf("affected_resources[%d]", k)), "must not be empty or contain NUL")
 			}
 		}
 		for k, dep := range r.Dependencies {
@@ -82,6 +91,9 @@ func Validate(req orchestrator.CoordinateRequest, cfg Config) error {
 		}
 		if !isObjectOrAbsent(r.Parameters) {
 			return fieldErr(field("parameters"), "must be a JSON object")
+		}
+		if hasKey(r.Parameters, stepParametersKey) {
+			return fieldErr(field("parameters."+stepParametersKey), "is reserved: the orchestrator adds it to each step's task")
 		}
 		if !isObjectOrAbsent(r.Metadata) {
 			return fieldErr(field("metadata"), "must be a JSON object")
@@ -95,4 +107,14 @@ func Validate(req orchestrator.CoordinateRequest, cfg Config) error {
 func isObjectOrAbsent(raw json.RawMessage) bool {
 	raw = bytes.TrimSpace(raw)
 	return len(raw) == 0 || bytes.Equal(raw, []byte("null")) || (raw[0] == '{' && json.Valid(raw))
+}
+
+// hasKey reports whether the JSON object raw (or absent) has key.
+func hasKey(raw json.RawMessage, key string) bool {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return false
+	}
+	_, ok := m[key]
+	return ok
 }

@@ -31,6 +31,12 @@ func TestValidate(t *testing.T) {
 		}, "", ""},
 		{"null parameters", func(r *orchestrator.CoordinateRequest) { r.Recommendations[0].Parameters = []byte("null") }, "", ""},
 		{"no customer", func(r *orchestrator.CoordinateRequest) { r.CustomerID = " " }, "customer_id", "required"},
+		{"NUL in customer", func(r *orchestrator.CoordinateRequest) { r.CustomerID = "ac\x00me" }, "customer_id", "NUL"},
+		{"NUL in a title", func(r *orchestrator.CoordinateRequest) { r.Recommendations[1].Title = "a\x00" }, "recommendations[1].title", "NUL"},
+		{"NUL in a resource", func(r *orchestrator.CoordinateRequest) { r.Recommendations[1].AffectedResources = []string{"i-\x00"} }, "recommendations[1].affected_resources[0]", "NUL"},
+		{"reserved parameter", func(r *orchestrator.CoordinateRequest) {
+			r.Recommendations[0].Parameters = []byte(`{"coordination":{"plan_id":"forged"}}`)
+		}, "recommendations[0].parameters.coordination", "reserved"},
 		{"empty batch", func(r *orchestrator.CoordinateRequest) { r.Recommendations = nil }, "recommendations", "empty"},
 		{"batch too large", func(r *orchestrator.CoordinateRequest) {
 			r.Recommendations = append(r.Recommendations, rec("d"))
