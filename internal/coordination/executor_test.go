@@ -68,7 +68,7 @@ func refuse(w http.ResponseWriter, _ *http.Request, c stepCall) {
 // exec is a test's orchestrator: registry, dispatcher and engine, run
 // until the test ends.
 type exec struct {
-	t      *testing.T
+	t      testing.TB
 	agents *registry.Registry
 	tasks  *dispatch.Dispatcher
 	store  coordination.Store
@@ -78,7 +78,7 @@ type exec struct {
 	calls  []stepCall
 }
 
-func execConfig(t *testing.T) coordination.Config {
+func execConfig(t testing.TB) coordination.Config {
 	cfg, err := loadConfig(t, map[string]string{
 		"COORDINATION_POLL_INTERVAL": "10ms", "COORDINATION_RUN_LEASE": "3s", "COORDINATION_AGENT_WAIT": "0s",
 		"COORDINATION_STEP_MAX_RETRIES": "1", "COORDINATION_STEP_TIMEOUT": "10s",
@@ -89,13 +89,13 @@ func execConfig(t *testing.T) coordination.Config {
 	return cfg
 }
 
-func newExec(t *testing.T) *exec {
+func newExec(t testing.TB) *exec {
 	return newExecOn(t, coordination.NewMemoryStore(), nil)
 }
 
 // newExecOn is newExec over store, sharing the dispatcher of other when
 // set: a second replica.
-func newExecOn(t *testing.T, store coordination.Store, other *exec) *exec {
+func newExecOn(t testing.TB, store coordination.Store, other *exec) *exec {
 	t.Helper()
 	x := &exec{t: t, store: store, reg: prometheus.NewRegistry()}
 	var runs []func(context.Context)
