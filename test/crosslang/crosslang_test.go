@@ -6,7 +6,9 @@
 // register, heartbeat, task delivery, retries and unregister on SIGTERM)
 // and the /api/v1 dialect B (v1/, async httpx clients shaped like the
 // performance, resource and application agents: register, both heartbeat
-// forms, restarts, listings, bad input, tokens, a routed task, delete).
+// forms, restarts, listings, bad input, tokens, a routed task, delete),
+// and execution plans whose steps agent.py carries out, with rollback
+// (crosslang_plans_test.go).
 //
 //	go test -race -tags crosslang -count=1 ./test/crosslang/
 //

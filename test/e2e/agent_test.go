@@ -3,13 +3,16 @@
 package e2e_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +44,11 @@ const (
 	heartbeatSeconds = 2
 )
 
+// planSteps are the steps of the orchestrator's default migrate_to_spot
+// plan and of its rollback, which the agent pod serves beside
+// agentCapability.
+var planSteps = []string{"take_snapshot", "migrate_workload", "validate_quality", "rollback_migrate_workload", "rollback_take_snapshot"}
+
 // TestAgentTask is the orchestrator's purpose on a real cluster: a test
 // agent pod (test/e2e/agent, its own image) registers through the
 // orchestrator's Service with its pod IP, heartbeats, receives a task
@@ -49,7 +57,9 @@ const (
 // dialect announces "host":"0.0.0.0" and is registered at its pod IP, the
 // address its registration came from, and gets its task the same way.
 // Both token roles are on, with the tokens in the chart's Secret, so the
-// mounted token files are exercised too.
+// mounted token files are exercised too. Before the agent pod goes, a
+// migrate_to_spot recommendation is coordinated with execute_now and its
+// plan runs end to end: each step a task the orchestrator sends the pod.
 func TestAgentTask(t *testing.T) {
 	agentImage := os.Getenv("E2E_AGENT_IMAGE")
 	if env("E2E_AGENT", "run") == "skip" {
@@ -80,8 +90,10 @@ func TestAgentTask(t *testing.T) {
 	})
 
 	deployed := time.Now()
+	capabilities := append([]string{agentCapability}, planSteps...)
 	applyAgent(t, ns, agentImage, agentDeployment,
-		envFrom("AGENT_HOST", "status.podIP"), envValue("AGENT_TYPE", agentType))
+		envFrom("AGENT_HOST", "status.podIP"), envValue("AGENT_TYPE", agentType),
+		envValue("AGENT_CAPABILITIES", strings.Join(capabilities, ",")))
 	kubectl(t, ns, "rollout", "status", "deployment/"+agentDeployment, "--timeout=3m")
 	var pods corev1.PodList
 	getJSON(t, ns, &pods, "pods", "--selector", "app.kubernetes.io/name="+agentDeployment)
@@ -107,9 +119,9 @@ func TestAgentTask(t *testing.T) {
 		})
 		t.Logf("REPORT agent: Deployment applied to registered and healthy in %s", time.Since(deployed).Round(100*time.Millisecond))
 		if agent.Host != agentPod.Status.PodIP || agent.Port != agentPort || agent.Type != agentType ||
-			len(agent.Capabilities) != 1 || agent.Capabilities[0] != agentCapability {
-			t.Errorf("registered %+v, want host %s (the pod IP) port %d type %s capabilities [%s]",
-				agent, agentPod.Status.PodIP, agentPort, agentType, agentCapability)
+			!slices.Equal(agent.Capabilities, capabilities) {
+			t.Errorf("registered %+v, want host %s (the pod IP) port %d type %s capabilities %v",
+				agent, agentPod.Status.PodIP, agentPort, agentType, capabilities)
 		}
 		// A heartbeat after the registration moves last_seen on.
 		registered := agent.RegisteredAt
@@ -172,6 +184,10 @@ func TestAgentTask(t *testing.T) {
 	t.Run("a task nobody can run gets 503", func(t *testing.T) {
 		_, err := api.SubmitTask(ctx, orchestrator.TaskRequest{TaskType: "no-such-capability", AgentType: agentType})
 		expectStatus(t, "POST /tasks for an unknown capability", err, http.StatusServiceUnavailable)
+	})
+
+	t.Run("a migrate_to_spot plan runs end to end on the agent pod", func(t *testing.T) {
+		testPlan(t, base, agent.ID, agentPod.Name)
 	})
 
 	t.Run("deleting the agent pod unregisters it", func(t *testing.T) {
@@ -310,6 +326,99 @@ func testAgentV1(t *testing.T, ns, agentImage, base string, api *orchestrator.Cl
 	})
 }
 
+// testPlan coordinates one low-risk migrate_to_spot recommendation for
+// agentType with auto_approve and execute_now, and waits for its plan to
+// complete: take_snapshot, migrate_workload and validate_quality, in that
+// order, each a task the orchestrator sent agent agentID on pod pod.
+func testPlan(t *testing.T, base, agentID, pod string) {
+	started := time.Now()
+	var resp orchestrator.CoordinateResponse
+	code, body := callJSON(t, base, operatorToken, http.MethodPost, "/coordination/coordinate", orchestrator.CoordinateRequest{
+		CustomerID: "e2e-customer", AutoApprove: true, ExecuteNow: true,
+		Recommendations: []orchestrator.Recommendation{{
+			ID: "e2e-spot", AgentType: agentType, Title: "move the e2e instance to spot", Action: "migrate_to_spot",
+			RiskLevel: orchestrator.RiskLow, EstimatedSavings: 42, AffectedResources: []string{"i-e2e-0001"},
+			Parameters: json.RawMessage(`{"region":"e2e"}`), Priority: 1, Confidence: 0.9,
+		}},
+	}, &resp)
+	if code != http.StatusOK || len(resp.ExecutionPlans) != 1 || resp.ExecutionPlans[0].Status != orchestrator.PlanRunning {
+		t.Fatalf("POST /coordination/coordinate = %d %s, want 200 with one plan, running", code, body)
+	}
+	id := resp.ExecutionPlans[0].ID
+	var plan orchestrator.Plan
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
+		plan = orchestrator.Plan{}
+		code, body = callJSON(t, base, operatorToken, http.MethodGet, "/coordination/plans/"+id, nil, &plan)
+		if code == http.StatusOK && plan.Status.Terminal() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plan %s has not ended 2m after it started; GET /coordination/plans/%s = %d %s", id, id, code, body)
+		}
+	}
+	t.Logf("REPORT plan: POST /coordination/coordinate to a completed 3-step plan (read through the API) in %s",
+		time.Since(started).Round(time.Millisecond))
+	if plan.Status != orchestrator.PlanCompleted || len(plan.Steps) != 3 {
+		t.Fatalf("plan %s ended %s, want completed with 3 steps: %s", id, plan.Status, body)
+	}
+	for i, action := range []string{"take_snapshot", "migrate_workload", "validate_quality"} {
+		st := plan.Steps[i]
+		var res struct {
+			Step     string `json:"step"`
+			PlanID   string `json:"plan_id"`
+			Hostname string `json:"hostname"`
+		}
+		if st.Action != action || st.Status != orchestrator.StepCompleted || st.AgentID != agentID ||
+			json.Unmarshal(st.Result, &res) != nil || res.Step != action || res.PlanID != id || res.Hostname != pod {
+			t.Errorf("step %d: %s %s by agent %q, result %s; want %s completed by agent %s on pod %s, its result naming the step and plan %s",
+				i, st.Action, st.Status, st.AgentID, st.Result, action, agentID, pod, id)
+		}
+	}
+	if t.Failed() {
+		t.Logf("the plan: %s", body)
+	}
+}
+
+// callJSON sends body as JSON (none when nil) to base+path with token, and
+// decodes a 2xx answer into out; it returns the status code (0 when the
+// request failed) and the answer's body.
+func callJSON(t *testing.T, base, token, method, path string, body, out any) (int, string) {
+	t.Helper()
+	var reader io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, base+path, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := newHTTPClient().Do(req)
+	if err != nil {
+		t.Logf("%s %s: %v", method, path, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Logf("%s %s: reading the answer: %v", method, path, err)
+		return 0, ""
+	}
+	if resp.StatusCode/100 == 2 && out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s = %d %s: %v", method, path, resp.StatusCode, data, err)
+		}
+	}
+	return resp.StatusCode, string(data)
+}
+
 // getAgentV1 reads GET /api/v1/agents/{id} with token: the agent when the
 // answer is 200, and the status code (0 when the request failed).
 func getAgentV1(t *testing.T, base, token, id string) (orchestrator.AgentV1, int) {
@@ -348,15 +457,20 @@ func envFrom(name, fieldPath string) map[string]any {
 // "restricted" Pod Security Standard as the chart's pods do: non-root,
 // read-only root, no capabilities, no service account token. It reads its
 // token from the chart's Secret; env adds to the settings every agent
-// gets (the orchestrator, its port, capabilities and token file).
+// gets (the orchestrator, its port and token file, and capabilities
+// agentCapability unless env sets AGENT_CAPABILITIES: a name twice in a
+// container's env is one the API server warns about and apply cannot
+// merge).
 func applyAgent(t *testing.T, ns, image, name string, env ...map[string]any) {
 	t.Helper()
 	labels := map[string]string{"app.kubernetes.io/name": name, "app.kubernetes.io/component": "e2e-agent"}
 	containerEnv := []any{
 		envValue("ORCHESTRATOR_URL", fmt.Sprintf("http://%s:%d", deployment, orchestratorPort)),
 		envValue("AGENT_PORT", fmt.Sprint(agentPort)),
-		envValue("AGENT_CAPABILITIES", agentCapability),
 		envValue("AGENT_TOKEN_FILE", "/etc/agent/token"),
+	}
+	if !slices.ContainsFunc(env, func(e map[string]any) bool { return e["name"] == "AGENT_CAPABILITIES" }) {
+		containerEnv = append(containerEnv, envValue("AGENT_CAPABILITIES", agentCapability))
 	}
 	for _, e := range env {
 		containerEnv = append(containerEnv, e)

@@ -8,8 +8,8 @@
 // takes a pod out of its Service on purpose, runs `helm test`, port-forwards
 // and curls, restarts and scales the Deployment (two pods on the bundled
 // PostgreSQL) under load and requires that no request fails, runs a test
-// agent pod that registers, receives a routed task and unregisters (with
-// both token roles on), keeps a stream of tasks to that agent flowing
+// agent pod that registers, receives a routed task, carries out the steps
+// of an execution plan and unregisters (with both token roles on), keeps a stream of tasks to that agent flowing
 // through a rollout, a force-deleted pod and a restart of the bundled
 // database on its volume (every accepted task ends once, none is
 // delivered twice at the same time), applies k8s/ and k8s/postgres/ with

@@ -19,6 +19,27 @@ Task types it knows:
 Any other task_type gets 400 {"status": "failed"}: the orchestrator must not
 retry it.
 
+Plan steps. A task whose parameters hold a "coordination" object is a step
+of one of the orchestrator's execution plans (task_type the step's action:
+take_snapshot, migrate_workload, validate_quality, rollback_<action>, ...).
+The agent serves the step types it advertises in --capabilities, whatever
+their name, and answers any other step 400. A step is answered 200
+completed with a result naming what it did:
+  {"step": task_type, "agent", "agent_id", "task_id", "plan_id", "step_id",
+   "recommendation_id", "customer_id", "action", "resources"}
+  (resources: the coordination's affected_resources), plus
+  take_snapshot      "snapshot_id": "snap-<task_id>", the same on a
+                     redelivery of the task, as an idempotent agent's
+  rollback_<action>  "rollback_of" (the undone step's id), "undid"
+                     (<action>) and "step_result": the undone step's
+                     result as the orchestrator sent it, echoed back, and
+                     for rollback_take_snapshot "deleted_snapshot_id"
+                     taken from it
+A parameter "fail_steps" (a list of step types) makes those steps answer
+400 failed instead: the recommendation's parameters reach every step of
+its plan, so ["validate_quality"] fails the validation and lets the
+rollback steps run; add "rollback_migrate_workload" to fail a rollback too.
+
 Configuration: flags, each with an environment fallback.
   --orchestrator-url  ORCHESTRATOR_URL    (http://127.0.0.1:8080)
   --name              AGENT_NAME          (python-agent)
@@ -212,6 +233,10 @@ def create_app(agent):
                 "error": "task_id and an object of parameters are required",
             })
 
+        coordination = parameters.get("coordination")
+        if isinstance(coordination, dict):
+            return step(task_id, task_type, parameters, coordination, started)
+
         if task_type == "analyze":
             result = {
                 "agent": agent.cfg.name,
@@ -265,6 +290,50 @@ def create_app(agent):
             "task_id": task_id,
             "status": "failed",
             "error": "unknown task_type %r" % (task_type,),
+        })
+
+    def step(task_id, task_type, parameters, coordination, started):
+        """Answers one step of an execution plan (see the module's doc)."""
+        if task_type not in agent.cfg.capabilities:
+            return answer(task_id, task_type, 400, {
+                "task_id": task_id,
+                "status": "failed",
+                "error": "step %r is not one of this agent's capabilities" % (task_type,),
+            })
+        fail_steps = parameters.get("fail_steps")
+        if isinstance(fail_steps, list) and task_type in fail_steps:
+            return answer(task_id, task_type, 400, {
+                "task_id": task_id,
+                "status": "failed",
+                "error": "step %s of plan %s failed: requested by fail_steps"
+                         % (task_type, coordination.get("plan_id")),
+            })
+        result = {
+            "step": task_type,
+            "agent": agent.cfg.name,
+            "agent_id": agent.agent_id,
+            "task_id": task_id,
+            "plan_id": coordination.get("plan_id"),
+            "step_id": coordination.get("step_id"),
+            "recommendation_id": coordination.get("recommendation_id"),
+            "customer_id": coordination.get("customer_id"),
+            "action": coordination.get("action"),
+            "resources": coordination.get("affected_resources"),
+        }
+        if task_type == "take_snapshot":
+            result["snapshot_id"] = "snap-" + task_id
+        if task_type.startswith("rollback_"):
+            undone = coordination.get("step_result")
+            result["rollback_of"] = coordination.get("rollback_of")
+            result["undid"] = task_type[len("rollback_"):]
+            result["step_result"] = undone
+            if task_type == "rollback_take_snapshot" and isinstance(undone, dict):
+                result["deleted_snapshot_id"] = undone.get("snapshot_id")
+        return answer(task_id, task_type, 200, {
+            "task_id": task_id,
+            "status": "completed",
+            "result": result,
+            "execution_time_ms": round((time.monotonic() - started) * 1000, 3),
         })
 
     return app

@@ -41,8 +41,8 @@ from clients import ApplicationAgentClient, warn  # noqa: E402
 class TaskState:
     """What agent.py's create_app reads of its agent."""
 
-    def __init__(self, name, agent_id):
-        self.cfg = argparse.Namespace(name=name)
+    def __init__(self, name, agent_id, capabilities):
+        self.cfg = argparse.Namespace(name=name, capabilities=capabilities)
         self.agent_id = agent_id
         self.lock = threading.Lock()
         self.counts = {"completed": 0, "failed": 0}
@@ -57,7 +57,7 @@ async def run(args):
         args.orchestrator_url, agent_id=args.agent_id, port=args.port, host=args.host,
         agent_name=args.agent_name, capabilities=args.capabilities, version=args.version,
         token=os.environ.get("AGENT_TOKEN") or None)
-    state = TaskState(args.agent_name, args.agent_id)
+    state = TaskState(args.agent_name, args.agent_id, args.capabilities)
     # Listen before registering, so a task can arrive the moment the
     # orchestrator knows us.
     server = make_server(args.bind, args.port, create_app(state), threaded=True)

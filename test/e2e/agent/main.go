@@ -23,7 +23,8 @@
 //	AGENT_ID            dialect v1 only: the agent's own id (default: the hostname, i.e. the pod name)
 //	AGENT_NAME          the registered name (default: the hostname, i.e. the pod name)
 //	AGENT_TYPE          cost, performance, resource or application (default cost)
-//	AGENT_CAPABILITIES  comma-separated task types it handles (default e2e-echo)
+//	AGENT_CAPABILITIES  comma-separated task types it handles (default e2e-echo), plan step
+//	                    types too, e.g. e2e-echo,take_snapshot,migrate_workload,validate_quality
 //	AGENT_TOKEN_FILE    a file whose first line is the agent bearer token (optional)
 //
 // A task of a type it handles is answered 200 with
@@ -32,7 +33,23 @@
 // answer to the registration);
 // any other type gets 400 {"task_id","status":"failed","error"}. A
 // parameter "sleep_ms" (a number) makes the task take that long, or until
-// the orchestrator gives up on the attempt. GET /live always answers 200;
+// the orchestrator gives up on the attempt.
+//
+// A task whose parameters hold a "coordination" object is a step of one of
+// the orchestrator's execution plans (task_type the step's action:
+// take_snapshot, migrate_workload, validate_quality, rollback_<action>);
+// the agent serves the step types in AGENT_CAPABILITIES (steps.go). Its
+// result names what it did instead of echoing the parameters:
+// {"step","task_id","plan_id","step_id","recommendation_id","customer_id",
+// "action","resources"} beside hostname, host, agent_name, agent_id,
+// dialect and task_type; take_snapshot adds "snapshot_id" (snap-<task_id>);
+// rollback_<action> adds "rollback_of", "undid" and "step_result", the
+// undone step's result as the orchestrator sent it, and
+// rollback_take_snapshot "deleted_snapshot_id" read from it. A parameter
+// "fail_steps" (a list of step types) makes those steps answer 400
+// failed, so a plan can be made to fail, and roll back, at any step.
+//
+// GET /live always answers 200;
 // GET /ready answers 200 once registered; GET /deliveries counts the
 // deliveries of each task_id and the most at the same time (ledger.go).
 package main
@@ -183,20 +200,9 @@ func (a *agent) run() error {
 		keep = hb.Run
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("POST /task", orchestrator.TaskFunc(a.runTask))
-	mux.Handle("GET /deliveries", a.deliveries)
-	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if a.keeper.AgentID() == "" {
-			http.Error(w, "not registered yet", http.StatusServiceUnavailable)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
 	srv := &http.Server{
 		Addr:              net.JoinHostPort("", strconv.Itoa(a.port)),
-		Handler:           mux,
+		Handler:           a.handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	listener, err := (&net.ListenConfig{}).Listen(ctx, "tcp", srv.Addr)
@@ -229,11 +235,36 @@ func (a *agent) run() error {
 	return runErr // the orchestrator refused the registration for good, if set
 }
 
-// runTask runs a task: it echoes its parameters with where it ran.
+// handler serves the agent's routes; a.keeper must be set.
+func (a *agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /task", orchestrator.TaskFunc(a.runTask))
+	mux.Handle("GET /deliveries", a.deliveries)
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		if a.keeper.AgentID() == "" {
+			http.Error(w, "not registered yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	return mux
+}
+
+// runTask runs a task: it echoes its parameters with where it ran, or
+// for a plan step (steps.go) says what it did.
 func (a *agent) runTask(ctx context.Context, d orchestrator.Delivery) (any, error) {
 	defer a.deliveries.begin(d.TaskID)()
 	if !slices.Contains(a.capabilities, d.TaskType) {
 		return nil, orchestrator.Reject(fmt.Errorf("task type %q not supported", d.TaskType))
+	}
+	coordination, failSteps, isStep, err := planStep(d)
+	if err != nil {
+		return nil, err
+	}
+	if isStep && slices.Contains(failSteps, d.TaskType) {
+		log.Printf("task %s (%s) failed: requested by fail_steps", d.TaskID, d.TaskType)
+		return nil, orchestrator.Reject(fmt.Errorf("step %s of plan %s failed: requested by fail_steps", d.TaskType, coordination.PlanID))
 	}
 	var p struct {
 		SleepMS int `json:"sleep_ms"`
@@ -250,7 +281,7 @@ func (a *agent) runTask(ctx context.Context, d orchestrator.Delivery) (any, erro
 	if a.v1 != nil {
 		host = a.v1.Registered().Host // where the orchestrator registered it
 	}
-	return map[string]any{
+	result := map[string]any{
 		"hostname":   a.hostname,
 		"host":       host,
 		"agent_name": a.name,
@@ -258,5 +289,9 @@ func (a *agent) runTask(ctx context.Context, d orchestrator.Delivery) (any, erro
 		"dialect":    a.dialect,
 		"task_type":  d.TaskType,
 		"parameters": d.Parameters,
-	}, nil
+	}
+	if isStep {
+		return stepResult(d, coordination, result), nil
+	}
+	return result, nil
 }
