@@ -62,6 +62,7 @@ func TestStore(t *testing.T, open func(t *testing.T) coordination.Store) {
 		{"RenewRuns", testRenewRuns},
 		{"ReleaseRun", testReleaseRun},
 		{"ResourceLeases", testResourceLeases},
+		{"ConcurrentAcquiresHaveOneWinner", testConcurrentAcquires},
 		{"PruneFreesLeases", testPruneFreesLeases},
 	}
 	for _, tc := range tests {

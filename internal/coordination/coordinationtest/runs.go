@@ -223,6 +223,19 @@ func testUpdateRun(t *testing.T, s coordination.Store) {
 		t.Errorf("%d events, want %d", n, before+1)
 	}
 	equal(t, "claimed at 150, c1-p0's lease extended to 200", claim(t, s, "b", 150, 180, 10), []string{"c1-p1"})
+	// UpdatePlan (an operator's cancel, say) leaves the lease as it was.
+	if _, err := s.UpdatePlan(ctx, "c1-p1", func(p *orchestrator.Plan, _ orchestrator.Recommendation) (coordination.Effects, error) {
+		p.WaitingFor = "dependency c1-p0"
+		return coordination.Effects{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ids := claim(t, s, "z", 170, 200, 10); len(ids) != 0 {
+		t.Errorf("claimed %v at 170 after an UpdatePlan, want none: b holds c1-p1 to 180", ids)
+	}
+	if lost, err := s.RenewRuns(ctx, "b", []string{"c1-p1"}, at(180)); err != nil || len(lost) != 0 {
+		t.Errorf("b lost %v (%v) after an UpdatePlan of its plan", lost, err)
+	}
 
 	// A caller who does not hold the lease changes nothing.
 	lost := func(id, owner, why string) {
@@ -447,6 +460,82 @@ func testResourceLeases(t *testing.T, s coordination.Store) {
 	// Through all this, the other customer's leases stayed c2-p0's.
 	mustCreate(t, s, plansBatch("c3", "other", 2, orchestrator.PlanRunning))
 	wantBusy(t, acquire(s, "c3-p0", "i-2"), "i-2", "c2-p0")
+}
+
+// ConcurrentAcquires has plans of one customer acquire the same
+// resources at once, each naming them in an order of its own, for rounds
+// rounds: in each, exactly one wins and the others are refused with a
+// *BusyError; the winner then releases them for the next round. Store
+// tests run it through several replicas' stores.
+func ConcurrentAcquires(t *testing.T, stores []coordination.Store, rounds int) {
+	t.Helper()
+	const plans = 8
+	statuses := make([]orchestrator.PlanStatus, plans)
+	for i := range statuses {
+		statuses[i] = orchestrator.PlanRunning
+	}
+	mustCreate(t, stores[0], plansBatch("c1", "acme", 0, statuses...))
+	resources := []string{"i-1", "i-2", "i-3", "i-4", "i-5"}
+	for round := range rounds {
+		errs := make([]error, plans)
+		var wg sync.WaitGroup
+		for i := range plans {
+			wg.Go(func() {
+				order := append(slices.Clone(resources[i%len(resources):]), resources[:i%len(resources)]...)
+				if i%2 == 1 {
+					slices.Reverse(order)
+				}
+				errs[i] = acquire(stores[i%len(stores)], fmt.Sprintf("c1-p%d", i), order...)
+			})
+		}
+		wg.Wait()
+		winner := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && winner >= 0:
+				t.Errorf("round %d: c1-p%d and c1-p%d both took the resources", round, winner, i)
+			case err == nil:
+				winner = i
+			case !errors.Is(err, coordination.ErrResourceBusy):
+				t.Errorf("round %d: c1-p%d: %v, want ErrResourceBusy", round, i, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: no plan took the resources", round)
+		}
+		release(t, stores[0], fmt.Sprintf("c1-p%d", winner))
+	}
+
+	// Pairs of plans swapping their leases, each in one update (Release
+	// and Acquire): each swap is taken whole, or refused as busy.
+	for round := range rounds {
+		for i := range plans {
+			release(t, stores[0], fmt.Sprintf("c1-p%d", i))
+		}
+		for i := range plans {
+			mustAcquire(t, stores[0], fmt.Sprintf("c1-p%d", i), fmt.Sprint("s-", i))
+		}
+		errs := make([]error, plans)
+		var wg sync.WaitGroup
+		for i := range plans {
+			wg.Go(func() {
+				_, errs[i] = stores[i%len(stores)].UpdatePlan(context.Background(), fmt.Sprintf("c1-p%d", i),
+					func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error) {
+						return coordination.Effects{Release: true, Acquire: []string{fmt.Sprint("s-", i^1)}}, nil
+					})
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil && !errors.Is(err, coordination.ErrResourceBusy) {
+				t.Errorf("swap round %d: c1-p%d: %v, want success or ErrResourceBusy", round, i, err)
+			}
+		}
+	}
+}
+
+func testConcurrentAcquires(t *testing.T, s coordination.Store) {
+	ConcurrentAcquires(t, []coordination.Store{s}, 3)
 }
 
 func testPruneFreesLeases(t *testing.T, s coordination.Store) {
