@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,8 +24,9 @@ import (
 )
 
 // CoordinationStore is the coordination.Store in PostgreSQL (tables
-// coordinations, coordination_*, migrations/00004_coordination.sql): the
-// records survive restarts and every replica shares them.
+// coordinations, coordination_*, migrations/00004_coordination.sql and
+// 00005_plan_runs.sql): the records survive restarts and every replica
+// shares them.
 //
 // Each method is one transaction. Updates read their row under SELECT ...
 // FOR UPDATE, run the change in Go and write the row and its effects
@@ -33,6 +35,12 @@ import (
 // is held across replicas by a conditional update of coordination_totals
 // (see the migration), taken last in every transaction; the same row
 // numbers the events, so they become visible in seq order.
+//
+// A plan's run lease is two columns of its row (owner, lease_until),
+// taken by ClaimPlans with FOR UPDATE SKIP LOCKED and checked by
+// UpdateRun under the row's lock; its resource leases are rows of
+// coordination_resource_leases, taken and freed in the transaction of
+// the plan's update (leaseResources).
 type CoordinationStore struct {
 	pool *pgxpool.Pool
 }
@@ -62,9 +70,8 @@ const (
 	coordApprovalColumns = `id, recommendation_id, customer_id, risk_level, status, requested_by, requested_at,
 	approved_by, approved_at, rejected_by, rejected_at, rejection_reason, expires_at, required_approvals, approvals`
 	coordPlanColumns = `id, recommendation_id, customer_id, steps, status, current_step, created_at, started_at,
-	completed_at, rolled_back_at, total_duration_ms`
+	completed_at, rolled_back_at, total_duration_ms, waiting_for`
 	coordEventColumns   = `seq, at, customer_id, kind, subject, actor, request_id, details`
-	coordPlanTerminal   = `('completed', 'rolled_back', 'rollback_failed', 'cancelled')`
 	coordinationColumns = `id, customer_id, created_at, actor, request_id, total_recommendations, recommendations_kept,
 	approvals_required, auto_approved, conflicts`
 )
@@ -180,7 +187,7 @@ func scanPlan(row pgx.Row) (orchestrator.Plan, error) {
 		started, completed, rolledBack pgtype.Timestamptz
 	)
 	if err := row.Scan(&p.ID, &p.RecommendationID, &p.CustomerID, &steps, &status, &current, &created, &started,
-		&completed, &rolledBack, &p.TotalDurationMS); err != nil {
+		&completed, &rolledBack, &p.TotalDurationMS, &p.WaitingFor); err != nil {
 		return orchestrator.Plan{}, err
 	}
 	p.Status, p.CurrentStep = orchestrator.PlanStatus(status), int(current)
@@ -249,9 +256,10 @@ func insertPlan(ctx context.Context, q coordQuerier, coord string, p orchestrato
 		return err
 	}
 	_, err = q.Exec(ctx, `INSERT INTO coordination_plans (coordination_id, `+coordPlanColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 		coord, p.ID, p.RecommendationID, p.CustomerID, steps, string(p.Status), p.CurrentStep, p.CreatedAt,
-		coordTimePtr(p.StartedAt), coordTimePtr(p.CompletedAt), coordTimePtr(p.RolledBackAt), p.TotalDurationMS)
+		coordTimePtr(p.StartedAt), coordTimePtr(p.CompletedAt), coordTimePtr(p.RolledBackAt), p.TotalDurationMS,
+		p.WaitingFor)
 	return err
 }
 
@@ -635,14 +643,36 @@ func clonePtr[T any](p *T) *T {
 
 // UpdatePlan implements coordination.Store.
 func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
+	return s.updatePlan(ctx, id, nil, change)
+}
+
+// UpdateRun implements coordination.Store: UpdatePlan for the owner the
+// plan's row names, read under the row's lock. A ClaimPlans skips a
+// locked row, so no takeover comes between the check and the change.
+func (s *CoordinationStore) UpdateRun(ctx context.Context, id, owner string, until time.Time, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
+	return s.updatePlan(ctx, id, &runLease{owner: owner, until: until}, change)
+}
+
+// runLease is the run lease an UpdateRun holds, and the time it extends
+// it to.
+type runLease struct {
+	owner string
+	until time.Time
+}
+
+// updatePlan is UpdatePlan, and UpdateRun when run is set. The plan's
+// row is taken first, then its resource leases (in sorted order), the
+// recommendation, coordination_totals last: the order every transaction
+// of this store takes them in.
+func (s *CoordinationStore) updatePlan(ctx context.Context, id string, run *runLease, change func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
 	if !storable(id) {
 		return orchestrator.Plan{}, coordination.ErrNotFound
 	}
 	var out orchestrator.Plan
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var coord string
-		p, err := scanPlan(extraRow{tx.QueryRow(ctx, `SELECT `+coordPlanColumns+`, coordination_id
-			FROM coordination_plans WHERE id = $1 FOR UPDATE`, id), []any{&coord}})
+		var coord, owner string
+		p, err := scanPlan(extraRow{tx.QueryRow(ctx, `SELECT `+coordPlanColumns+`, coordination_id, owner
+			FROM coordination_plans WHERE id = $1 FOR UPDATE`, id), []any{&coord, &owner}})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return coordination.ErrNotFound
 		}
@@ -650,6 +680,11 @@ func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change fu
 			return err
 		}
 		out = p
+		// '' is the owner of a plan nobody has claimed or whose lease was
+		// released: nobody holds that.
+		if run != nil && (run.owner == "" || run.owner != owner) {
+			return coordination.ErrLeaseLost
+		}
 		rec, err := recommendationIn(ctx, tx, p.RecommendationID)
 		if err != nil {
 			return err
@@ -664,11 +699,20 @@ func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change fu
 		if err != nil {
 			return err
 		}
+		var until pgtype.Timestamptz // NULL: UpdatePlan leaves the lease as it is
+		if run != nil {
+			until = pgtype.Timestamptz{Time: run.until, Valid: true}
+		}
 		if _, err := tx.Exec(ctx, `UPDATE coordination_plans SET steps = $2, status = $3, current_step = $4,
-				created_at = $5, started_at = $6, completed_at = $7, rolled_back_at = $8, total_duration_ms = $9
+				created_at = $5, started_at = $6, completed_at = $7, rolled_back_at = $8, total_duration_ms = $9,
+				waiting_for = $10, lease_until = coalesce($11, lease_until)
 			WHERE id = $1`,
 			id, steps, string(updated.Status), updated.CurrentStep, updated.CreatedAt, coordTimePtr(updated.StartedAt),
-			coordTimePtr(updated.CompletedAt), coordTimePtr(updated.RolledBackAt), updated.TotalDurationMS); err != nil {
+			coordTimePtr(updated.CompletedAt), coordTimePtr(updated.RolledBackAt), updated.TotalDurationMS,
+			updated.WaitingFor, until); err != nil {
+			return err
+		}
+		if err := leaseResources(ctx, tx, p.ID, p.CustomerID, eff); err != nil {
 			return err
 		}
 		if err := apply(ctx, tx, coord, p.RecommendationID, eff); err != nil {
@@ -678,6 +722,53 @@ func (s *CoordinationStore) UpdatePlan(ctx context.Context, id string, change fu
 		return nil
 	})
 	return out, err
+}
+
+// leaseResources does eff's Acquire and Release for plan id of customer
+// in tx, which holds the plan's row.
+//
+// The leases to acquire are inserted first, in sorted order. An insert
+// of a lease another transaction has inserted or deleted, and not yet
+// committed, waits for it; since every plan inserts in the same order, a
+// plan waiting for a lease holds only smaller ones, and no two wait for
+// each other. Then a look at who holds them: one held by another plan
+// refuses the whole update (the transaction rolls back, its inserts
+// with it). Release deletes the plan's other leases last: the rows are
+// this plan's own, which nobody else locks, so the deletes never wait
+// while holding what another plan waits for.
+func leaseResources(ctx context.Context, tx pgx.Tx, id, customer string, eff coordination.Effects) error {
+	acquire := slices.Compact(slices.Sorted(slices.Values(eff.Acquire)))
+	if acquire == nil {
+		acquire = []string{} // an empty array, not NULL, for <> ALL below
+	}
+	if len(acquire) > 0 {
+		tag, err := tx.Exec(ctx, `INSERT INTO coordination_resource_leases (customer_id, resource, plan_id)
+			SELECT $1, r, $3 FROM unnest($2::text[]) AS r ORDER BY r
+			ON CONFLICT (customer_id, resource) DO NOTHING`, customer, acquire, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() < int64(len(acquire)) {
+			// Some were held: by this plan already (kept), or by another.
+			busy := coordination.BusyError{}
+			err := tx.QueryRow(ctx, `SELECT resource, plan_id FROM coordination_resource_leases
+				WHERE customer_id = $1 AND resource = ANY($2) AND plan_id <> $3
+				ORDER BY resource LIMIT 1`, customer, acquire, id).Scan(&busy.Resource, &busy.Holder)
+			if err == nil {
+				return &busy
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+	}
+	if eff.Release {
+		if _, err := tx.Exec(ctx, `DELETE FROM coordination_resource_leases WHERE plan_id = $1 AND resource <> ALL($2)`,
+			id, acquire); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Events implements coordination.Store.
@@ -735,6 +826,12 @@ func (s *CoordinationStore) Records(ctx context.Context) (int, error) {
 	err := s.pool.QueryRow(ctx, `SELECT records FROM coordination_totals`).Scan(&n)
 	return int(n), coordErr(ctx, err)
 }
+
+// coordPlanTerminal is orchestrator.PlanStatus.Terminal in SQL: the plan
+// states that are final (failed too: a failed plan with something to
+// undo is rolling_back instead), so a coordination whose plans are all in
+// them has settled.
+const coordPlanTerminal = `('completed', 'failed', 'rolled_back', 'rollback_failed', 'cancelled')`
 
 // coordSettledBefore selects up to $2 coordinations settled before $1
 // (coordination.Store's Prune says when that is), skipping the ones
@@ -854,24 +951,92 @@ func coordErr(ctx context.Context, err error) error {
 	return unavailable(ctx, err)
 }
 
-// errRunsPending: the run leases are not in this store yet (in progress:
-// migration 00005). Never landed like this.
-var errRunsPending = errors.New("postgres: plan execution leases are not implemented yet")
-
-// ClaimPlans implements coordination.Store.
-func (s *CoordinationStore) ClaimPlans(context.Context, string, time.Time, time.Time, int) ([]orchestrator.Plan, error) {
-	return nil, errRunsPending
-}
-
-// UpdateRun implements coordination.Store.
-func (s *CoordinationStore) UpdateRun(context.Context, string, string, time.Time, func(*orchestrator.Plan, orchestrator.Recommendation) (coordination.Effects, error)) (orchestrator.Plan, error) {
-	return orchestrator.Plan{}, errRunsPending
+// ClaimPlans implements coordination.Store in one statement: the
+// subquery locks up to limit free or lapsed active plans, oldest first
+// (the partial index coordination_plans_active), skipping the rows
+// another transaction has locked: another replica's claim, whose plans
+// are then its own, or an update in flight, whose plan the next claim
+// will find. A row another claim took over since this statement's
+// snapshot is read again once locked, and left: its lease is no longer
+// lapsed.
+func (s *CoordinationStore) ClaimPlans(ctx context.Context, owner string, now, until time.Time, limit int) ([]orchestrator.Plan, error) {
+	if limit <= 0 {
+		return nil, coordErr(ctx, ctx.Err())
+	}
+	if !storable(owner) {
+		return nil, fmt.Errorf("postgres: a run lease owner must be UTF-8 without NUL, not %q", owner)
+	}
+	seqs := map[string]int64{}
+	plans, err := coordRows(ctx, s.pool, func(row pgx.Row) (orchestrator.Plan, error) {
+		var seq int64
+		p, err := scanPlan(extraRow{row, []any{&seq}})
+		seqs[p.ID] = seq
+		return p, err
+	}, `UPDATE coordination_plans SET owner = $1, lease_until = $3
+		WHERE id IN (SELECT id FROM coordination_plans
+			WHERE status IN ('running', 'rolling_back') AND (lease_until IS NULL OR lease_until <= $2)
+			ORDER BY seq
+			LIMIT $4
+			FOR UPDATE SKIP LOCKED)
+		RETURNING `+coordPlanColumns+`, seq`, owner, now, until, limit)
+	if err != nil {
+		return nil, coordErr(ctx, err)
+	}
+	// RETURNING follows no ORDER BY.
+	slices.SortFunc(plans, func(a, b orchestrator.Plan) int { return cmp.Compare(seqs[a.ID], seqs[b.ID]) })
+	return plans, nil
 }
 
 // RenewRuns implements coordination.Store.
-func (s *CoordinationStore) RenewRuns(context.Context, string, []string, time.Time) ([]string, error) {
-	return nil, errRunsPending
+func (s *CoordinationStore) RenewRuns(ctx context.Context, owner string, ids []string, until time.Time) ([]string, error) {
+	renewable := []string{}
+	for _, id := range ids {
+		if storable(id) {
+			renewable = append(renewable, id)
+		}
+	}
+	renewed := map[string]bool{}
+	if owner != "" && storable(owner) && len(renewable) > 0 {
+		// A transaction of its own, to be run again should it lose a
+		// deadlock to a Prune deleting plans it renews.
+		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `UPDATE coordination_plans SET lease_until = $3
+				WHERE id = ANY($2) AND owner = $1
+				RETURNING id`, owner, renewable, until)
+			if err != nil {
+				return err
+			}
+			got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			clear(renewed)
+			for _, id := range got {
+				renewed[id] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	} else if err := ctx.Err(); err != nil {
+		return nil, coordErr(ctx, err)
+	}
+	var lost []string
+	for _, id := range ids {
+		if !renewed[id] {
+			lost = append(lost, id)
+		}
+	}
+	return lost, nil
 }
 
 // ReleaseRun implements coordination.Store.
-func (s *CoordinationStore) ReleaseRun(context.Context, string, string) error { return errRunsPending }
+func (s *CoordinationStore) ReleaseRun(ctx context.Context, id, owner string) error {
+	if owner == "" || !storable(owner) || !storable(id) {
+		return coordErr(ctx, ctx.Err())
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE coordination_plans SET owner = '', lease_until = NULL
+		WHERE id = $1 AND owner = $2`, id, owner)
+	return coordErr(ctx, err)
+}

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/optiinfra/orchestrator/internal/coordination"
 	"github.com/optiinfra/orchestrator/internal/coordination/coordinationtest"
@@ -237,3 +240,58 @@ func TestCoordinationStoreNUL(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// Plans acquiring the same resources at once through two replicas, each
+// naming them in its own order: one wins each round, and PostgreSQL
+// counts no deadlock, since every transaction takes its leases in sorted
+// order. (A deadlock would not fail the acquires: the loser is run
+// again. Only the database's count shows it.)
+func TestCoordinationStoreReplicasAcquireWithoutDeadlock(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	admin := migratedPool(t, url)
+	ctx := context.Background()
+	// Each lease inserted takes a while, so that the concurrent acquires
+	// overlap: inserted at full speed, even leases taken in any order
+	// would rarely meet in a deadlock. A BEFORE trigger fires for every
+	// row proposed, before ON CONFLICT looks for a conflict.
+	if _, err := admin.Exec(ctx, `CREATE FUNCTION slow_lease() RETURNS trigger LANGUAGE plpgsql
+			AS $$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$;
+		CREATE TRIGGER slow_lease BEFORE INSERT ON coordination_resource_leases
+			FOR EACH ROW EXECUTE FUNCTION slow_lease()`); err != nil {
+		t.Fatal(err)
+	}
+	// The replicas' sessions carry a name of their own, to know when they
+	// are gone.
+	const app = "acquire-test"
+	replicaURL := url + map[bool]string{true: "&", false: "?"}[strings.Contains(url, "?")] + "application_name=" + app
+	pools := []*pgxpool.Pool{open(t, replicaURL), open(t, replicaURL)}
+	coordinationtest.ConcurrentAcquires(t, []coordination.Store{
+		postgres.NewCoordinationStore(pools[0]), postgres.NewCoordinationStore(pools[1]),
+	}, 10)
+
+	// A backend adds its counts to pg_stat_database as it exits: once the
+	// replicas' sessions are gone, their deadlocks are counted.
+	for _, p := range pools {
+		p.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var sessions int
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&sessions); err != nil {
+			t.Fatal(err)
+		}
+		if sessions == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d replica sessions still open", sessions)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var deadlocks int64
+	if err := admin.QueryRow(ctx, `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`).Scan(&deadlocks); err != nil {
+		t.Fatal(err)
+	}
+	if deadlocks != 0 {
+		t.Errorf("%d deadlocks while acquiring, want none", deadlocks)
+	}
+}

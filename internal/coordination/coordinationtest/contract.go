@@ -56,6 +56,14 @@ func TestStore(t *testing.T, open func(t *testing.T) coordination.Store) {
 		{"Prune", testPrune},
 		{"ReturnedRecordsDoNotAlias", testNoAliasing},
 		{"CancelledContext", testCancelledContext},
+		{"ClaimPlans", testClaimPlans},
+		{"ClaimPlansConcurrently", testClaimPlansConcurrently},
+		{"UpdateRun", testUpdateRun},
+		{"RenewRuns", testRenewRuns},
+		{"ReleaseRun", testReleaseRun},
+		{"ResourceLeases", testResourceLeases},
+		{"ConcurrentAcquiresHaveOneWinner", testConcurrentAcquires},
+		{"PruneFreesLeases", testPruneFreesLeases},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -131,6 +139,8 @@ func testRoundTrip(t *testing.T, s coordination.Store) {
 	ctx := context.Background()
 	b := batch("c1", "acme", 0, 2)
 	b.Plans = []orchestrator.Plan{plan("c1-p0", b.Recommendations[0], 0)}
+	b.Plans[0].WaitingFor = "dependency c0-p0"
+	b.Plans[0].Steps[0].TaskID, b.Plans[0].Steps[0].RollbackOf = "c1-p0-s0", "c0-p0-s0"
 	mustCreate(t, s, b)
 
 	c, err := s.Coordination(ctx, "c1")
