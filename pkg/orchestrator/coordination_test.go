@@ -24,9 +24,9 @@ func TestCoordinationFieldNames(t *testing.T) {
 		{reflect.TypeFor[orchestrator.Conflict](), "id type recommendation_ids description severity resolved resolution detected_at"},
 		{reflect.TypeFor[orchestrator.Approval](), "id recommendation_id customer_id risk_level status requested_by requested_at approved_by approved_at rejected_by rejected_at rejection_reason expires_at" +
 			" required_approvals approvals"},
-		{reflect.TypeFor[orchestrator.Plan](), "id recommendation_id customer_id steps status current_step created_at started_at completed_at rolled_back_at total_duration_ms"},
+		{reflect.TypeFor[orchestrator.Plan](), "id recommendation_id customer_id steps status current_step created_at started_at completed_at rolled_back_at total_duration_ms waiting_for"},
 		{reflect.TypeFor[orchestrator.PlanStep](), "id action agent_id parameters critical reversible status result error started_at completed_at duration_ms" +
-			" agent_type rollback_of"},
+			" agent_type rollback_of task_id"},
 		{reflect.TypeFor[orchestrator.Event](), "seq at customer_id kind subject_id actor request_id details"},
 		{reflect.TypeFor[orchestrator.CoordinateRequest](), "customer_id recommendations auto_approve execute_now"},
 		{reflect.TypeFor[orchestrator.CoordinateResponse](), "id total_recommendations conflicts_detected conflicts_resolved recommendations_kept approvals_required auto_approved conflicts recommendations approvals execution_plans created_at"},
@@ -59,7 +59,7 @@ func TestPlanStatusTerminal(t *testing.T) {
 		orchestrator.PlanCompleted: true, orchestrator.PlanRolledBack: true,
 		orchestrator.PlanRollbackFailed: true, orchestrator.PlanCancelled: true,
 		orchestrator.PlanPending: false, orchestrator.PlanRunning: false,
-		orchestrator.PlanFailed: false, orchestrator.PlanRollingBack: false,
+		orchestrator.PlanFailed: true, orchestrator.PlanRollingBack: false,
 	}
 	for s, want := range terminal {
 		if got := s.Terminal(); got != want {

@@ -212,7 +212,7 @@ func testCreate(t *testing.T, s dispatch.Store) {
 func testCreateDuplicate(t *testing.T, s dispatch.Store) {
 	first := mustCreate(t, s, newTask("t1", 0))
 	dup := newTask("t1", 5)
-	dup.TaskType, dup.Status = "other", dispatch.StatusCompleted
+	dup.TaskType = "other" // a valid task but for its id, which is taken
 	if _, err := s.Create(context.Background(), dup); !errors.Is(err, dispatch.ErrExists) {
 		t.Errorf("Create of a duplicate ID: %v, want ErrExists", err)
 	}
