@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -75,8 +76,7 @@ func (a *stepAgent) deliveries() (count map[string]int, ids map[string]map[strin
 	defer a.mu.Unlock()
 	count, ids = map[string]int{}, map[string]map[string]bool{}
 	for _, g := range a.got {
-		var typ, id string
-		fmt.Sscan(g, &typ, &id)
+		typ, id, _ := strings.Cut(g, " ")
 		count[typ]++
 		if ids[typ] == nil {
 			ids[typ] = map[string]bool{}
