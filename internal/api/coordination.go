@@ -293,24 +293,34 @@ func getAs[T any](get func(context.Context, string) (T, error), what string) htt
 func cancelPlanHandler(c Coordination) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := mux.Vars(r)["id"]
-		name, ok := operatorOf(r)
+		actor, ok := planActor(w, r)
 		if !ok {
-			// Cancelling is recorded with who did it, like a decision;
-			// without auth the caller may name itself, else "anonymous".
-			var req decisionRequest
-			if err := decodeOptionalBody(r, &req); err != nil {
-				writeDomainError(w, r, err)
-				return
-			}
-			name = cmpOr(strings.TrimSpace(req.UserID), r.URL.Query().Get("user_id"), "anonymous")
+			return
 		}
-		p, err := c.CancelPlan(r.Context(), id, coordination.Actor{Name: name, RequestID: requestIDOf(w)})
+		p, err := c.CancelPlan(r.Context(), id, actor)
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "plan", id))
 			return
 		}
 		writeJSON(w, http.StatusOK, p)
 	}
+}
+
+// planActor is who executes or cancels a plan, recorded like a decision:
+// the operator, or without operator auth the user_id of an optional body
+// or of the query, else "anonymous". It answers 400 for a bad body and
+// returns false.
+func planActor(w http.ResponseWriter, r *http.Request) (coordination.Actor, bool) {
+	name, ok := operatorOf(r)
+	if !ok {
+		var req decisionRequest
+		if err := decodeOptionalBody(r, &req); err != nil {
+			writeDomainError(w, r, err)
+			return coordination.Actor{}, false
+		}
+		name = cmpOr(strings.TrimSpace(req.UserID), r.URL.Query().Get("user_id"), "anonymous")
+	}
+	return coordination.Actor{Name: name, RequestID: requestIDOf(w)}, true
 }
 
 func cmpOr(values ...string) string {
@@ -337,16 +347,11 @@ type executeResponse struct {
 func executePlanHandler(c Coordination) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id := mux.Vars(r)["id"]
-		name, ok := operatorOf(r)
+		actor, ok := planActor(w, r)
 		if !ok {
-			var req decisionRequest
-			if err := decodeOptionalBody(r, &req); err != nil {
-				writeDomainError(w, r, err)
-				return
-			}
-			name = cmpOr(strings.TrimSpace(req.UserID), r.URL.Query().Get("user_id"), "anonymous")
+			return
 		}
-		p, err := c.ExecutePlan(r.Context(), id, coordination.Actor{Name: name, RequestID: requestIDOf(w)})
+		p, err := c.ExecutePlan(r.Context(), id, actor)
 		if err != nil {
 			writeDomainError(w, r, notFoundAs(err, "plan", id))
 			return
