@@ -301,7 +301,7 @@ func (e *Engine) waitFor(ctx context.Context, p orchestrator.Plan, why string) (
 		return p, true, nil
 	}
 	next, err := e.update(ctx, p.ID, func(p *orchestrator.Plan, _ orchestrator.Recommendation) (Effects, error) {
-		if p.WaitingFor == why || p.Status != orchestrator.PlanRunning {
+		if p.WaitingFor == why || (p.Status != orchestrator.PlanRunning && p.Status != orchestrator.PlanRollingBack) {
 			return Effects{}, ErrNoChange
 		}
 		p.WaitingFor = why
@@ -375,7 +375,17 @@ func (e *Engine) submit(ctx context.Context, p orchestrator.Plan, st orchestrato
 	var noAgent *dispatch.NoAgentError
 	switch {
 	case err == nil, errors.Is(err, dispatch.ErrExists):
-		return p, true, nil
+		if p.WaitingFor == "" {
+			return p, true, nil
+		}
+		next, err := e.update(ctx, p.ID, func(p *orchestrator.Plan, _ orchestrator.Recommendation) (Effects, error) {
+			if p.WaitingFor == "" {
+				return Effects{}, ErrNoChange
+			}
+			p.WaitingFor = "" // an agent came
+			return Effects{}, nil
+		})
+		return next, true, noChange(err)
 	case errors.As(err, &noAgent):
 		// An agent restarting is not a failed step: wait for one, up to
 		// COORDINATION_AGENT_WAIT from the step's start.
@@ -472,6 +482,7 @@ func (e *Engine) settle(ctx context.Context, p orchestrator.Plan, st orchestrato
 func (e *Engine) settleStep(p *orchestrator.Plan, t dispatch.Task, now time.Time) Effects {
 	st := &p.Steps[p.CurrentStep]
 	st.AgentID, st.CompletedAt = t.AgentID, &now
+	p.WaitingFor = ""
 	if st.StartedAt != nil {
 		st.DurationMS = now.Sub(*st.StartedAt).Milliseconds()
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -89,13 +90,15 @@ func execConfig(t testing.TB) coordination.Config {
 	return cfg
 }
 
-func newExec(t testing.TB) *exec {
-	return newExecOn(t, coordination.NewMemoryStore(), nil)
+// newExec is a test's orchestrator over a memory store, its engine's
+// Config changed by options.
+func newExec(t testing.TB, options ...func(*coordination.Config)) *exec {
+	return newExecOn(t, coordination.NewMemoryStore(), nil, options...)
 }
 
 // newExecOn is newExec over store, sharing the dispatcher of other when
 // set: a second replica.
-func newExecOn(t testing.TB, store coordination.Store, other *exec) *exec {
+func newExecOn(t testing.TB, store coordination.Store, other *exec, options ...func(*coordination.Config)) *exec {
 	t.Helper()
 	x := &exec{t: t, store: store, reg: prometheus.NewRegistry()}
 	var runs []func(context.Context)
@@ -122,7 +125,11 @@ func newExecOn(t testing.TB, store coordination.Store, other *exec) *exec {
 		runs = append(runs, x.tasks.Run)
 	}
 	var err error
-	x.engine, err = coordination.NewEngine(coordination.EngineOptions{Store: store, Config: execConfig(t), Tasks: x.tasks, Metrics: x.reg})
+	cfg := execConfig(t)
+	for _, o := range options {
+		o(&cfg)
+	}
+	x.engine, err = coordination.NewEngine(coordination.EngineOptions{Store: store, Config: cfg, Tasks: x.tasks, Metrics: x.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -738,5 +745,28 @@ func TestAnotherReplicaResumesADeadReplicasPlan(t *testing.T) {
 	}
 	if got, want := first.received(), []string{"take_snapshot", "migrate_workload", "validate_quality"}; !slices.Equal(got, want) {
 		t.Errorf("agents received %v, want each step once: %v", got, want)
+	}
+}
+
+// A step waits up to COORDINATION_AGENT_WAIT for an agent of its type,
+// saying so, and runs once one registers; without one in time it fails.
+func TestStepWaitsForAnAgent(t *testing.T) {
+	x := newExec(t, func(c *coordination.Config) { c.AgentWait = time.Hour })
+	out := x.coordinate(true, spot("r1"))
+	id := out.ExecutionPlans[0].ID
+	p := x.wait(id, "it to wait for an agent", func(p orchestrator.Plan) bool { return p.WaitingFor != "" })
+	if p.Steps[0].Status != orchestrator.StepRunning || !strings.Contains(p.WaitingFor, "take_snapshot") {
+		t.Errorf("waiting plan: step %s, waiting for %q", p.Steps[0].Status, p.WaitingFor)
+	}
+	x.agent(nil, steps...)
+	if p = x.waitEnd(id); p.Status != orchestrator.PlanCompleted || p.WaitingFor != "" {
+		t.Errorf("plan %s waiting for %q once the agent came", p.Status, p.WaitingFor)
+	}
+
+	// COORDINATION_AGENT_WAIT=0: no agent fails the step at once.
+	x = newExec(t)
+	p = x.waitEnd(x.coordinate(true, spot("r1")).ExecutionPlans[0].ID)
+	if p.Status != orchestrator.PlanFailed || !strings.Contains(p.Steps[0].Error, "no healthy cost agent") {
+		t.Errorf("plan %s, first step %q", p.Status, p.Steps[0].Error)
 	}
 }

@@ -285,9 +285,10 @@ type Plan struct {
 	CompletedAt     *time.Time `json:"completed_at,omitempty"`
 	RolledBackAt    *time.Time `json:"rolled_back_at,omitempty"`
 	TotalDurationMS int64      `json:"total_duration_ms,omitempty"`
-	// WaitingFor says why a running plan has not started its first step:
-	// a dependency whose plan has not completed, or an affected resource
-	// another plan holds. Empty once it runs. An addition.
+	// WaitingFor says what a running or rolling back plan waits for: a
+	// dependency whose plan has not completed or an affected resource
+	// another plan holds (before its first step), or an agent of its type
+	// to send a step to. Empty while it runs. An addition.
 	WaitingFor string `json:"waiting_for,omitempty"`
 }
 
