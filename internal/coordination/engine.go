@@ -504,7 +504,7 @@ func (e *Engine) CancelPlan(ctx context.Context, id string, actor Actor) (orches
 			}
 		}
 	}
-	e.finished(p)
+	e.countFinished(p)
 	e.log.Info("plan cancelled", zap.String("plan_id", p.ID), zap.String("by", strings.TrimSpace(actor.Name)), zap.String("request_id", actor.RequestID))
 	return p, nil
 }

@@ -581,8 +581,15 @@ func (e *Engine) finishPlan(p *orchestrator.Plan, now time.Time, failure string)
 		Events: []orchestrator.Event{event(now, Actor{}, p.CustomerID, kind, p.ID, details)}}
 }
 
-// finished counts plan p, which just ended.
+// finished counts and logs plan p, which the executor just ended.
 func (e *Engine) finished(p orchestrator.Plan) {
+	e.countFinished(p)
+	e.log.Info("plan finished", zap.String("plan_id", p.ID), zap.String("status", string(p.Status)),
+		zap.String("recommendation_id", p.RecommendationID), zap.Int64("total_duration_ms", p.TotalDurationMS))
+}
+
+// countFinished counts plan p, which just ended, in the metrics.
+func (e *Engine) countFinished(p orchestrator.Plan) {
 	e.metrics.plansFinished.WithLabelValues(string(p.Status)).Inc()
 	if p.StartedAt != nil {
 		end := p.CompletedAt
@@ -597,6 +604,4 @@ func (e *Engine) finished(p orchestrator.Plan) {
 	case orchestrator.PlanRolledBack, orchestrator.PlanRollbackFailed:
 		e.metrics.rollbacks.WithLabelValues(string(p.Status)).Inc()
 	}
-	e.log.Info("plan finished", zap.String("plan_id", p.ID), zap.String("status", string(p.Status)),
-		zap.String("recommendation_id", p.RecommendationID), zap.Int64("total_duration_ms", p.TotalDurationMS))
 }
