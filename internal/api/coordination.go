@@ -163,40 +163,16 @@ func decided(a orchestrator.Approval, plan *orchestrator.Plan) decisionResponse 
 	return decisionResponse{Message: msgApproved, Approval: a, Plan: plan}
 }
 
-// approveHandler serves POST /coordination/approvals/{id}/approve.
-func approveHandler(c Coordination) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var req decisionRequest
-		if err := decodeOptionalBody(r, &req); err != nil {
-			writeDomainError(w, r, err)
-			return
-		}
-		id := mux.Vars(r)["id"]
-		a, plan, err := c.Approve(r.Context(), id, deciderOf(w, r, req.UserID))
-		if err != nil {
-			writeDomainError(w, r, notFoundAs(err, "approval", id))
-			return
-		}
-		writeJSON(w, http.StatusOK, decided(a, plan))
+// decision reads who decides a request on /coordination/approvals, and
+// why: the operator, or with operator auth off the body's user_id (the
+// engine answers 400 without one), and the body's reason.
+func decision(w http.ResponseWriter, r *http.Request) (coordination.Actor, string, bool) {
+	var req decisionRequest
+	if err := decodeOptionalBody(r, &req); err != nil {
+		writeDomainError(w, r, err)
+		return coordination.Actor{}, "", false
 	}
-}
-
-// rejectHandler serves POST /coordination/approvals/{id}/reject.
-func rejectHandler(c Coordination) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var req decisionRequest
-		if err := decodeOptionalBody(r, &req); err != nil {
-			writeDomainError(w, r, err)
-			return
-		}
-		id := mux.Vars(r)["id"]
-		a, err := c.Reject(r.Context(), id, deciderOf(w, r, req.UserID), req.Reason)
-		if err != nil {
-			writeDomainError(w, r, notFoundAs(err, "approval", id))
-			return
-		}
-		writeJSON(w, http.StatusOK, decided(a, nil))
-	}
+	return deciderOf(w, r, req.UserID), req.Reason, true
 }
 
 // portalDecision reads who decides a portal request, and why: the portal
@@ -225,39 +201,59 @@ func portalDecision(w http.ResponseWriter, r *http.Request) (coordination.Actor,
 	return actor, req.Reason, true
 }
 
-// portalApproveHandler serves POST /api/v1/recommendations/{id}/approve:
-// {id} is the recommendation's record_id.
-func portalApproveHandler(c Coordination) http.HandlerFunc {
+// decideFunc decides record id as actor, for reason (a rejection's), and
+// returns the approval and, when the decision completed an approval, the
+// new plan.
+type decideFunc func(ctx context.Context, id string, actor coordination.Actor, reason string) (orchestrator.Approval, *orchestrator.Plan, error)
+
+// decisionHandler serves a decision: read (decision, or portalDecision)
+// says who decides and why, decide decides the {id} of the path, a
+// record of kind what (a 404 names it), and the answer is decided's.
+func decisionHandler(read func(http.ResponseWriter, *http.Request) (coordination.Actor, string, bool), what string, decide decideFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		actor, _, ok := portalDecision(w, r)
+		actor, reason, ok := read(w, r)
 		if !ok {
 			return
 		}
 		id := mux.Vars(r)["id"]
-		a, plan, err := c.ApproveRecommendation(r.Context(), id, actor)
+		a, plan, err := decide(r.Context(), id, actor, reason)
 		if err != nil {
-			writeDomainError(w, r, notFoundAs(err, "recommendation", id))
+			writeDomainError(w, r, notFoundAs(err, what, id))
 			return
 		}
 		writeJSON(w, http.StatusOK, decided(a, plan))
 	}
 }
 
+// approveHandler serves POST /coordination/approvals/{id}/approve.
+func approveHandler(c Coordination) http.HandlerFunc {
+	return decisionHandler(decision, "approval", func(ctx context.Context, id string, actor coordination.Actor, _ string) (orchestrator.Approval, *orchestrator.Plan, error) {
+		return c.Approve(ctx, id, actor)
+	})
+}
+
+// rejectHandler serves POST /coordination/approvals/{id}/reject.
+func rejectHandler(c Coordination) http.HandlerFunc {
+	return decisionHandler(decision, "approval", func(ctx context.Context, id string, actor coordination.Actor, reason string) (orchestrator.Approval, *orchestrator.Plan, error) {
+		a, err := c.Reject(ctx, id, actor, reason)
+		return a, nil, err
+	})
+}
+
+// portalApproveHandler serves POST /api/v1/recommendations/{id}/approve:
+// {id} is the recommendation's record_id.
+func portalApproveHandler(c Coordination) http.HandlerFunc {
+	return decisionHandler(portalDecision, "recommendation", func(ctx context.Context, id string, actor coordination.Actor, _ string) (orchestrator.Approval, *orchestrator.Plan, error) {
+		return c.ApproveRecommendation(ctx, id, actor)
+	})
+}
+
 // portalRejectHandler serves POST /api/v1/recommendations/{id}/reject.
 func portalRejectHandler(c Coordination) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		actor, reason, ok := portalDecision(w, r)
-		if !ok {
-			return
-		}
-		id := mux.Vars(r)["id"]
-		a, err := c.RejectRecommendation(r.Context(), id, actor, reason)
-		if err != nil {
-			writeDomainError(w, r, notFoundAs(err, "recommendation", id))
-			return
-		}
-		writeJSON(w, http.StatusOK, decided(a, nil))
-	}
+	return decisionHandler(portalDecision, "recommendation", func(ctx context.Context, id string, actor coordination.Actor, reason string) (orchestrator.Approval, *orchestrator.Plan, error) {
+		a, err := c.RejectRecommendation(ctx, id, actor, reason)
+		return a, nil, err
+	})
 }
 
 // getRecommendationHandler serves GET /coordination/recommendations/{id},
