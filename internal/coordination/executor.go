@@ -487,7 +487,8 @@ func (e *Engine) settleStep(p *orchestrator.Plan, t dispatch.Task, now time.Time
 		st.DurationMS = now.Sub(*st.StartedAt).Milliseconds()
 	}
 	details := map[string]any{"step_id": st.ID, "action": st.Action, "task_id": st.TaskID, "agent_id": t.AgentID}
-	var eff Effects
+	failure := "" // what ends the forward run, when it does
+	kind := orchestrator.EventStepCompleted
 	if t.Status == dispatch.StatusCompleted {
 		st.Status, st.Result = orchestrator.StepCompleted, t.Result
 		if st.RollbackOf != "" {
@@ -495,30 +496,24 @@ func (e *Engine) settleStep(p *orchestrator.Plan, t dispatch.Task, now time.Time
 				p.Steps[i].Status = orchestrator.StepRolledBack
 			}
 		}
-		eff.Events = append(eff.Events, event(now, Actor{}, p.CustomerID, orchestrator.EventStepCompleted, p.ID, details))
-		p.CurrentStep++
-		if p.CurrentStep == len(p.Steps) {
-			end := e.finishPlan(p, now, "")
-			end.Events = append(eff.Events, end.Events...)
-			return end
+	} else {
+		st.Status, st.Error, kind = orchestrator.StepFailed, stepError(t), orchestrator.EventStepFailed
+		details["error"] = st.Error
+		// A step that is not critical may fail; the plan goes on. A
+		// rollback step's failure always ends the rollback.
+		if p.Status != orchestrator.PlanRunning || st.Critical {
+			failure = st.Error
 		}
-		return eff
 	}
-	st.Status, st.Error = orchestrator.StepFailed, stepError(t)
-	details["error"] = st.Error
-	eff.Events = append(eff.Events, event(now, Actor{}, p.CustomerID, orchestrator.EventStepFailed, p.ID, details))
-	if p.Status == orchestrator.PlanRunning && !st.Critical {
-		// A step that is not critical may fail; the plan goes on.
+	stepEvent := event(now, Actor{}, p.CustomerID, kind, p.ID, details)
+	if failure == "" {
 		p.CurrentStep++
-		if p.CurrentStep == len(p.Steps) {
-			end := e.finishPlan(p, now, "")
-			end.Events = append(eff.Events, end.Events...)
-			return end
+		if p.CurrentStep < len(p.Steps) {
+			return Effects{Events: []orchestrator.Event{stepEvent}}
 		}
-		return eff
 	}
-	end := e.finishPlan(p, now, st.Error)
-	end.Events = append(eff.Events, end.Events...)
+	end := e.finishPlan(p, now, failure)
+	end.Events = append([]orchestrator.Event{stepEvent}, end.Events...)
 	return end
 }
 
